@@ -1,0 +1,65 @@
+"""Package build: compiles the two non-Python parts of pycrestore.
+
+1. The image schemas (``pycriu_restore/images/proto/*.proto``) into ``*_pb2.py`` modules,
+   with grpcio-tools' protoc (a build requirement in pyproject.toml).
+2. The restorer blob (``restorer_blob/*.c``) into ``pycriu_restore/blob/restorer.elf``, with
+   the system gcc (``restorer_blob/build.py`` says how and why).
+
+Both land in the build tree for a normal ``pip install .``; for an editable install
+(``pip install -e .``) they are written into the source tree, where the package then finds them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = pathlib.Path(__file__).resolve().parent
+PROTO_DIR = pathlib.Path("pycriu_restore", "images", "proto")
+
+
+def _load_blob_builder():
+    """restorer_blob/build.py is a standalone script: load it by path (the package may not be importable yet)."""
+    spec = importlib.util.spec_from_file_location("restorer_blob_build", ROOT / "restorer_blob" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_protos(out_root: pathlib.Path) -> None:
+    """Run protoc over every schema; outputs keep their package path under out_root."""
+    from grpc_tools import protoc  # build requirement
+    import grpc_tools
+
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / PROTO_DIR).glob("*.proto"))
+    if not protos:
+        return
+    (out_root / PROTO_DIR).mkdir(parents=True, exist_ok=True)
+    # Proto imports are written as "pycriu_restore/images/proto/x.proto", so the generated
+    # modules import each other by their full package name: no sys.path tricks at run time.
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+    args = ["protoc", f"-I{ROOT}", f"-I{well_known}", f"--python_out={out_root}", *protos]
+    if protoc.main(args) != 0:
+        raise SystemExit(f"setup.py: protoc failed on {PROTO_DIR}/*.proto")
+
+
+class BuildPy(build_py):
+    """build_py that also compiles the schemas and the restorer blob."""
+
+    def run(self) -> None:
+        super().run()
+        out_root = ROOT if self.editable_mode else pathlib.Path(self.build_lib)
+        compile_protos(out_root)
+        builder = _load_blob_builder()
+        try:
+            builder.build(out_root / "pycriu_restore" / "blob" / "restorer.elf")
+        except builder.BuildError as err:
+            sys.exit(f"setup.py: cannot build the restorer blob: {err}")
+
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tools/build_inplace.py imports it
+    setup(cmdclass={"build_py": BuildPy})

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Rebuild the generated parts of the package in the source tree (for development).
+
+    python tools/build_inplace.py            # schemas and blob
+    python tools/build_inplace.py protos     # only pycriu_restore/images/proto/*_pb2.py
+    python tools/build_inplace.py blob       # only pycriu_restore/blob/restorer.elf
+
+An editable install (pip install -e .) does the same once; run this after editing a
+.proto file or restorer_blob/. It uses the same code as the package build (setup.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str]) -> int:
+    spec = importlib.util.spec_from_file_location("pycrestore_setup", ROOT / "setup.py")
+    setup_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_py)
+    what = set(argv) or {"protos", "blob"}
+    if "protos" in what:
+        setup_py.compile_protos(ROOT)
+    if "blob" in what:
+        builder = setup_py._load_blob_builder()
+        builder.build(ROOT / "pycriu_restore" / "blob" / "restorer.elf")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
