@@ -45,3 +45,7 @@ class NotACheckpoint(ImageError):
 
 class UnknownImage(ImageError):
     """A file name that matches no image kind pycrestore knows."""
+
+
+class UnsupportedVersion(ImageError):
+    """The checkpoint uses an image format version pycrestore does not read."""

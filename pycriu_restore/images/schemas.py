@@ -1,0 +1,58 @@
+"""The compiled image schemas (``proto/*.proto`` -> ``proto/*_pb2.py``), imported in one place.
+
+The ``*_pb2`` modules are build outputs (setup.py compiles them; in a source checkout run
+``python tools/build_inplace.py protos``). Importing them here turns a missing build into an
+``ImportError`` that says how to fix it, instead of a bare "No module named ..._pb2".
+"""
+
+from __future__ import annotations
+
+try:
+    from pycriu_restore.images.proto import (
+        amdgpu_pb2,
+        core_pb2,
+        core_x86_pb2,
+        creds_pb2,
+        eventfd_pb2,
+        ext_file_pb2,
+        fdinfo_pb2,
+        fown_pb2,
+        fs_pb2,
+        ids_pb2,
+        inventory_pb2,
+        memfd_pb2,
+        mm_pb2,
+        net_pb2,
+        opts_pb2,
+        pagemap_pb2,
+        pipe_data_pb2,
+        pipe_pb2,
+        pstree_pb2,
+        regfile_pb2,
+        rlimit_pb2,
+        rseq_pb2,
+        sa_pb2,
+        seccomp_pb2,
+        siginfo_pb2,
+        sk_opts_pb2,
+        sk_queues_pb2,
+        sk_unix_pb2,
+        stats_pb2,
+        timens_pb2,
+        timer_pb2,
+        tty_pb2,
+        vma_pb2,
+    )
+except ImportError as err:  # pragma: no cover - depends on the build, not on the code
+    raise ImportError(
+        f"pycrestore's image schemas are not compiled ({err}); "
+        "run `python tools/build_inplace.py protos` in the source tree, or reinstall the package"
+    ) from err
+
+__all__ = [
+    "amdgpu_pb2", "net_pb2", "core_pb2", "core_x86_pb2", "creds_pb2", "eventfd_pb2", "ext_file_pb2", "fdinfo_pb2",
+    "fown_pb2", "fs_pb2", "ids_pb2", "inventory_pb2", "memfd_pb2", "mm_pb2", "opts_pb2",
+    "pagemap_pb2", "pipe_data_pb2", "pipe_pb2", "pstree_pb2", "regfile_pb2", "rlimit_pb2",
+    "rseq_pb2", "sa_pb2", "seccomp_pb2", "siginfo_pb2", "sk_opts_pb2", "sk_queues_pb2",
+    "sk_unix_pb2", "stats_pb2", "timens_pb2", "timer_pb2", "tty_pb2", "vma_pb2",
+]
