@@ -1,0 +1,191 @@
+"""Every number and struct layout in ``pycriu_restore.linux`` against the C headers (gcc).
+
+The test builds two C programs from the tables below (glibc's <signal.h> and the kernel's
+<asm/sigcontext.h> define clashing structs, hence two), runs them, and compares each value
+with the Python side. A completeness check makes sure that no constant defined in
+``linux/`` escapes the comparison.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pycriu_restore.linux import (clone3, libc, memory, namespaces, ptrace, regs, syscalls,
+                                  waitstatus, xstate)
+
+
+GLIBC_SIDE_PRELUDE = """
+#define _GNU_SOURCE
+#include <stddef.h>
+#include <stdio.h>
+#include <signal.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <linux/elf.h>
+#include <linux/ptrace.h>
+#include <linux/sched.h>
+#include <limits.h>
+#include <linux/wait.h>
+#include <asm/unistd_64.h>
+"""
+
+KERNEL_SIDE_PRELUDE = """
+#include <stddef.h>
+#include <stdio.h>
+#include <asm/sigcontext.h>
+#include <asm/signal.h>
+"""
+
+# (module, constant name) -> C expression, for headers that glibc's side can include.
+GLIBC_CONSTANTS: dict[tuple[ModuleType, str], str] = {
+    (ptrace, "PTRACE_PEEKUSER"): "PTRACE_PEEKUSR",
+    (ptrace, "PTRACE_POKEUSER"): "PTRACE_POKEUSR",
+    (ptrace, "NT_PRSTATUS"): "NT_PRSTATUS",
+    (ptrace, "NT_X86_XSTATE"): "NT_X86_XSTATE",
+    (ptrace, "USER_DEBUGREG_OFFSET"): "offsetof(struct user, u_debugreg)",
+    (regs, "USER_REGS_SIZE"): "sizeof(struct user_regs_struct)",
+    (clone3, "CLONE_ARGS_SIZE_VER2"): "CLONE_ARGS_SIZE_VER2",
+    (waitstatus, "WALL"): "__WALL",
+    (memory, "IOV_MAX"): "IOV_MAX",
+}
+for _name in dir(ptrace):
+    if _name.startswith("PTRACE_") and (ptrace, _name) not in GLIBC_CONSTANTS:
+        GLIBC_CONSTANTS[(ptrace, _name)] = _name
+for _module in (clone3, namespaces):
+    for _name in dir(_module):
+        if _name.startswith("CLONE_") and _name not in ("CLONE_ARGS_SIZE_VER2",):
+            GLIBC_CONSTANTS.setdefault((_module, _name), _name)
+for _name in dir(syscalls):
+    if _name.startswith("NR_"):
+        GLIBC_CONSTANTS[(syscalls, _name)] = "__NR_" + _name[3:].lower()
+
+KERNEL_CONSTANTS: dict[tuple[ModuleType, str], str] = {
+    (xstate, "XSAVE_SW_RESERVED_OFFSET"): "offsetof(struct _fpstate_64, sw_reserved)",
+    (xstate, "FXSAVE_SIZE"): "sizeof(struct _fpstate_64)",
+    (xstate, "XSAVE_HEADER_OFFSET"): "offsetof(struct _xstate, xstate_hdr)",
+    (xstate, "XSAVE_HEADER_SIZE"): "sizeof(struct _header)",
+    (ptrace, "KERNEL_SIGSET_SIZE"): "sizeof(sigset_t)",   # asm/signal.h: the kernel's mask
+}
+
+# Constants with no uapi header to compare against, and why.
+NOT_IN_UAPI = {
+    (clone3, "MAX_PID_NS_LEVEL"),      # kernel/pid_namespace.c (internal)
+    (namespaces, "ALL_CLONE_NEW"),     # our own union of the CLONE_NEW* flags
+    (namespaces, "NSEC_PER_SEC"),      # a unit, not an ABI value
+    (xstate, "XSAVE_MIN_SIZE"),        # derived: header offset + header size
+    (xstate, "XFEATURE_MASK_FP"),      # XCR0 bits: Intel SDM vol. 1 13.1, no uapi header
+    (xstate, "XFEATURE_MASK_SSE"),
+    (xstate, "XFEATURE_MASK_YMM"),
+    (xstate, "XFEATURE_MASK_PKRU"),
+    (waitstatus, "SYSCALL_STOP_SIG"),  # SIGTRAP | 0x80, from ptrace(2)
+}
+
+
+def _field_offset(struct: Any, path: str) -> int:
+    """Offset of a (possibly nested, dotted) field of a ctypes struct."""
+    offset = 0
+    current = struct
+    for part in path.split("."):
+        descriptor = getattr(current, part)
+        offset += descriptor.offset
+        current = dict(current._fields_)[part]
+    return offset
+
+
+def _struct_checks() -> list[tuple[str, int, str]]:
+    """(label, python value, C expression) for every struct we mirror."""
+    checks: list[tuple[str, int, str]] = []
+
+    def add_struct(struct: Any, c_type: str, fields: dict[str, str]) -> None:
+        checks.append((f"sizeof {struct.__name__}", ctypes.sizeof(struct), f"sizeof({c_type})"))
+        for py_path, c_path in fields.items():
+            checks.append((f"{struct.__name__}.{py_path}", _field_offset(struct, py_path),
+                           f"offsetof({c_type}, {c_path})"))
+
+    add_struct(regs.UserRegs, "struct user_regs_struct", {n: n for n in regs.REG_NAMES})
+    add_struct(clone3.CloneArgs, "struct clone_args",
+               {n: n for n, _ in clone3.CloneArgs._fields_})
+    add_struct(ptrace.PtraceRseqConfiguration, "struct ptrace_rseq_configuration",
+               {n: n for n, _ in ptrace.PtraceRseqConfiguration._fields_})
+    add_struct(ptrace.PtraceSyscallInfo, "struct ptrace_syscall_info", {
+        "op": "op", "arch": "arch", "instruction_pointer": "instruction_pointer",
+        "stack_pointer": "stack_pointer", "u.entry.nr": "entry.nr",
+        "u.entry.args": "entry.args", "u.exit.rval": "exit.rval",
+        "u.exit.is_error": "exit.is_error", "u.seccomp.nr": "seccomp.nr",
+        "u.seccomp.args": "seccomp.args", "u.seccomp.ret_data": "seccomp.ret_data"})
+    add_struct(ptrace.Siginfo, "siginfo_t", {
+        "si_signo": "si_signo", "si_errno": "si_errno", "si_code": "si_code",
+        "fields.fault.si_addr": "si_addr", "fields.kill.si_pid": "si_pid",
+        "fields.kill.si_uid": "si_uid"})
+    add_struct(libc.Iovec, "struct iovec", {"iov_base": "iov_base", "iov_len": "iov_len"})
+    return checks
+
+
+def _run_c(tmp_path: Path, stem: str, prelude: str, exprs: list[str]) -> list[int]:
+    """Compile a program printing each expression as a signed 64-bit number; run it."""
+    body = "\n".join(f'    printf("%lld\\n", (long long)({e}));' for e in exprs)
+    source = tmp_path / f"{stem}.c"
+    source.write_text(f"{prelude}\nint main(void)\n{{\n{body}\n    return 0;\n}}\n")
+    exe = tmp_path / stem
+    build = subprocess.run(["gcc", "-Wall", "-Werror", "-o", str(exe), str(source)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, f"gcc failed on {source}:\n{build.stderr}"
+    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    values = [int(line) for line in run.stdout.split()]
+    assert len(values) == len(exprs)
+    return values
+
+
+def _compare(labels: list[str], python_values: list[int], c_exprs: list[str],
+             c_values: list[int]) -> None:
+    wrong = [f"{label}: python {py:#x}, C {c_expr} = {c:#x}"
+             for label, py, c_expr, c in zip(labels, python_values, c_exprs, c_values)
+             if py != c]
+    assert not wrong, "mismatches with the C headers:\n" + "\n".join(wrong)
+
+
+def test_glibc_side_constants_and_structs_match_headers(tmp_path: Path) -> None:
+    items = sorted(GLIBC_CONSTANTS.items(), key=lambda kv: (kv[0][0].__name__, kv[0][1]))
+    labels = [f"{mod.__name__}.{name}" for (mod, name), _ in items]
+    values = [getattr(mod, name) for (mod, name), _ in items]
+    exprs = [expr for _, expr in items]
+    for label, value, expr in _struct_checks():
+        labels.append(label)
+        values.append(value)
+        exprs.append(expr)
+    c_values = _run_c(tmp_path, "glibc_side", GLIBC_SIDE_PRELUDE, exprs)
+    _compare(labels, values, exprs, c_values)
+    # The comparison must have covered the big groups, or the table building broke.
+    assert sum(1 for mod, name in GLIBC_CONSTANTS if name.startswith("PTRACE_")) >= 40
+    assert sum(1 for mod, name in GLIBC_CONSTANTS if name.startswith("CLONE_")) >= 20
+
+
+def test_kernel_side_constants_match_headers(tmp_path: Path) -> None:
+    items = list(KERNEL_CONSTANTS.items())
+    labels = [f"{mod.__name__}.{name}" for (mod, name), _ in items]
+    values = [getattr(mod, name) for (mod, name), _ in items]
+    exprs = [expr for _, expr in items]
+    c_values = _run_c(tmp_path, "kernel_side", KERNEL_SIDE_PRELUDE, exprs)
+    _compare(labels, values, exprs, c_values)
+
+
+def test_every_linux_constant_is_checked() -> None:
+    """A new integer constant in linux/ must be added to a table above (or NOT_IN_UAPI)."""
+    checked = set(GLIBC_CONSTANTS) | set(KERNEL_CONSTANTS) | NOT_IN_UAPI
+    checked_names = {name for _module, name in checked}
+    missing = []
+    for module in (clone3, libc, memory, namespaces, ptrace, regs, syscalls, waitstatus,
+                   xstate):
+        for name, value in vars(module).items():
+            if name.startswith("_") or not name.isupper() or name in checked_names:
+                continue   # private, not a constant, or imported from the module checked
+            if isinstance(value, int) and not isinstance(value, bool):
+                if (module, name) not in checked:
+                    missing.append(f"{module.__name__}.{name}")
+    assert not missing, f"constants not compared with a header: {missing}"
