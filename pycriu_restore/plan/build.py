@@ -1,0 +1,418 @@
+"""Images -> restore plan: every decision and every consistency check, before any side effect.
+
+``build_plan(images)`` reads the images of a checkpoint (through the lazy ``ImageSet``) and
+returns a :class:`~pycriu_restore.plan.model.RestorePlan`. It raises ``InconsistentImages``
+when the images contradict each other and ``UnsupportedFeature`` when they use something
+pycrestore does not restore, each naming the image and the entry. It touches nothing
+outside the images directory, so it runs without root and can be tested on its own.
+
+The order follows the ids that link the images (research/criu-restore-internals.md §4.2):
+pstree.img names the tasks; core-TID.img holds each thread; ids-PID.img names the files
+table (fdinfo-N.img); mm-PID.img the VMAs, whose file ids point into files.img;
+pagemap-PID.img names pages-N.img, where the page data lives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Iterable
+
+from pycriu_restore.images import ImageSet
+from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
+from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from pycriu_restore.plan.model import (
+    ItimerValue,
+    MappedFile,
+    MmFields,
+    OpenFile,
+    PageRun,
+    PipeBuffer,
+    PipeEnd,
+    RestorePlan,
+    Rseq,
+    SigAction,
+    Task,
+    Thread,
+    TimeOffsets,
+    Vma,
+    VmaKind,
+)
+
+# The bit values come from the images layer's flag tables (their source headers are named
+# there); these names are the ones CRIU uses.
+_STATUS = dict(MMAP_STATUS)
+VMA_AREA_REGULAR = _STATUS["VMA_AREA_REGULAR"]
+VMA_AREA_VSYSCALL = _STATUS["VMA_AREA_VSYSCALL"]
+VMA_AREA_VDSO = _STATUS["VMA_AREA_VDSO"]
+VMA_AREA_VVAR = _STATUS["VMA_AREA_VVAR"]
+VMA_FILE_PRIVATE = _STATUS["VMA_FILE_PRIVATE"]
+VMA_FILE_SHARED = _STATUS["VMA_FILE_SHARED"]
+VMA_ANON_SHARED = _STATUS["VMA_ANON_SHARED"]
+VMA_ANON_PRIVATE = _STATUS["VMA_ANON_PRIVATE"]
+VMA_AREA_SYSVIPC = _STATUS["VMA_AREA_SYSVIPC"]
+VMA_AREA_SOCKET = _STATUS["VMA_AREA_SOCKET"]
+VMA_AREA_AIORING = _STATUS["VMA_AREA_AIORING"]
+VMA_AREA_MEMFD = _STATUS["VMA_AREA_MEMFD"]
+VMA_AREA_SHSTK = _STATUS["VMA_AREA_SHSTK"]
+VMA_AREA_UPROBES = _STATUS["VMA_AREA_UPROBES"]
+VMA_AREA_GUARD = 1 << 16  # criu/include/image.h; crit has no name for it
+MAP_ANONYMOUS = dict(MMAP_FLAGS)["MAP_ANON"]
+PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
+PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
+PAGE_SIZE = 4096  # x86_64
+# arch/x86/include/asm/page_64_types.h: TASK_SIZE_MAX with 4-level paging (47 bits).
+TASK_SIZE = (1 << 47) - PAGE_SIZE
+
+# VMA status bits pycrestore cannot restore, with the name used in error messages.
+_UNSUPPORTED_VMA_BITS = {
+    VMA_AREA_SYSVIPC: "SysV shared memory mapping",
+    VMA_AREA_SOCKET: "packet socket ring mapping",
+    VMA_AREA_AIORING: "AIO ring",
+    VMA_AREA_SHSTK: "shadow stack",
+    VMA_AREA_GUARD: "guard region",
+    VMA_AREA_UPROBES: "uprobes area",
+}
+
+TASK_STATE_ALIVE = 1  # task_core_entry.task_state: ALIVE 1, DEAD 2, STOPPED 3 (CRIU's TASK_*)
+MTYPE_X86_64 = 1  # core_entry.mtype
+REGS_NATIVE = 1  # user_x86_regs_entry.mode: NATIVE 1, COMPAT 2
+O_APPEND = os.O_APPEND
+S_IFMT = 0o170000
+S_IFREG = 0o100000
+
+
+def build_plan(images: ImageSet) -> RestorePlan:
+    """Build and validate the plan for every task in ``pstree.img``, root first."""
+    entries = list(images.pstree())
+    if not entries:
+        raise InconsistentImages("pstree.img", "no tasks")
+    files = {f.id: f for f in images.files()}
+    tasks = tuple(_build_task(images, entry, files) for entry in entries)
+    return RestorePlan(images_dir=str(images.directory), tasks=tasks, timens=_time_offsets(images))
+
+
+def _build_task(images: ImageSet, entry, files: dict) -> Task:
+    """One task: its threads, memory, files and signal state."""
+    pid = entry.pid
+    if not entry.threads or entry.threads[0] != pid:
+        raise InconsistentImages("pstree.img", f"task {pid}: first thread is not the task itself ({list(entry.threads)})")
+    core = images.core(pid)
+    core_name = f"core-{pid}.img"
+    if core.mtype != MTYPE_X86_64:
+        raise UnsupportedFeature(core_name, f"machine type {core.mtype} (only x86_64 is restored)")
+    tc = core.tc
+    if tc.task_state != TASK_STATE_ALIVE:
+        raise UnsupportedFeature(core_name, f"task state {tc.task_state} (only running tasks are restored)")
+    threads = tuple(_build_thread(images, tid, images.core(tid) if tid != pid else core) for tid in entry.threads)
+
+    mm = images.mm(pid)
+    vmas = _build_vmas(images, pid, mm, files)
+    ids = images.ids(pid)
+    fs = images.fs(pid)
+    fds = _build_files(images, ids.files_id, files)
+    return Task(
+        pid=pid,
+        ppid=entry.ppid,
+        pgid=entry.pgid,
+        sid=entry.sid,
+        comm=tc.comm,
+        threads=threads,
+        vmas=vmas,
+        pages_path=str(_pages_path(images, pid)),
+        mm=_build_mm(pid, mm, files),
+        files=fds,
+        pipes=_pipe_buffers(images, fds),
+        cwd=_reg_path(files, fs.cwd_id, f"fs-{pid}.img: cwd"),
+        root=_reg_path(files, fs.root_id, f"fs-{pid}.img: root"),
+        umask=fs.umask,
+        rlimits=tuple((r.cur, r.max) for r in tc.rlimits.rlimits),
+        sigactions=_build_sigactions(tc.sigactions),
+        itimers=tuple(_itimer(getattr(tc.timers, name)) for name in ("real", "virt", "prof")),  # type: ignore[arg-type]
+        shared_pending_signals=tuple(s.siginfo for s in tc.signals_s.signals),
+        personality=tc.personality,
+    )
+
+
+def _build_thread(images: ImageSet, tid: int, core) -> Thread:
+    """One thread's registers and per-thread state from its core image."""
+    name = f"core-{tid}.img"
+    ti = core.thread_info
+    gp = ti.gpregs
+    if gp.mode != REGS_NATIVE:
+        raise UnsupportedFeature(name, "32-bit (compat) registers")
+    gpregs = {f.name: v for f, v in gp.ListFields() if f.name != "mode"}
+    fp = ti.fpregs
+    fpregs = {f.name: _plain(v) for f, v in fp.ListFields() if f.name != "xsave"}
+    xsave = None
+    if fp.HasField("xsave"):
+        xsave = {f.name: _plain(v) for f, v in fp.xsave.ListFields() if f.name != "cet"}
+    thc = core.thread_core
+    # The leader's blocked set is in tc (task_core), CRIU keeps thread_core's for others.
+    blk = core.tc.blk_sigset if core.HasField("tc") else thc.blk_sigset
+    sas = (thc.sas.ss_sp, thc.sas.ss_size, thc.sas.ss_flags) if thc.HasField("sas") else None
+    rseq = None
+    if thc.HasField("rseq_entry") and thc.rseq_entry.rseq_abi_pointer:
+        r = thc.rseq_entry
+        rseq = Rseq(r.rseq_abi_pointer, r.rseq_abi_size, r.signature)
+    return Thread(
+        tid=tid,
+        gpregs=gpregs,
+        fpregs=fpregs,
+        xsave=xsave,
+        blk_sigset=blk,
+        sas=sas,
+        clear_tid_addr=ti.clear_tid_addr,
+        futex_rla=thc.futex_rla,
+        futex_rla_len=thc.futex_rla_len,
+        rseq=rseq,
+        comm=thc.comm or core.tc.comm,
+        pending_signals=tuple(s.siginfo for s in thc.signals_p.signals),
+    )
+
+
+def _plain(value: object) -> object:
+    """A protobuf scalar as is; a repeated scalar field as a list (the plan holds plain data)."""
+    return value if isinstance(value, (int, float, bool, str, bytes)) else list(value)  # type: ignore[call-overload]
+
+
+def _vma_kind(name: str, index: int, vma) -> VmaKind | None:
+    """Classify one VmaEntry; None for [vsyscall], which the kernel provides above TASK_SIZE."""
+    status = vma.status
+    where = f"VMA {index} at {vma.start:#x}"
+    if status & VMA_AREA_VSYSCALL:
+        return None
+    for bit, feature in _UNSUPPORTED_VMA_BITS.items():
+        if status & bit:
+            raise UnsupportedFeature(name, f"{where}: {feature}")
+    if not status & VMA_AREA_REGULAR:
+        raise UnsupportedFeature(name, f"{where}: status {status:#x} is not a regular mapping")
+    if status & VMA_AREA_VDSO:
+        return VmaKind.VDSO
+    if status & VMA_AREA_VVAR:
+        return VmaKind.VVAR
+    if status & VMA_AREA_MEMFD:
+        return VmaKind.MEMFD_SHARED
+    if status & VMA_FILE_SHARED:
+        return VmaKind.FILE_SHARED
+    if status & VMA_FILE_PRIVATE:
+        return VmaKind.FILE_PRIVATE
+    if status & VMA_ANON_SHARED:
+        raise UnsupportedFeature(name, f"{where}: shared anonymous memory (restored in a later version)")
+    if status & VMA_ANON_PRIVATE:
+        return VmaKind.ANON_PRIVATE
+    raise UnsupportedFeature(name, f"{where}: status {status:#x}")
+
+
+def _build_vmas(images: ImageSet, pid: int, mm, files: dict) -> tuple[Vma, ...]:
+    """The task's VMAs, each with the page runs that fill it; checks order, overlap and pages."""
+    name = f"mm-{pid}.img"
+    raw: list[tuple[object, VmaKind]] = []
+    prev_end = 0
+    for index, vma in enumerate(mm.vmas):
+        kind = _vma_kind(name, index, vma)
+        if kind is None:
+            continue
+        if vma.start >= vma.end or vma.start % PAGE_SIZE or vma.end % PAGE_SIZE:
+            raise InconsistentImages(name, f"VMA {index}: bad range {vma.start:#x}-{vma.end:#x}")
+        if vma.end > TASK_SIZE:
+            raise InconsistentImages(name, f"VMA {index}: {vma.start:#x}-{vma.end:#x} ends above TASK_SIZE {TASK_SIZE:#x}")
+        if vma.start < prev_end:
+            raise InconsistentImages(name, f"VMA {index} at {vma.start:#x} overlaps the previous one (ends {prev_end:#x})")
+        prev_end = vma.end
+        raw.append((vma, kind))
+
+    runs_by_vma = _page_runs(images, pid, [(v.start, v.end, k) for v, k in raw])
+    out = []
+    for i, (vma, kind) in enumerate(raw):
+        mapped = None
+        if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+            mapped = _mapped_file(files, vma.shmid, vma.fdflags, f"{name}: VMA at {vma.start:#x}")
+        elif kind is VmaKind.MEMFD_SHARED:
+            raise UnsupportedFeature(name, f"VMA at {vma.start:#x}: shared memfd mapping (restored with process trees)")
+        flags = vma.flags
+        if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+            flags &= ~MAP_ANONYMOUS
+        out.append(
+            Vma(
+                start=vma.start,
+                end=vma.end,
+                prot=vma.prot,
+                flags=flags,
+                kind=kind,
+                pgoff=vma.pgoff,
+                madv=vma.madv,
+                file=mapped,
+                page_runs=tuple(runs_by_vma[i]),
+            )
+        )
+    return tuple(out)
+
+
+def _page_runs(images: ImageSet, pid: int, vmas: list[tuple[int, int, VmaKind]]) -> list[list[PageRun]]:
+    """Split pagemap-PID.img into runs per VMA, with their byte offsets in the pages image.
+
+    Only PE_PRESENT entries occupy the pages file, in pagemap order. A dumped entry may span
+    adjacent VMAs, so runs are cut at VMA boundaries. Every page must fall in a VMA that can
+    hold private pages; the pages file must be long enough for all of them.
+    """
+    name = f"pagemap-{pid}.img"
+    pages_path = _pages_path(images, pid)
+    try:
+        pages_size = os.path.getsize(pages_path)
+    except OSError as err:
+        raise InconsistentImages(name, f"its pages image {pages_path.name} cannot be read: {err.strerror}") from err
+    runs: list[list[PageRun]] = [[] for _ in vmas]
+    offset = 0
+    vi = 0
+    for index, entry in enumerate(images.pagemap(pid).iter_entries()):
+        nr_pages = entry.nr_pages or entry.compat_nr_pages
+        if entry.flags & PE_PARENT:
+            raise UnsupportedFeature(name, f"entry {index}: pages in a parent image (incremental dumps)")
+        if not entry.flags & PE_PRESENT:
+            continue  # neither in this image nor in a parent: a hole
+        addr, end = entry.vaddr, entry.vaddr + nr_pages * PAGE_SIZE
+        if offset + nr_pages * PAGE_SIZE > pages_size:
+            left = max(0, (pages_size - offset) // PAGE_SIZE)
+            raise InconsistentImages(name, f"entry {index} covers {nr_pages} pages, {pages_path.name} has {left} left")
+        while addr < end:
+            # VMAs and entries are both sorted, so one forward scan pairs them.
+            while vi < len(vmas) and vmas[vi][1] <= addr:
+                vi += 1
+            if vi == len(vmas) or vmas[vi][0] > addr:
+                raise InconsistentImages(name, f"entry {index}: page {addr:#x} is outside every VMA")
+            start, vend, kind = vmas[vi]
+            if kind in (VmaKind.FILE_SHARED, VmaKind.MEMFD_SHARED):
+                raise InconsistentImages(name, f"entry {index}: page {addr:#x} is in a shared mapping")
+            piece_end = min(end, vend)
+            n = (piece_end - addr) // PAGE_SIZE
+            runs[vi].append(PageRun(start_addr=addr, nr_pages=n, file_offset=offset))
+            offset += n * PAGE_SIZE
+            addr = piece_end
+    return runs
+
+
+def _pages_path(images: ImageSet, pid: int) -> Path:
+    pagemap = images.pagemap(pid)
+    if pagemap.pages_id is None:
+        raise InconsistentImages(f"pagemap-{pid}.img", "missing or without a head record: the task's memory cannot be restored")
+    return images.pages_path(pagemap.pages_id)
+
+
+def _build_mm(pid: int, mm, files: dict) -> MmFields:
+    return MmFields(
+        start_code=mm.mm_start_code,
+        end_code=mm.mm_end_code,
+        start_data=mm.mm_start_data,
+        end_data=mm.mm_end_data,
+        start_stack=mm.mm_start_stack,
+        start_brk=mm.mm_start_brk,
+        brk=mm.mm_brk,
+        arg_start=mm.mm_arg_start,
+        arg_end=mm.mm_arg_end,
+        env_start=mm.mm_env_start,
+        env_end=mm.mm_env_end,
+        auxv=tuple(mm.mm_saved_auxv),
+        exe=_mapped_file(files, mm.exe_file_id, os.O_RDONLY, f"mm-{pid}.img: exe"),
+        dumpable=mm.dumpable if mm.HasField("dumpable") else None,
+        thp_disabled=mm.thp_disabled,
+    )
+
+
+def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd, ...]:
+    """The fd table (fdinfo-N.img): each fd with the regular file or pipe end it holds."""
+    name = f"fdinfo-{files_id}.img"
+    out: list[OpenFile | PipeEnd] = []
+    for fdinfo in images.fdinfo(files_id):
+        entry = files.get(fdinfo.id)
+        if entry is None:
+            raise InconsistentImages(name, f"fd {fdinfo.fd}: file id {fdinfo.id} is not in files.img")
+        if entry.HasField("pipe"):
+            out.append(PipeEnd(fd=fdinfo.fd, pipe_id=entry.pipe.pipe_id, flags=entry.pipe.flags, cloexec=bool(fdinfo.flags & 1)))
+            continue
+        if not entry.HasField("reg"):
+            raise UnsupportedFeature(name, f"fd {fdinfo.fd}: file type {_file_type_name(entry)} (restored in a later version)")
+        reg = entry.reg
+        is_regular = (reg.mode & S_IFMT) == S_IFREG
+        check_size = is_regular and reg.HasField("size") and not reg.flags & O_APPEND
+        out.append(
+            OpenFile(
+                fd=fdinfo.fd,
+                path=reg.name,
+                flags=reg.flags,
+                pos=reg.pos,
+                cloexec=bool(fdinfo.flags & 1),  # fdinfo.flags holds FD_CLOEXEC
+                expected_size=reg.size if check_size else None,
+                expected_mode=reg.mode if reg.HasField("mode") else None,
+            )
+        )
+    return tuple(sorted(out, key=lambda f: f.fd))
+
+
+def _mapped_file(files: dict, file_id: int, open_flags: int, what: str) -> MappedFile:
+    """The regular file ``file_id`` as a mapping source, with the identity CRIU recorded."""
+    path = _reg_path(files, file_id, what)
+    reg = files[file_id].reg
+    # build_id is the raw note bytes, stored as little-endian u32 words.
+    build_id = b"".join(w.to_bytes(4, "little") for w in reg.build_id) or None
+    size = reg.size if reg.HasField("size") else None
+    return MappedFile(file_id=file_id, path=path, open_flags=open_flags, expected_size=size, build_id=build_id)
+
+
+def _pipe_buffers(images: ImageSet, fds: tuple[OpenFile | PipeEnd, ...]) -> tuple[PipeBuffer, ...]:
+    """The buffer of every pipe the task holds an end of, with its unread data if any."""
+    wanted = {f.pipe_id for f in fds if isinstance(f, PipeEnd)}
+    if not wanted:
+        return ()
+    data = {entry.pipe_id: (entry.size if entry.HasField("size") else None, extra or b"") for entry, extra in images.pipes_data()}
+    out = []
+    for pipe_id in sorted(wanted):
+        size, queued = data.get(pipe_id, (None, b""))
+        out.append(PipeBuffer(pipe_id=pipe_id, size_bytes=size, queued=queued))
+    return tuple(out)
+
+
+def _file_type_name(entry) -> str:
+    try:
+        return entry.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[entry.type].name
+    except (KeyError, AttributeError):
+        return str(entry.type)
+
+
+def _reg_path(files: dict, file_id: int, what: str) -> str:
+    """The path of regular-file entry ``file_id``, or an error naming ``what`` refers to it."""
+    entry = files.get(file_id)
+    if entry is None or not entry.HasField("reg"):
+        raise InconsistentImages("files.img", f"{what} refers to file id {file_id}, which is not a regular file entry")
+    return entry.reg.name
+
+
+def _signo_for_index(index: int) -> int:
+    """tc.sigactions skips SIGKILL (9) and SIGSTOP (19): entry i is signal i+1, +1 past 9, +1 past 19."""
+    signo = index + 1
+    if signo >= signal.SIGKILL:
+        signo += 1
+    if signo >= signal.SIGSTOP:
+        signo += 1
+    return signo
+
+
+def _build_sigactions(entries: Iterable) -> tuple[SigAction, ...]:
+    out = []
+    for index, sa in enumerate(entries):
+        if sa.compat_sigaction:
+            raise UnsupportedFeature("core", f"compat sigaction for signal {_signo_for_index(index)}")
+        out.append(SigAction(_signo_for_index(index), sa.sigaction, sa.flags, sa.restorer, sa.mask))
+    return tuple(out)
+
+
+def _itimer(t) -> ItimerValue:
+    return ItimerValue(t.isec, t.iusec, t.vsec, t.vusec)
+
+
+def _time_offsets(images: ImageSet) -> TimeOffsets | None:
+    t = images.timens()
+    if t is None:
+        return None
+    return TimeOffsets(t.monotonic.tv_sec, t.monotonic.tv_nsec, t.boottime.tv_sec, t.boottime.tv_nsec)

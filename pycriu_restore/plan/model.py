@@ -1,0 +1,229 @@
+"""The restore plan: everything the orchestrator needs, as plain, validated data.
+
+``plan.build.build_plan(images)`` turns an :class:`~pycriu_restore.images.ImageSet` into a
+:class:`RestorePlan`. Building it has no side effects and needs no root, so every check of
+the images (overlapping VMAs, pages outside any VMA, a missing main thread ...) runs before
+the first fork. The orchestrator (``restore/``) only reads the plan; the blob's argument
+structs are written from it.
+
+Addresses are virtual addresses of the restored task; sizes are in bytes unless the name
+says pages (``nr_pages``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class VmaKind(enum.Enum):
+    """How the blob recreates a VMA (CRIU's VMA_AREA_* status bits, reduced to what differs)."""
+
+    ANON_PRIVATE = "anon-private"  # mmap(MAP_PRIVATE|MAP_ANONYMOUS), pages from the pages image
+    FILE_PRIVATE = "file-private"  # mmap(MAP_PRIVATE, fd, pgoff), dirty pages overlaid from the image
+    FILE_SHARED = "file-shared"  # mmap(MAP_SHARED, fd, pgoff): the file itself holds the content
+    MEMFD_SHARED = "memfd-shared"  # MAP_SHARED on a memfd restored from memfd.img (+ shmem pagemap)
+    VDSO = "vdso"  # the running kernel's [vdso], moved to the dumped address
+    VVAR = "vvar"  # the running kernel's [vvar] (+ [vvar_vclock]), moved likewise
+
+
+@dataclass(frozen=True)
+class PageRun:
+    """``nr_pages`` consecutive pages at ``start_addr``, stored at ``file_offset`` in the pages image."""
+
+    start_addr: int
+    nr_pages: int
+    file_offset: int
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """A file a VMA maps (or the exe link): opened by the task before it enters the blob."""
+
+    file_id: int  # FileEntry id in files.img
+    path: str
+    open_flags: int  # O_RDONLY / O_RDWR, from VmaEntry.fdflags
+    # Identity checks as CRIU does them at restore (files-reg.c): size, and the GNU
+    # build-id note of ELF files. None means "the image recorded none".
+    expected_size: int | None = None
+    build_id: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Vma:
+    """One VMA of the restored task (``mm-PID.img``), with the pages that fill it."""
+
+    start: int
+    end: int
+    prot: int  # PROT_* as dumped
+    flags: int  # MAP_* as dumped (MAP_GROWSDOWN for the stack)
+    kind: VmaKind
+    pgoff: int = 0  # byte offset into the file for file VMAs
+    madv: int = 0  # bit (1 << MADV_x) for each madvise() to apply after the pages are in
+    file: MappedFile | None = None
+    page_runs: tuple[PageRun, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def nr_present_pages(self) -> int:
+        return sum(run.nr_pages for run in self.page_runs)
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """A regular file (or device node such as /dev/null) to open at fd ``fd``."""
+
+    fd: int
+    path: str
+    flags: int  # open() flags as dumped, O_CREAT never included
+    pos: int
+    cloexec: bool
+    # CRIU's identity checks at restore (files-reg.c): the size must match unless the
+    # file is opened O_APPEND (logs grow) or is not a regular file; the build-id of
+    # mapped ELF files must match. None means "not checked".
+    expected_size: int | None = None
+    expected_mode: int | None = None
+
+
+@dataclass(frozen=True)
+class PipeEnd:
+    """One end of a pipe at fd ``fd``; ends with the same ``pipe_id`` are one pipe."""
+
+    fd: int
+    pipe_id: int
+    flags: int  # O_RDONLY for the read end, O_WRONLY for the write end, plus O_NONBLOCK
+    cloexec: bool
+
+
+@dataclass(frozen=True)
+class PipeBuffer:
+    """A pipe's kernel buffer at dump (``pipes-data.img``): its size and the unread bytes."""
+
+    pipe_id: int
+    size_bytes: int | None
+    queued: bytes = b""
+
+
+@dataclass(frozen=True)
+class SigAction:
+    """One rt_sigaction() entry (``tc.sigactions``): handler, flags, restorer, mask."""
+
+    signo: int
+    handler: int
+    flags: int
+    restorer: int
+    mask: int
+
+
+@dataclass(frozen=True)
+class ItimerValue:
+    """setitimer() argument: interval and remaining value, each in seconds + microseconds."""
+
+    interval_sec: int
+    interval_usec: int
+    value_sec: int
+    value_usec: int
+
+
+@dataclass(frozen=True)
+class Rseq:
+    """A thread's rseq registration: re-registered by the blob for the same area."""
+
+    abi_pointer: int
+    abi_size: int
+    signature: int
+
+
+@dataclass(frozen=True)
+class Thread:
+    """One thread (``core-TID.img``): registers, FPU state and per-thread kernel state."""
+
+    tid: int
+    gpregs: dict[str, int]  # user_regs_struct field name -> value (CRIU's names: ax, ip, ...)
+    fpregs: dict[str, object]  # the fxsave fields, st_space, xmm_space
+    xsave: dict[str, object] | None  # xstate_bv, ymmh_space, pkru ... (None: fxsave only)
+    blk_sigset: int
+    sas: tuple[int, int, int] | None  # sigaltstack: ss_sp, ss_size, ss_flags
+    clear_tid_addr: int
+    futex_rla: int
+    futex_rla_len: int
+    rseq: Rseq | None
+    comm: str
+    pending_signals: tuple[bytes, ...] = ()  # 128-byte siginfo_t, private to this thread
+
+
+@dataclass(frozen=True)
+class MmFields:
+    """The mm_struct fields restored with PR_SET_MM_MAP (``mm-PID.img``)."""
+
+    start_code: int
+    end_code: int
+    start_data: int
+    end_data: int
+    start_stack: int
+    start_brk: int
+    brk: int
+    arg_start: int
+    arg_end: int
+    env_start: int
+    env_end: int
+    auxv: tuple[int, ...]  # saved auxv, key/value pairs
+    exe: MappedFile  # the /proc/PID/exe link, set with PR_SET_MM_MAP
+    dumpable: int | None = None
+    thp_disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """One process of the tree: identity, memory, files and signal state."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    comm: str
+    threads: tuple[Thread, ...]  # the main thread (tid == pid) first
+    vmas: tuple[Vma, ...]  # sorted by address, vsyscall left out
+    pages_path: str  # pages-N.img for this task's page runs
+    mm: MmFields
+    files: tuple[OpenFile | PipeEnd, ...]  # sorted by fd
+    cwd: str
+    root: str
+    umask: int
+    rlimits: tuple[tuple[int, int], ...]  # (cur, max) by RLIMIT_* number
+    sigactions: tuple[SigAction, ...]
+    itimers: tuple[ItimerValue, ItimerValue, ItimerValue]  # real, virtual, prof
+    shared_pending_signals: tuple[bytes, ...] = ()
+    personality: int = 0
+    pipes: tuple[PipeBuffer, ...] = ()  # one per pipe_id among the task's PipeEnds
+
+    @property
+    def main_thread(self) -> Thread:
+        return self.threads[0]
+
+
+@dataclass(frozen=True)
+class TimeOffsets:
+    """Clocks at dump time (``timens-0.img``): the new time namespace starts from these."""
+
+    monotonic_sec: int
+    monotonic_nsec: int
+    boottime_sec: int
+    boottime_nsec: int
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """The whole restore, root task first."""
+
+    images_dir: str
+    tasks: tuple[Task, ...]
+    timens: TimeOffsets | None = None
+    notes: tuple[str, ...] = field(default=())  # things accepted but not restored, for the log
+
+    @property
+    def root(self) -> Task:
+        return self.tasks[0]

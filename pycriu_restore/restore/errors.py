@@ -1,0 +1,46 @@
+"""Errors of the restore itself: the machine does not match the images, or a task failed.
+
+``EnvironmentMismatch`` (exit 4) is found before anything is changed: a pid in use, a file
+that is missing or differs from the one dumped. ``RestoreFailed`` (exit 5) happens while
+tasks exist; by the time it reaches the caller every task made so far has been killed.
+"""
+
+from __future__ import annotations
+
+from pycriu_restore.errors import EXIT_ENVIRONMENT, EXIT_RESTORE, PycrestoreError
+
+
+class EnvironmentMismatch(PycrestoreError):
+    """The machine does not match what the images expect."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class PidTaken(EnvironmentMismatch):
+    """A pid the images need is already used by another process."""
+
+    def __init__(self, pid: int, holder: str) -> None:
+        self.pid = pid
+        super().__init__(
+            f"pid {pid} is in use by {holder}: the task must get its checkpointed pid; "
+            "stop that process or restore with --pid-ns (a new pid namespace, where pids cannot collide)"
+        )
+
+
+class FileMismatch(EnvironmentMismatch):
+    """A file the images name is missing or not the one that was dumped."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {cause}")
+
+
+class RestoreFailed(PycrestoreError):
+    """A step of the restore failed after tasks were created (they have been killed)."""
+
+    exit_code = EXIT_RESTORE
+
+    def __init__(self, pid: int, step: str, cause: str) -> None:
+        self.pid = pid
+        self.step = step
+        super().__init__(f"task {pid}: {step}: {cause}")

@@ -1,0 +1,123 @@
+"""images -> plan on the real fixtures, and the errors for images that contradict themselves."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+
+from conftest import FIXTURES
+from pycriu_restore.images import ImageSet, dump_image, load_image
+from pycriu_restore.plan.build import build_plan
+from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from pycriu_restore.plan.model import OpenFile, PipeEnd, VmaKind
+from pycriu_restore.restore.errors import FileMismatch
+from pycriu_restore.restore.preflight import check_mapped_file, elf_build_id
+
+IMAGES = FIXTURES / "images"
+
+
+def plan_of(name: str):
+    return build_plan(ImageSet.open(IMAGES / name))
+
+
+def test_counter_plan_matches_the_images():
+    images = ImageSet.open(IMAGES / "counter")
+    plan = build_plan(images)
+    task = plan.root
+    mm = images.mm(31100)
+    assert (task.pid, task.sid, task.pgid) == (31100, 31100, 31100)
+    # Every VMA but [vsyscall], in order, with the dumped range and protection.
+    dumped = [v for v in mm.vmas if v.end <= 1 << 47]
+    assert [(v.start, v.end, v.prot) for v in task.vmas] == [(v.start, v.end, v.prot) for v in dumped]
+    kinds = [v.kind for v in task.vmas]
+    assert kinds.count(VmaKind.VDSO) == 1 and kinds.count(VmaKind.VVAR) == 1
+    # The page runs hold exactly the present pages, each at its offset in pages-1.img.
+    present = sum(e.nr_pages for e in images.pagemap(31100).iter_entries() if e.flags & 4)
+    runs = sorted((r for v in task.vmas for r in v.page_runs), key=lambda r: r.file_offset)
+    assert sum(r.nr_pages for r in runs) == present == 26
+    offset = 0
+    for r in runs:
+        assert r.file_offset == offset
+        offset += r.nr_pages * 4096
+    assert offset == (IMAGES / "counter" / "pages-1.img").stat().st_size
+    # fds: /dev/null, stdout, stderr with a size check; the O_APPEND log without one, CLOEXEC.
+    fds = {f.fd: f for f in task.files}
+    assert fds[1].expected_size == 0 and fds[3].expected_size is None and fds[3].cloexec
+    assert task.mm.exe.path.endswith("/counter/counter") and task.mm.exe.build_id
+    assert plan.timens is not None and plan.timens.monotonic_sec == 2477
+
+
+def test_sigactions_skip_sigkill_and_sigstop():
+    task = plan_of("signals").root
+    signos = [sa.signo for sa in task.sigactions]
+    assert len(signos) == 62 and 9 not in signos and 19 not in signos and signos[-1] == 64
+    alarm = next(sa for sa in task.sigactions if sa.signo == 14)
+    assert alarm.handler != 0 and alarm.flags & 0x10000000  # SA_RESTART
+    assert task.shared_pending_signals and len(task.main_thread.pending_signals) == 2
+
+
+def test_pipe_ends_and_queued_data():
+    task = plan_of("pipes").root
+    ends = [f for f in task.files if isinstance(f, PipeEnd)]
+    assert [e.fd for e in ends] == [5]
+    (buf,) = task.pipes
+    assert buf.queued == b"".join(b"%d\n" % i for i in range(51, 64))
+
+
+def test_threads_plan_has_every_thread_with_its_registers():
+    task = plan_of("threads").root
+    assert [t.tid for t in task.threads] == [31200, 31201, 31202, 31203, 31204]
+    assert len({t.gpregs["fs_base"] for t in task.threads}) == 5
+
+
+def test_shared_memfd_mapping_is_named_as_unsupported():
+    with pytest.raises(UnsupportedFeature, match=r"mm-31700.img: unsupported: VMA at 0x7efe1a1ed000: shared memfd"):
+        plan_of("shmem")
+    assert UnsupportedFeature.exit_code == 3
+
+
+def _copy(tmp_path, name):
+    dst = tmp_path / name
+    shutil.copytree(IMAGES / name, dst)
+    return dst
+
+
+def test_short_pages_image_is_inconsistent(tmp_path):
+    d = _copy(tmp_path, "counter")
+    pages = d / "pages-1.img"
+    pages.write_bytes(pages.read_bytes()[: 10 * 4096])
+    with pytest.raises(InconsistentImages, match=r"pagemap-31100.img: entry \d+ covers \d+ pages, pages-1.img has \d+ left"):
+        build_plan(ImageSet.open(d))
+
+
+def test_page_outside_every_vma_is_inconsistent(tmp_path):
+    d = _copy(tmp_path, "counter")
+    image = load_image(d / "pagemap-31100.img")
+    image.entries[1].vaddr = 0x1000  # no VMA there
+    (d / "pagemap-31100.img").write_bytes(dump_image(image))
+    with pytest.raises(InconsistentImages, match="page 0x1000 is outside every VMA"):
+        build_plan(ImageSet.open(d))
+
+
+def test_overlapping_vmas_are_inconsistent(tmp_path):
+    d = _copy(tmp_path, "counter")
+    image = load_image(d / "mm-31100.img")
+    image.entries[0].vmas[1].start -= 0x1000
+    (d / "mm-31100.img").write_bytes(dump_image(image))
+    with pytest.raises(InconsistentImages, match="overlaps the previous one"):
+        build_plan(ImageSet.open(d))
+
+
+def test_build_id_of_libc_matches_the_image_and_a_changed_binary_is_refused():
+    exe = plan_of("counter").root
+    libc = next(v.file for v in exe.vmas if v.file and v.file.path.endswith("libc.so.6"))
+    assert elf_build_id(libc.path) == libc.build_id
+    check_mapped_file(libc)
+    impostor = dataclasses.replace(libc, path="/bin/true", expected_size=None)
+    with pytest.raises(FileMismatch, match=r"/bin/true: ELF build-id is [0-9a-f]+, dumped [0-9a-f]+"):
+        check_mapped_file(impostor)
+    missing = dataclasses.replace(libc, path="/nonexistent/libc.so.6")
+    with pytest.raises(FileMismatch, match="missing"):
+        check_mapped_file(missing)
