@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -51,7 +53,13 @@ def _reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", count=True, help="More detail; -v also prints tracebacks on errors.")
 @click.version_option(package_name="pycrestore")
 def main(verbose: int) -> None:
-    """pycrestore: restore Linux processes from CRIU 4.x checkpoint images."""
+    """pycrestore: restore Linux processes from CRIU 4.x checkpoint images.
+
+    \b
+    pycrestore restore -D DIR [-d] [--pid-ns]   bring a checkpoint back to life
+    pycrestore info DIR                          what a checkpoint holds
+    pycrestore show FILE / encode               one image file as JSON and back
+    """
 
 
 @main.command()
@@ -106,6 +114,52 @@ def info(directory: str, section: str) -> None:
     from pycriu_restore.summary import render
 
     click.echo(render(ImageSet.open(directory), section), nl=False)
+
+
+@main.command()
+@click.option("-D", "--images-dir", required=True, type=click.Path(file_okay=False), help="The checkpoint directory.")
+@click.option("-d", "--restore-detached", is_flag=True, help="Return once the tasks run (default: wait for the root task and exit with its status).")
+@click.option("--pid-ns", is_flag=True, help="Restore in a new pid namespace under a small init, so pids cannot collide.")
+@click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the restored root task's pid here (as seen from this namespace).")
+@click.option("-o", "--log-file", type=click.Path(dir_okay=False), help="Also write the log (one line per restore phase, with its duration) here.")
+@_reports_errors
+def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None) -> None:
+    """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
+
+    Needs root. Without -d, pycrestore stays the parent of the restored root task and
+    exits with its exit status, as `criu restore` does.
+    """
+    from pycriu_restore.restore.orchestrator import RestoreOptions
+    from pycriu_restore.restore.orchestrator import restore as do_restore
+
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    _setup_logging(verbose, log_file)
+    restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns))
+    root = restored.root_pid
+    if pidfile:
+        with open(pidfile, "w") as f:
+            f.write(f"{root}\n")
+    where = f" (pid {restored.plan.root.pid} in its pid namespace, init {restored.init_pid})" if pid_ns else ""
+    logging.getLogger("pycrestore").info("restored task %d%s in %.1f ms", root, where, restored.timeline.total_ms)
+    if restore_detached:
+        return
+    _, status = os.waitpid(root, 0)
+    sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def _setup_logging(verbose: int, log_file: str | None) -> None:
+    """-v: phase lines on stderr; -vv: debug detail; -o FILE: the same lines (at least phases) in FILE."""
+    logger = logging.getLogger("pycrestore")
+    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    fmt = logging.Formatter("pycrestore: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
 
 
 if __name__ == "__main__":  # python -m pycriu_restore.cli

@@ -3,9 +3,9 @@
  *
  * The orchestrator writes a struct blob_args, and the arrays it points to, into the
  * bootstrap region of a stopped task, then enters the blob at BLOB_ENTRY_RESTORE_TASK with
- * RDI = address of the args (see "Entry" below).  pycriu_restore/blob/abi.py mirrors every
- * struct and every #define of this file; tests/test_blob_abi.py compiles this header and
- * compares each size, offset and value with the mirror.
+ * RDI = address of the args.  pycriu_restore/blob/abi.py mirrors every struct and every
+ * #define of this file; tests/test_blob_abi.py compiles this header and compares each size,
+ * offset and value with the mirror.  pycriu_restore/blob/bootstrap.py draws the region.
  *
  * Rules for this file:
  *   - fixed-width types only.  An address is a uint64_t in the *task's* address space: the
@@ -13,30 +13,28 @@
  *   - every hole is an explicit _pad field that the writer sets to zero; each struct's size
  *     is a multiple of 8 and is pinned by a _Static_assert at the end;
  *   - arrays are (address, count) pairs, so more data grows an array, not this struct;
- *   - any change of a layout or of a meaning bumps BLOB_ABI_VERSION.  The blob refuses args
- *     of another version or size (BLOB_EXIT_BAD_VERSION, BLOB_EXIT_BAD_SIZE).
+ *   - any change of a layout or of a meaning bumps BLOB_ABI_VERSION.  The header (magic,
+ *     version, size, flags) and the status record right after it stay at the same offsets
+ *     in every version, so that a blob can report "wrong version" and a tracer can read it.
  *
- * The bootstrap region (one contiguous mapping, free in both the old and the target layout;
- * research/criu-restore-internals.md section 2.2), from low to high addresses:
+ * Entry: the tracer sets RIP = restore_task, RDI = args, RSP = args->stack_top (any RSP
+ * works: once the magic checks out, entry.S switches to args->stack_top itself), orig_rax =
+ * -1, and continues the task.  restore_task never returns.  It runs the steps of
+ * restorer.c in order and stops at the first that fails.  Then (status protocol):
  *
- *     bootstrap_start
- *     +------------------------------+
- *     | blob image (restorer.elf)    |  relocated for this address, RWX
- *     +------------------------------+
- *     | struct blob_args             |  RW; the blob writes progress/error back here
- *     | arrays: blob_vma[], ...      |
- *     +------------------------------+
- *     | per thread: stack, sigframe  |  BLOB_STACK_BYTES each, sigframe 64-byte aligned
- *     +------------------------------+
- *     bootstrap_start + bootstrap_len
+ *   1. it writes args->status: state OK, or FAILED with the step, a positive errno, the
+ *      index of the object in its array and the object's address;
+ *   2. it executes int3 (a SIGTRAP stop for the tracer, which reads args->status);
+ *   3. on success, the very next system call is rt_sigreturn with RSP = threads[0].sigframe
+ *      + 8 (the kernel finds the frame at RSP - 8): the task leaves with the registers of
+ *      the frame.  On failure the blob calls exit_group(BLOB_EXIT_STEP_FAILED).
  *
- * Entry: the tracer sets RIP = base + offset of BLOB_ENTRY_RESTORE_TASK, RDI = address of the
- * args, RSP = any writable address with BLOB_STACK_BYTES below it (the entry aligns it).
- * restore_task never returns: it ends in exit_group (BLOB_F_EXIT) or, in a later version,
- * in rt_sigreturn into the checkpointed registers.
- *
- * Exit statuses: the blob's own are BLOB_EXIT_RESERVED..255; a caller asking for
- * exit_group(exit_code) must use a code below BLOB_EXIT_RESERVED.
+ * BLOB_F_EXIT replaces step 2-3 by exit_group(args->exit_code) after success (and by
+ * exit_group(BLOB_EXIT_STEP_FAILED) after a failure, without int3): for running the blob
+ * in a forked child without a tracer (pycriu_restore/blob/forkrun.py).  BLOB_F_NO_TRAP
+ * drops only the int3: the blob goes straight to rt_sigreturn (again for tests without a
+ * tracer).  Arguments that are bad before the status record can be trusted end the task
+ * with exit_group(BLOB_EXIT_BAD_MAGIC).
  */
 #ifndef PYCRESTORE_RESTORER_ABI_H
 #define PYCRESTORE_RESTORER_ABI_H
@@ -44,30 +42,62 @@
 #include <stdint.h>
 
 #define BLOB_ARGS_MAGIC		0x42435950u	/* "PYCB" in memory, little-endian */
-#define BLOB_ABI_VERSION	1u
+#define BLOB_STATUS_MAGIC	0x54535942u	/* "BYST": the blob has started writing status */
+#define BLOB_ABI_VERSION	2u
 
 #define BLOB_PAGE_SIZE		4096u		/* x86-64 base page (asm/page_types.h) */
-#define BLOB_STACK_BYTES	32768u		/* per-thread stack the orchestrator reserves */
+#define BLOB_STACK_BYTES	32768u		/* the blob's stack in the bootstrap region */
+#define BLOB_SIGFRAME_ALIGN	64u		/* XSAVE areas are 64-byte aligned (Intel SDM 13.4) */
+#define BLOB_SIGINFO_BYTES	128u		/* sizeof(siginfo_t) (asm-generic/siginfo.h) */
+#define BLOB_MAX_IOVS		1024u		/* iovecs per preadv batch: UIO_MAXIOV (linux/uio.h) */
 
-/* Names of the blob's entry points (symbols in restorer.elf's .symtab). */
+/* Names of the blob's entry points and gadgets (symbols in restorer.elf's .symtab). */
 #define BLOB_ENTRY_RESTORE_TASK	"restore_task"
+#define BLOB_SYSCALL_GADGET	"blob_syscall_gadget"	/* a lone `syscall` instruction */
 
 /* blob_args.flags */
-#define BLOB_F_EXIT		(1u << 0)	/* end with exit_group(exit_code) after the steps;
-						 * the only ending this version implements */
+#define BLOB_F_EXIT		(1u << 0)	/* end with exit_group(exit_code), not rt_sigreturn */
+#define BLOB_F_NO_TRAP		(1u << 1)	/* no int3 before rt_sigreturn (no tracer) */
+#define BLOB_F_SET_MM		(1u << 2)	/* apply args->mm with PR_SET_MM_MAP */
 
 /* Exit statuses of the blob itself (exit_group argument). */
 #define BLOB_EXIT_RESERVED	240u	/* args.exit_code must be below this */
 #define BLOB_EXIT_BAD_MAGIC	240u	/* RDI does not point at a struct blob_args */
-#define BLOB_EXIT_BAD_VERSION	241u	/* args written for another BLOB_ABI_VERSION */
-#define BLOB_EXIT_BAD_SIZE	242u	/* args.args_size != sizeof(struct blob_args) */
-#define BLOB_EXIT_BAD_ARGS	243u	/* a field is out of range: see args.progress/error */
-#define BLOB_EXIT_UNSUPPORTED	244u	/* args ask for work this blob version cannot do */
-#define BLOB_EXIT_STEP_FAILED	245u	/* a step's syscall failed: see args.progress/error */
+#define BLOB_EXIT_STEP_FAILED	245u	/* see args->status */
 
-/* blob_vma.blob_flags */
-#define BLOB_VMA_NO_PROT_WRITE	(1u << 0)	/* no pages to read: do not add PROT_WRITE */
-#define BLOB_VMA_CLOSE_FD	(1u << 1)	/* close fd after mapping: last VMA of the file */
+/* blob_status.state */
+#define BLOB_STATE_RUNNING	1u	/* steps are running: status.step is the current one */
+#define BLOB_STATE_OK		2u	/* every step succeeded */
+#define BLOB_STATE_FAILED	3u	/* status.step failed with status.err */
+
+/* Steps, in the order they run (restorer.c explains the order).  blob_status.step. */
+#define BLOB_STEP_CHECK_ARGS		1u
+#define BLOB_STEP_BLOCK_SIGNALS		2u
+#define BLOB_STEP_UNREGISTER_RSEQ	3u
+#define BLOB_STEP_PARK_VDSO		4u
+#define BLOB_STEP_UNMAP_OLD		5u
+#define BLOB_STEP_MAP_VMAS		6u
+#define BLOB_STEP_FILL_PAGES		7u
+#define BLOB_STEP_PROTECT_VMAS		8u
+#define BLOB_STEP_PLACE_VDSO		9u
+#define BLOB_STEP_CLOSE_FDS		10u
+#define BLOB_STEP_SET_MM		11u
+#define BLOB_STEP_SIGACTIONS		12u
+#define BLOB_STEP_THREAD_STATE		13u
+#define BLOB_STEP_RLIMITS		14u
+#define BLOB_STEP_PENDING_SIGNALS	15u
+#define BLOB_STEP_ITIMERS		16u
+
+/* Where the task is and what went wrong; written by the blob only. */
+struct blob_status {
+	uint32_t magic;		/* BLOB_STATUS_MAGIC once the blob runs; the writer puts 0 */
+	uint32_t state;		/* BLOB_STATE_* */
+	uint32_t step;		/* BLOB_STEP_* running (RUNNING) or failed (FAILED) */
+	uint32_t err;		/* positive errno of the failed step; 0 otherwise */
+	uint32_t index;		/* index of the failed object in its array (VMA number ...) */
+	uint32_t _pad;
+	uint64_t addr;		/* address of the failed object (VMA start ...), or 0 */
+};
 
 /* An rseq area (rseq(2)): the glibc one to drop, or a checkpointed one to register. */
 struct blob_rseq {
@@ -76,38 +106,42 @@ struct blob_rseq {
 	uint32_t sig;		/* signature given at registration (x86: 0x53053053) */
 };
 
-/* One VMA to map at its checkpointed address (from mm-N.img's VmaEntry). */
+/* One VMA to map at its checkpointed address (mm-N.img's VmaEntry). */
 struct blob_vma {
 	uint64_t start;		/* page-aligned */
 	uint64_t end;		/* exclusive, page-aligned */
 	uint64_t pgoff;		/* file offset in bytes, for file mappings */
 	uint64_t madv;		/* bit n set: madvise(start, end - start, n) after filling */
 	uint32_t prot;		/* PROT_* as checkpointed */
-	uint32_t flags;		/* MAP_* (MAP_FIXED is added by the blob) */
-	uint32_t blob_flags;	/* BLOB_VMA_* */
+	uint32_t map_prot;	/* PROT_* to map with: prot | PROT_WRITE while pages are read */
+	uint32_t flags;		/* MAP_* as checkpointed (the blob adds MAP_FIXED_NOREPLACE) */
 	int32_t fd;		/* fd open in the task for a file mapping; -1: anonymous */
-};
-
-/* One preadv(2) batch from the pages image: iovs[first_iov .. first_iov + nr_iovs). */
-struct blob_page_read {
-	uint64_t file_off;	/* byte offset in pages-N.img */
-	uint64_t first_iov;	/* index into blob_args.iovs */
-	uint32_t nr_iovs;	/* at most IOV_MAX (1024) */
+	uint32_t plan_index;	/* the VMA's number in the plan, for status.index */
 	uint32_t _pad;
 };
 
-/* struct iovec with fixed-width fields. */
+/* One preadv(2) batch from the pages image: iovs[first_iov .. first_iov + nr_iovs),
+ * filled from consecutive bytes of the file starting at file_off. */
+struct blob_page_read {
+	uint64_t file_off;	/* byte offset in pages-N.img */
+	uint32_t first_iov;	/* index into blob_args.iovs */
+	uint32_t nr_iovs;	/* 1 .. BLOB_MAX_IOVS */
+};
+
+/* struct iovec with fixed-width fields; the blob advances it in place on short reads. */
 struct blob_iovec {
 	uint64_t base;		/* destination address, inside some blob_vma */
 	uint64_t len;		/* bytes */
 };
 
-/* An mremap(2) of a mapping the kernel made ([vvar], [vvar_vclock], [vdso]) to its
- * checkpointed address; 6.18 has three such areas (research/feasibility-spike.md section 3). */
-struct blob_remap {
-	uint64_t old_start;	/* where the kernel put it in this process */
-	uint64_t new_start;	/* checkpointed start */
-	uint64_t len;		/* bytes; equal in both layouts */
+/* One area the kernel maps itself ([vvar], [vvar_vclock], [vdso]; 6.18 has three:
+ * research/feasibility-spike.md section 3).  It is parked inside the bootstrap region
+ * before the old memory goes, then moved to its checkpointed address. */
+struct blob_vdso_area {
+	uint64_t runtime_start;	/* where the kernel put it in this process */
+	uint64_t park_start;	/* in the bootstrap region's park area */
+	uint64_t target_start;	/* checkpointed address; 0: leave it parked */
+	uint64_t len;		/* bytes; the same in all three places */
 };
 
 /* One rt_sigaction(2) call; handler..mask are the kernel's struct sigaction for x86-64
@@ -119,6 +153,27 @@ struct blob_sigaction {
 	uint64_t flags;		/* SA_*; SA_RESTORER is set for glibc handlers */
 	uint64_t restorer;	/* sa_restorer */
 	uint64_t mask;		/* sa_mask, 64 signals */
+};
+
+/* One prlimit64(2) call on the task itself. */
+struct blob_rlimit {
+	uint32_t resource;	/* RLIMIT_* */
+	uint32_t _pad;
+	uint64_t cur;		/* RLIM64_INFINITY is 2**64 - 1 */
+	uint64_t max;
+};
+
+/* A pending signal to queue again: the raw siginfo_t; its first int is the signal. */
+struct blob_siginfo {
+	uint8_t bytes[BLOB_SIGINFO_BYTES];
+};
+
+/* struct itimerval (linux/time.h) with fixed-width fields, for setitimer(2). */
+struct blob_itimer {
+	uint64_t interval_sec;
+	uint64_t interval_usec;
+	uint64_t value_sec;
+	uint64_t value_usec;
 };
 
 /* The mm bounds for prctl(PR_SET_MM, PR_SET_MM_MAP): the layout of struct prctl_mm_map
@@ -137,42 +192,43 @@ struct blob_mm {
 	uint64_t env_end;
 	uint64_t auxv;		/* address of the saved auxv (uint64_t pairs) */
 	uint32_t auxv_size;	/* bytes */
-	uint32_t exe_fd;	/* fd of the checkpointed executable, open in the task */
+	uint32_t exe_fd;	/* fd of the checkpointed executable; (uint32_t)-1: keep */
 };
 
-/* Per-thread state the blob sets from inside each thread (thread 0 enters restore_task). */
+/* Per-thread state the blob sets from inside each thread (threads[0] runs restore_task). */
 struct blob_thread {
-	uint32_t tid;		/* checkpointed TID: clone3 set_tid, checked with gettid */
+	uint32_t tid;		/* checkpointed TID (informational in this version) */
 	uint32_t _pad;
-	uint64_t stack_top;	/* top of its BLOB_STACK_BYTES stack in the bootstrap region */
-	uint64_t sigframe;	/* its rt_sigframe: RSP for the final rt_sigreturn */
+	uint64_t stack_top;	/* top of its stack in the bootstrap region */
+	uint64_t sigframe;	/* its struct rt_sigframe (pretcode); RSP = sigframe + 8 */
 	uint64_t fs_base;	/* arch_prctl(ARCH_SET_FS) */
-	uint64_t gs_base;	/* arch_prctl(ARCH_SET_GS) */
+	uint64_t gs_base;	/* arch_prctl(ARCH_SET_GS) if not 0 */
 	uint64_t clear_child_tid;	/* set_tid_address(2) */
-	uint64_t robust_list;	/* set_robust_list(2) head */
+	uint64_t robust_list;	/* set_robust_list(2) head; skipped if robust_list_len is 0 */
 	uint64_t robust_list_len;
-	struct blob_rseq rseq;	/* the checkpointed rseq area to register */
+	struct blob_rseq rseq;	/* the checkpointed rseq area to register; addr 0: none */
 	uint8_t comm[16];	/* prctl(PR_SET_NAME), NUL-padded (TASK_COMM_LEN) */
+	uint64_t siginfos;	/* struct blob_siginfo[nr_siginfos]: pending for this thread */
+	uint32_t nr_siginfos;
+	uint32_t _pad1;
 };
 
-/* Everything restore_task needs; written by the orchestrator, updated by the blob. */
+/* Everything restore_task needs; written by the orchestrator, status updated by the blob. */
 struct blob_args {
-	/* Header: checked before anything else is read. */
+	/* Header: the same offsets in every ABI version. */
 	uint32_t magic;		/* BLOB_ARGS_MAGIC */
 	uint32_t abi_version;	/* BLOB_ABI_VERSION */
 	uint32_t args_size;	/* sizeof(struct blob_args) as the writer laid it out */
 	uint32_t flags;		/* BLOB_F_* */
+	struct blob_status status;	/* out: read by the tracer at the int3 stop */
 
-	/* Outcome. */
-	uint32_t exit_code;	/* in: exit_group status with BLOB_F_EXIT, < BLOB_EXIT_RESERVED */
-	uint32_t progress;	/* out: 1 + index of the step being run; 0 before the first */
-	int64_t error;		/* out: -errno of the failed step; 0 while all is well */
-	uint64_t error_addr;	/* out: address the failed step worked on, or 0 */
-
-	/* Bootstrap region: blob, args, arrays, stacks, sigframes.  Never unmapped by the blob. */
+	/* Bootstrap region: blob, args, arrays, park area, sigframes, stack. */
 	uint64_t bootstrap_start;	/* page-aligned */
 	uint64_t bootstrap_len;		/* bytes, page-rounded */
 	uint64_t task_size;	/* end of user space: the blob unmaps below it only ([vsyscall]) */
+	uint64_t stack_top;	/* entry.S moves RSP here (16-byte aligned) */
+	uint32_t exit_code;	/* with BLOB_F_EXIT: exit_group status, < BLOB_EXIT_RESERVED */
+	uint32_t _pad0;
 
 	/* glibc's rseq area of the process the blob runs in, unregistered before anything is
 	 * unmapped: 6.18 kills the task otherwise (research/feasibility-spike.md section 2). */
@@ -184,36 +240,51 @@ struct blob_args {
 	int32_t pages_fd;	/* pages-N.img open in the task; -1: nothing to read */
 	uint64_t page_reads;	/* struct blob_page_read[nr_page_reads], in file order */
 	uint32_t nr_page_reads;
-	uint32_t _pad0;
-	uint64_t iovs;		/* struct blob_iovec[nr_iovs], indexed by page_reads */
 	uint32_t nr_iovs;
-	uint32_t _pad1;
-	uint64_t remaps;	/* struct blob_remap[nr_remaps]: vdso/vvar moves */
-	uint32_t nr_remaps;
-	uint32_t _pad2;
+	uint64_t iovs;		/* struct blob_iovec[nr_iovs], indexed by page_reads */
+	uint64_t vdso_areas;	/* struct blob_vdso_area[nr_vdso_areas] */
+	uint32_t nr_vdso_areas;
 
-	/* mm bounds, auxv and exe link, applied after every VMA is in place. */
+	/* Service fds (pages image, mapped files) closed once memory is in place. */
+	uint32_t nr_close_fds;
+	uint64_t close_fds;	/* int32_t[nr_close_fds] */
+
+	/* mm bounds, auxv and exe link (with BLOB_F_SET_MM), then the task-wide prctls. */
 	struct blob_mm mm;
+	int32_t dumpable;	/* PR_SET_DUMPABLE value; -1: leave as is */
+	int32_t thp_disabled;	/* PR_SET_THP_DISABLE value; -1: leave as is */
 
-	/* Signal actions, set before any thread is created. */
+	/* Signal actions. */
 	uint64_t sigactions;	/* struct blob_sigaction[nr_sigactions] */
 	uint32_t nr_sigactions;
-	uint32_t _pad3;
+	uint32_t nr_rlimits;
+	uint64_t rlimits;	/* struct blob_rlimit[nr_rlimits] */
 
-	/* Threads: threads[0] is the one that enters restore_task. */
-	uint64_t threads;	/* struct blob_thread[nr_threads] */
+	/* Pending signals shared by the whole task (rt_sigqueueinfo). */
+	uint64_t siginfos;	/* struct blob_siginfo[nr_siginfos] */
+	uint32_t nr_siginfos;
+
+	/* Threads: threads[0] is the one that enters restore_task (the only one so far). */
 	uint32_t nr_threads;
-	uint32_t _pad4;
+	uint64_t threads;	/* struct blob_thread[nr_threads] */
+
+	/* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF: armed last. */
+	struct blob_itimer itimers[3];
 };
 
+_Static_assert(sizeof(struct blob_status) == 32, "blob_status layout");
 _Static_assert(sizeof(struct blob_rseq) == 16, "blob_rseq layout");
-_Static_assert(sizeof(struct blob_vma) == 48, "blob_vma layout");
-_Static_assert(sizeof(struct blob_page_read) == 24, "blob_page_read layout");
+_Static_assert(sizeof(struct blob_vma) == 56, "blob_vma layout");
+_Static_assert(sizeof(struct blob_page_read) == 16, "blob_page_read layout");
 _Static_assert(sizeof(struct blob_iovec) == 16, "blob_iovec layout");
-_Static_assert(sizeof(struct blob_remap) == 24, "blob_remap layout");
+_Static_assert(sizeof(struct blob_vdso_area) == 32, "blob_vdso_area layout");
 _Static_assert(sizeof(struct blob_sigaction) == 40, "blob_sigaction layout");
+_Static_assert(sizeof(struct blob_rlimit) == 24, "blob_rlimit layout");
+_Static_assert(sizeof(struct blob_siginfo) == 128, "blob_siginfo layout");
+_Static_assert(sizeof(struct blob_itimer) == 32, "blob_itimer layout");
 _Static_assert(sizeof(struct blob_mm) == 104, "blob_mm layout (struct prctl_mm_map)");
-_Static_assert(sizeof(struct blob_thread) == 96, "blob_thread layout");
-_Static_assert(sizeof(struct blob_args) == 280, "blob_args layout");
+_Static_assert(sizeof(struct blob_thread) == 112, "blob_thread layout");
+_Static_assert(sizeof(struct blob_args) == 424, "blob_args layout");
+_Static_assert(__builtin_offsetof(struct blob_args, status) == 16, "status offset is fixed");
 
 #endif /* PYCRESTORE_RESTORER_ABI_H */

@@ -1,13 +1,25 @@
 /*
- * entry.S - the blob's entry points: from "RIP set by a tracer" to a C function.
+ * entry.S - the blob's ways in and out, where C cannot be trusted with the stack pointer.
  *
- * The orchestrator enters the blob through ptrace with RIP = restore_task, RDI = args and
- * RSP = the top of a stack in the bootstrap region (abi.h, "Entry").  Nothing was called, so
- * RSP has no return address and no guaranteed alignment, while compiled C expects
- * RSP + 8 to be 16-byte aligned at its first instruction (x86-64 psABI 3.2.2).  The stub
- * aligns RSP, clears RBP (ends the frame chain for a debugger) and calls the C code, which
- * never returns.  RDI passes through untouched.
+ * restore_task: the tracer enters here with RIP = restore_task and RDI = args (abi.h,
+ * "Entry").  Nothing was called, so RSP has no return address and no guaranteed alignment,
+ * while compiled C expects RSP + 8 to be 16-byte aligned at its first instruction (x86-64
+ * psABI 3.2.2).  The stub aligns RSP, asks blob_stack_top (restorer.c) for the blob's own
+ * stack in the bootstrap region and moves there: the step that unmaps the old memory must
+ * not pull the stack from under the blob (a caller in a forked child enters on Python's
+ * stack).  RBP is cleared to end the frame chain for a debugger.
+ *
+ * blob_finish(new_sp, trap): the last instructions of a successful restore.  int3 (if trap)
+ * stops the task for the tracer, which reads the status; then RSP = new_sp (the thread's
+ * rt_sigframe + 8) and rt_sigreturn, with no other system call in between: the tracer
+ * steps to the rt_sigreturn entry and exit stops (abi.h, status protocol).
+ *
+ * blob_syscall_gadget: one `syscall` instruction.  After the rt_sigreturn stop the tracer
+ * points RIP here with RAX = __NR_munmap to remove the bootstrap region, and takes the
+ * task at the syscall-exit stop: the instruction after it is never run.
  */
+#include <asm/unistd.h>
+
 	.text
 	.globl	restore_task
 	.hidden	restore_task
@@ -15,8 +27,35 @@
 restore_task:
 	xorl	%ebp, %ebp
 	andq	$-16, %rsp
+	movq	%rdi, %rbx		/* callee-saved across the call */
+	call	blob_stack_top		/* 0: the args are not ours, stay where we are */
+	testq	%rax, %rax
+	jz	1f
+	movq	%rax, %rsp
+1:	movq	%rbx, %rdi
 	call	restore_task_main	/* pushes 8 bytes: the C ABI's entry alignment */
 	ud2				/* restore_task_main does not return */
 	.size	restore_task, . - restore_task
+
+	.globl	blob_finish
+	.hidden	blob_finish
+	.type	blob_finish, @function
+blob_finish:
+	testl	%esi, %esi
+	jz	1f
+	int3
+1:	movq	%rdi, %rsp
+	movl	$__NR_rt_sigreturn, %eax
+	syscall
+	ud2				/* rt_sigreturn does not come back here */
+	.size	blob_finish, . - blob_finish
+
+	.globl	blob_syscall_gadget
+	.hidden	blob_syscall_gadget
+	.type	blob_syscall_gadget, @function
+blob_syscall_gadget:
+	syscall
+	ud2
+	.size	blob_syscall_gadget, . - blob_syscall_gadget
 
 	.section .note.GNU-stack, "", @progbits	/* no executable stack wanted */

@@ -1,75 +1,104 @@
 /*
  * restorer.c - restore_task: the code a restored task runs last, as an ordered list of steps.
  *
- * entry.S jumps here with RDI = the struct blob_args the orchestrator wrote (abi.h).  The
- * header is checked first; then each step of blob_steps[] runs in order, and the first one
- * that fails ends the task with its own exit status, leaving args->progress (which step) and
- * args->error (-errno) for a tracer to read.  This version restores nothing yet: it checks
- * its arguments, drops the calling process's glibc rseq and ends with
- * exit_group(args->exit_code).  Later versions add steps (unmap the old process, map every
- * VMA, preadv the pages, mm, sigactions, threads) and end in rt_sigreturn.
+ * entry.S jumps here on the blob's own stack with the struct blob_args the orchestrator
+ * wrote (abi.h).  The header is checked first; then each step of blob_steps[] runs in
+ * order.  The first that fails leaves its step, errno, object index and address in
+ * args->status and the blob stops (int3, then exit_group).  When all succeed, the status
+ * says OK, int3 hands the task to the tracer, and rt_sigreturn leaves into the
+ * checkpointed registers of threads[0]'s signal frame (abi.h, "status protocol").
  *
- * Preconditions: args is readable and writable; the stack below RSP holds BLOB_STACK_BYTES.
+ * Preconditions: the task is single-threaded; args and every array it points to lie in the
+ * bootstrap region [bootstrap_start, bootstrap_start + bootstrap_len), which nothing else
+ * overlaps in the checkpointed layout; the service fds named in the args are open.
  * No libc: system calls go through syscall.h, memcpy and friends come from string.c.
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <linux/errno.h>
 #include <linux/rseq.h>
+#include <linux/mman.h>
+#include <linux/prctl.h>
+#include <linux/time.h>
+#include <asm/prctl.h>
+#include <asm/signal.h>
 
 #include "abi.h"
 #include "syscall.h"
 
-/* One step of restore_task: returns 0, or -errno and then the task exits with fail_status. */
+/* One step of restore_task: returns 0, or -errno after noting the failed object. */
 struct blob_step {
-	const char *name;		/* for a debugger: blob_steps[args->progress - 1].name */
-	long (*run)(struct blob_args *args);
-	uint32_t fail_status;		/* BLOB_EXIT_* */
+	uint32_t id;			/* BLOB_STEP_*, what status.step reports */
+	const char *name;		/* for a debugger */
+	long (*run)(struct blob_args *args, struct blob_status *status);
 };
 
 void restore_task_main(struct blob_args *args) __attribute__((noreturn));
+uint64_t blob_stack_top(const struct blob_args *args);
+void blob_finish(uint64_t new_sp, int trap) __attribute__((noreturn));
 
-/* True if the n bytes at p are all zero. */
-static int all_zero(const void *p, size_t n)
+/* Record which object a failing step was working on; returns err for the caller's return. */
+static long failed_at(struct blob_status *status, uint32_t index, uint64_t addr, long err)
 {
-	const uint8_t *b = p;
-
-	for (; n; n--, b++)
-		if (*b)
-			return 0;
-	return 1;
+	status->index = index;
+	status->addr = addr;
+	return err;
 }
 
-/* Check the fields this version reads beyond the header.  Changes nothing. */
-static long step_check_args(struct blob_args *args)
-{
-	if (args->flags & ~BLOB_F_EXIT)
-		return -EINVAL;		/* a flag from a newer orchestrator */
-	if (args->exit_code >= BLOB_EXIT_RESERVED)
-		return -EINVAL;		/* would be mistaken for one of the blob's own statuses */
-	return 0;
-}
+#define PAGE_MASK ((uint64_t)BLOB_PAGE_SIZE - 1)
 
-/* Refuse work this version cannot do, rather than exit as if it had been done. */
-static long step_check_supported(struct blob_args *args)
+/* Check the fields the steps trust: flags, the region, thread count, read batches. */
+static long step_check_args(struct blob_args *args, struct blob_status *status)
 {
-	if (!(args->flags & BLOB_F_EXIT))
-		return -EOPNOTSUPP;	/* the rt_sigreturn ending comes with the memory steps */
-	if (args->nr_vmas || args->nr_page_reads || args->nr_iovs || args->nr_remaps ||
-	    args->nr_sigactions || args->nr_threads)
-		return -EOPNOTSUPP;
-	if (!all_zero(&args->mm, sizeof(args->mm)))
-		return -EOPNOTSUPP;
+	const struct blob_page_read *reads = (const void *)args->page_reads;
+	uint64_t region_end = args->bootstrap_start + args->bootstrap_len;
+	uint32_t i;
+
+	if (args->flags & ~(BLOB_F_EXIT | BLOB_F_NO_TRAP | BLOB_F_SET_MM))
+		return failed_at(status, 0, args->flags, -EINVAL);	/* a newer orchestrator */
+	if ((args->flags & BLOB_F_EXIT) && args->exit_code >= BLOB_EXIT_RESERVED)
+		return failed_at(status, 1, args->exit_code, -EINVAL);
+	if (!args->bootstrap_len || (args->bootstrap_start & PAGE_MASK) ||
+	    (args->bootstrap_len & PAGE_MASK) || region_end > args->task_size ||
+	    region_end < args->bootstrap_start)
+		return failed_at(status, 2, args->bootstrap_start, -EINVAL);
+	/* One thread only, and the sigreturn ending needs its frame. */
+	if (args->nr_threads > 1)
+		return failed_at(status, 3, args->nr_threads, -EOPNOTSUPP);
+	if (!(args->flags & BLOB_F_EXIT) && args->nr_threads != 1)
+		return failed_at(status, 3, args->nr_threads, -EINVAL);
+	for (i = 0; i < args->nr_page_reads; i++) {
+		if (!reads[i].nr_iovs || reads[i].nr_iovs > BLOB_MAX_IOVS ||
+		    reads[i].first_iov > args->nr_iovs ||
+		    reads[i].nr_iovs > args->nr_iovs - reads[i].first_iov)
+			return failed_at(status, 4, i, -EINVAL);
+	}
 	return 0;
 }
 
 /*
+ * Block every signal but SIGTRAP.  First: a handler of the old process must not run once
+ * its code is gone, and a signal for the new one must wait for its handlers and mask
+ * (rt_sigreturn installs the checkpointed mask).  SIGTRAP stays open because the final
+ * int3 raises it with force_sig, which would otherwise reset the SIGTRAP disposition to
+ * SIG_DFL (kernel/signal.c: force_sig_info_to_task) after step SIGACTIONS restored it.
+ */
+static long step_block_signals(struct blob_args *args, struct blob_status *status)
+{
+	uint64_t mask = ~(1ull << (SIGTRAP - 1));
+
+	(void)args;
+	(void)status;
+	return sys_rt_sigprocmask(SIG_SETMASK, &mask, NULL);
+}
+
+/*
  * Unregister the glibc rseq area of the process the blob runs in (args->self_rseq; addr 0:
- * none).  Must come before any step that unmaps memory: the kernel writes the area on every
- * return to user space after a preemption, and once it is unmapped that kills the task with
+ * none).  Before any step that unmaps memory: the kernel writes the area on every return
+ * to user space after a preemption, and once it is unmapped that kills the task with
  * SIGSEGV (research/feasibility-spike.md section 2).
  */
-static long step_unregister_rseq(struct blob_args *args)
+static long step_unregister_rseq(struct blob_args *args, struct blob_status *status)
 {
 	const struct blob_rseq *rseq = &args->self_rseq;
 	long ret;
@@ -77,49 +106,433 @@ static long step_unregister_rseq(struct blob_args *args)
 	if (!rseq->addr)
 		return 0;
 	ret = sys_rseq(rseq->addr, rseq->len, RSEQ_FLAG_UNREGISTER, rseq->sig);
+	return ret < 0 ? failed_at(status, 0, rseq->addr, ret) : 0;
+}
+
+/* mremap the whole of [from, from + len) to exactly `to`. */
+static long move_area(uint64_t from, uint64_t len, uint64_t to)
+{
+	long ret = sys_mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+
 	if (ret < 0)
-		args->error_addr = rseq->addr;
-	return ret;
+		return ret;
+	return (uint64_t)ret == to ? 0 : -EFAULT;
 }
 
 /*
- * The steps, in the order they must run.  Deliberately a writable global: the compiler must
- * read it at run time rather than fold it into direct calls, so its absolute addresses need
- * R_X86_64_RELATIVE relocations, and every run of the blob proves the loader applied them.
+ * Park [vvar], [vvar_vclock] and [vdso] inside the bootstrap region, keeping their order.
+ * Before the big unmap, which would otherwise remove them (the kernel cannot give them
+ * back while other areas exist); they cannot go to their checkpointed addresses yet,
+ * because the old process may still occupy those.
+ */
+static long step_park_vdso(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_vdso_area *areas = (const void *)args->vdso_areas;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_vdso_areas; i++) {
+		ret = move_area(areas[i].runtime_start, areas[i].len, areas[i].park_start);
+		if (ret < 0)
+			return failed_at(status, i, areas[i].runtime_start, ret);
+	}
+	return 0;
+}
+
+/*
+ * Unmap everything below task_size except the bootstrap region: the old process's code,
+ * heap, stack and libraries.  After rseq is unregistered and the vdso parked; above
+ * task_size only [vsyscall] exists, and it is left alone.
+ */
+static long step_unmap_old(struct blob_args *args, struct blob_status *status)
+{
+	uint64_t start = args->bootstrap_start, end = start + args->bootstrap_len;
+	long ret;
+
+	ret = sys_munmap(0, start);
+	if (ret < 0)
+		return failed_at(status, 0, 0, ret);
+	if (end < args->task_size) {
+		ret = sys_munmap(end, args->task_size - end);
+		if (ret < 0)
+			return failed_at(status, 1, end, ret);
+	}
+	return 0;
+}
+
+/*
+ * Map every VMA at its checkpointed address, writable if pages are to be read into it.
+ * After the unmap: the addresses are free now, and MAP_FIXED_NOREPLACE turns any overlap
+ * (a bug in the plan or the region) into EEXIST instead of silently replacing memory.
+ */
+static long step_map_vmas(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_vma *vmas = (const void *)args->vmas;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_vmas; i++) {
+		const struct blob_vma *vma = &vmas[i];
+		uint64_t len = vma->end - vma->start;
+
+		ret = sys_mmap(vma->start, len, vma->map_prot, vma->flags | MAP_FIXED_NOREPLACE,
+			       vma->fd, vma->pgoff);
+		if (ret >= 0 && (uint64_t)ret != vma->start) {
+			/* A kernel that ignores MAP_FIXED_NOREPLACE put it elsewhere. */
+			sys_munmap(ret, len);
+			ret = -EEXIST;
+		}
+		if (ret < 0)
+			return failed_at(status, vma->plan_index, vma->start, ret);
+	}
+	return 0;
+}
+
+/*
+ * Read the page contents from the pages image, one preadv per batch; a short read
+ * advances the iovecs in place and reads on, end of file is ENODATA.  After the mapping
+ * step (the destinations must exist and be writable).
+ */
+static long step_fill_pages(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_page_read *reads = (const void *)args->page_reads;
+	struct blob_iovec *all_iovs = (void *)args->iovs;
+	uint32_t i;
+
+	for (i = 0; i < args->nr_page_reads; i++) {
+		struct blob_iovec *iov = all_iovs + reads[i].first_iov;
+		uint32_t left = reads[i].nr_iovs;
+		uint64_t off = reads[i].file_off;
+
+		while (left) {
+			long got = sys_preadv(args->pages_fd, iov, left, off);
+
+			if (got == -EINTR)
+				continue;
+			if (got < 0)
+				return failed_at(status, i, iov->base, got);
+			if (got == 0)
+				return failed_at(status, i, iov->base, -ENODATA);
+			off += (uint64_t)got;
+			while (left && (uint64_t)got >= iov->len) {
+				got -= (long)iov->len;
+				iov++;
+				left--;
+			}
+			if (left) {
+				iov->base += (uint64_t)got;
+				iov->len -= (uint64_t)got;
+			}
+		}
+	}
+	return 0;
+}
+
+/*
+ * Drop the write access added for filling, then apply the checkpointed madvise bits.
+ * After the pages are in: advice such as MADV_WIPEONFORK or MADV_DONTNEED-like effects
+ * must not meet empty memory, and a read-only VMA cannot be filled.
+ */
+static long step_protect_vmas(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_vma *vmas = (const void *)args->vmas;
+	uint32_t i, advice;
+	long ret;
+
+	for (i = 0; i < args->nr_vmas; i++) {
+		const struct blob_vma *vma = &vmas[i];
+		uint64_t len = vma->end - vma->start;
+
+		if (vma->map_prot != vma->prot) {
+			ret = sys_mprotect(vma->start, len, vma->prot);
+			if (ret < 0)
+				return failed_at(status, vma->plan_index, vma->start, ret);
+		}
+		for (advice = 0; advice < 64; advice++) {
+			if (!(vma->madv & (1ull << advice)))
+				continue;
+			ret = sys_madvise(vma->start, len, (int)advice);
+			if (ret < 0)
+				return failed_at(status, vma->plan_index, vma->start, ret);
+		}
+	}
+	return 0;
+}
+
+/*
+ * Move the parked vdso areas to their checkpointed addresses.  After the VMAs are mapped,
+ * so that any overlap shows up as a failed mapping rather than a clobbered vdso; the
+ * Python side already checked that the sizes match the image.
+ */
+static long step_place_vdso(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_vdso_area *areas = (const void *)args->vdso_areas;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_vdso_areas; i++) {
+		if (!areas[i].target_start)
+			continue;	/* no such area in the image: unmapped with the region */
+		ret = move_area(areas[i].park_start, areas[i].len, areas[i].target_start);
+		if (ret < 0)
+			return failed_at(status, i, areas[i].target_start, ret);
+	}
+	return 0;
+}
+
+/* Close the pages image and the mapped files.  After the last read and the last mmap that
+ * uses them; the exe fd stays open for PR_SET_MM_MAP. */
+static long step_close_fds(struct blob_args *args, struct blob_status *status)
+{
+	const int32_t *fds = (const void *)args->close_fds;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_close_fds; i++) {
+		ret = sys_close(fds[i]);
+		if (ret < 0)
+			return failed_at(status, i, (uint64_t)(uint32_t)fds[i], ret);
+	}
+	return 0;
+}
+
+/*
+ * mm bounds, auxv and exe link in one PR_SET_MM_MAP, then the exe fd is closed; then
+ * PR_SET_THP_DISABLE and PR_SET_DUMPABLE.  After every VMA is in place: the kernel checks
+ * the bounds against the mappings, and refuses a new exe while the old one is mapped.
+ * status.index: 0 PR_SET_MM_MAP, 1 close exe fd, 2 THP, 3 dumpable.
+ */
+static long step_set_mm(struct blob_args *args, struct blob_status *status)
+{
+	long ret;
+
+	if (args->flags & BLOB_F_SET_MM) {
+		ret = sys_prctl(PR_SET_MM, PR_SET_MM_MAP, (uint64_t)&args->mm, sizeof(args->mm), 0);
+		if (ret < 0)
+			return failed_at(status, 0, args->mm.start_code, ret);
+		if (args->mm.exe_fd != (uint32_t)-1) {
+			ret = sys_close((int)args->mm.exe_fd);
+			if (ret < 0)
+				return failed_at(status, 1, args->mm.exe_fd, ret);
+		}
+	}
+	if (args->thp_disabled >= 0) {
+		ret = sys_prctl(PR_SET_THP_DISABLE, (uint64_t)args->thp_disabled, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 2, 0, ret);
+	}
+	if (args->dumpable >= 0) {
+		ret = sys_prctl(PR_SET_DUMPABLE, (uint64_t)args->dumpable, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 3, 0, ret);
+	}
+	return 0;
+}
+
+/* The checkpointed signal dispositions.  After the memory: handlers and restorers point
+ * into it (the kernel does not check, but nothing may be delivered before anyway). */
+static long step_sigactions(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_sigaction *acts = (const void *)args->sigactions;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_sigactions; i++) {
+		ret = sys_rt_sigaction((int)acts[i].signo, &acts[i].handler, NULL);
+		if (ret < 0)
+			return failed_at(status, acts[i].signo, acts[i].handler, ret);
+	}
+	return 0;
+}
+
+/*
+ * The calling thread's kernel state: clear_child_tid, robust list, fs/gs base, rseq,
+ * comm.  After the memory, because rseq registration writes into its area at once.
+ * status.index: 0 robust list, 1 fs base, 2 gs base, 3 rseq, 4 comm.
+ */
+static long step_thread_state(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_thread *t = (const void *)args->threads;
+	long ret;
+
+	if (!args->nr_threads)
+		return 0;	/* BLOB_F_EXIT runs without a thread */
+	sys_set_tid_address(t->clear_child_tid);	/* returns the tid; cannot fail */
+	if (t->robust_list_len) {
+		ret = sys_set_robust_list(t->robust_list, t->robust_list_len);
+		if (ret < 0)
+			return failed_at(status, 0, t->robust_list, ret);
+	}
+	/* From here on %fs is the application's TLS: the blob has no TLS of its own. */
+	ret = sys_arch_prctl(ARCH_SET_FS, t->fs_base);
+	if (ret < 0)
+		return failed_at(status, 1, t->fs_base, ret);
+	if (t->gs_base) {
+		ret = sys_arch_prctl(ARCH_SET_GS, t->gs_base);
+		if (ret < 0)
+			return failed_at(status, 2, t->gs_base, ret);
+	}
+	if (t->rseq.addr) {
+		ret = sys_rseq(t->rseq.addr, t->rseq.len, 0, t->rseq.sig);
+		if (ret < 0)
+			return failed_at(status, 3, t->rseq.addr, ret);
+	}
+	ret = sys_prctl(PR_SET_NAME, (uint64_t)t->comm, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 4, 0, ret);
+	return 0;
+}
+
+/* Resource limits.  After PR_SET_MM_MAP: the kernel checks the mm bounds against
+ * RLIMIT_DATA, and the checkpointed limit fits the checkpointed mm. status.index: resource. */
+static long step_rlimits(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_rlimit *lims = (const void *)args->rlimits;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_rlimits; i++) {
+		ret = sys_prlimit64(0, lims[i].resource, &lims[i].cur, NULL);
+		if (ret < 0)
+			return failed_at(status, lims[i].resource, 0, ret);
+	}
+	return 0;
+}
+
+/*
+ * Queue the checkpointed pending signals again: the task-shared ones, then the thread's.
+ * Late, with every signal blocked: nothing is delivered until rt_sigreturn installs the
+ * checkpointed mask.  status.index counts the shared signals first, then the thread's;
+ * status.addr is the signal number.
+ */
+static long step_pending_signals(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_siginfo *shared = (const void *)args->siginfos;
+	const struct blob_thread *t = (const void *)args->threads;
+	long pid = sys_getpid(), tid = sys_gettid(), ret;
+	uint32_t i;
+	int sig;
+
+	for (i = 0; i < args->nr_siginfos; i++) {
+		sig = *(const int32_t *)shared[i].bytes;
+		ret = sys_rt_sigqueueinfo(pid, sig, shared[i].bytes);
+		if (ret < 0)
+			return failed_at(status, i, (uint64_t)sig, ret);
+	}
+	if (!args->nr_threads)
+		return 0;
+	for (i = 0; i < t->nr_siginfos; i++) {
+		const struct blob_siginfo *own = (const void *)t->siginfos;
+
+		sig = *(const int32_t *)own[i].bytes;
+		ret = sys_rt_tgsigqueueinfo(pid, tid, sig, own[i].bytes);
+		if (ret < 0)
+			return failed_at(status, args->nr_siginfos + i, (uint64_t)sig, ret);
+	}
+	return 0;
+}
+
+/* ITIMER_REAL, VIRTUAL, PROF.  Last, so that the clocks start as late as possible.
+ * status.index: which timer. */
+static long step_itimers(struct blob_args *args, struct blob_status *status)
+{
+	uint32_t which;
+	long ret;
+
+	for (which = 0; which < 3; which++) {
+		ret = sys_setitimer((int)which, &args->itimers[which], NULL);
+		if (ret < 0)
+			return failed_at(status, which, 0, ret);
+	}
+	return 0;
+}
+
+/*
+ * The steps, in the order they must run (each function says why it comes where it is).
+ * Deliberately a writable global: the compiler must read it at run time rather than fold
+ * it into direct calls, so its absolute addresses need R_X86_64_RELATIVE relocations, and
+ * every run of the blob proves the loader applied them.
  */
 struct blob_step blob_steps[] = {
-	{ "check_args", step_check_args, BLOB_EXIT_BAD_ARGS },
-	{ "check_supported", step_check_supported, BLOB_EXIT_UNSUPPORTED },
-	{ "unregister_rseq", step_unregister_rseq, BLOB_EXIT_STEP_FAILED },
+	{ BLOB_STEP_CHECK_ARGS, "check_args", step_check_args },
+	{ BLOB_STEP_BLOCK_SIGNALS, "block_signals", step_block_signals },
+	{ BLOB_STEP_UNREGISTER_RSEQ, "unregister_rseq", step_unregister_rseq },
+	{ BLOB_STEP_PARK_VDSO, "park_vdso", step_park_vdso },
+	{ BLOB_STEP_UNMAP_OLD, "unmap_old", step_unmap_old },
+	{ BLOB_STEP_MAP_VMAS, "map_vmas", step_map_vmas },
+	{ BLOB_STEP_FILL_PAGES, "fill_pages", step_fill_pages },
+	{ BLOB_STEP_PROTECT_VMAS, "protect_vmas", step_protect_vmas },
+	{ BLOB_STEP_PLACE_VDSO, "place_vdso", step_place_vdso },
+	{ BLOB_STEP_CLOSE_FDS, "close_fds", step_close_fds },
+	{ BLOB_STEP_SET_MM, "set_mm", step_set_mm },
+	{ BLOB_STEP_SIGACTIONS, "sigactions", step_sigactions },
+	{ BLOB_STEP_THREAD_STATE, "thread_state", step_thread_state },
+	{ BLOB_STEP_RLIMITS, "rlimits", step_rlimits },
+	{ BLOB_STEP_PENDING_SIGNALS, "pending_signals", step_pending_signals },
+	{ BLOB_STEP_ITIMERS, "itimers", step_itimers },
 };
 
 #define NR_STEPS (sizeof(blob_steps) / sizeof(blob_steps[0]))
 
-/* Called by entry.S on an aligned stack.  Ends the task; never returns. */
+/* True if args is ours and of this version: then its stack_top and status can be used. */
+static int args_usable(const struct blob_args *args)
+{
+	return args && !((uintptr_t)args & 7) && args->magic == BLOB_ARGS_MAGIC;
+}
+
+/* Called by entry.S on the entry stack: the blob's own stack, or 0 to stay put. */
+uint64_t blob_stack_top(const struct blob_args *args)
+{
+	if (!args_usable(args) || args->abi_version != BLOB_ABI_VERSION ||
+	    args->args_size != sizeof(*args) || (args->stack_top & 15))
+		return 0;
+	return args->stack_top;
+}
+
+/* A failure is recorded in status: stop for the tracer (unless none), then end the task. */
+static void __attribute__((noreturn)) fail(struct blob_args *args, uint32_t err)
+{
+	args->status.err = err;
+	args->status.state = BLOB_STATE_FAILED;
+	if (!(args->flags & (BLOB_F_EXIT | BLOB_F_NO_TRAP)))
+		__asm__ volatile("int3" ::: "memory");
+	sys_exit_group(BLOB_EXIT_STEP_FAILED);
+}
+
+/* Called by entry.S on the blob's stack.  Never returns. */
 void restore_task_main(struct blob_args *args)
 {
+	struct blob_status *status;
+	const struct blob_thread *thread;
 	uint32_t i;
 	long err;
 
-	/* The header first: until it checks out, args may point at anything. */
-	if (!args || ((uintptr_t)args & 7) || args->magic != BLOB_ARGS_MAGIC)
+	/* Until the magic checks out, args may point at anything: write nothing. */
+	if (!args_usable(args))
 		sys_exit_group(BLOB_EXIT_BAD_MAGIC);
+	status = &args->status;
+	status->magic = BLOB_STATUS_MAGIC;
+	status->state = BLOB_STATE_RUNNING;
+	status->step = BLOB_STEP_CHECK_ARGS;
+	status->err = 0;
+	status->index = 0;
+	status->addr = 0;
+	/* The header and status have the same offsets in every version: safe to report. */
 	if (args->abi_version != BLOB_ABI_VERSION)
-		sys_exit_group(BLOB_EXIT_BAD_VERSION);
+		fail(args, EPROTO);
 	if (args->args_size != sizeof(*args))
-		sys_exit_group(BLOB_EXIT_BAD_SIZE);
+		fail(args, EBADMSG);
 
-	args->error = 0;
-	args->error_addr = 0;
 	for (i = 0; i < NR_STEPS; i++) {
-		args->progress = i + 1;
-		err = blob_steps[i].run(args);
-		if (err < 0) {
-			args->error = err;
-			sys_exit_group(blob_steps[i].fail_status);
-		}
+		status->step = blob_steps[i].id;
+		err = blob_steps[i].run(args, status);
+		if (err < 0)
+			fail(args, (uint32_t)-err);
 	}
+	status->state = BLOB_STATE_OK;
 
-	/* step_check_supported made sure that BLOB_F_EXIT is set: the only ending so far. */
-	sys_exit_group(args->exit_code);
+	if (args->flags & BLOB_F_EXIT)
+		sys_exit_group((int)args->exit_code);
+	thread = (const void *)args->threads;
+	blob_finish(thread->sigframe + 8, !(args->flags & BLOB_F_NO_TRAP));
 }

@@ -1,15 +1,17 @@
 """The restorer blob runs: in a forked child, relocated for wherever mmap put it.
 
-Each test builds args, runs the freshly built blob through pycriu_restore.blob.forkrun and
-checks how the child ended: the exit status the args asked for, or the blob's own status
-for each kind of bad args. The glibc rseq test makes the kernel itself check the blob's
-rseq(RSEQ_FLAG_UNREGISTER) call.
+Each test builds bare args (no VMAs, no thread: BLOB_F_EXIT ends with exit_group), runs the
+freshly built blob through pycriu_restore.blob.forkrun and checks how the child ended and
+the status record the blob left in the shared region. Even with nothing to restore, the
+blob unmaps all of the child's old memory (Python included) and runs every step on its own
+stack, so a clean exit shows that the region, the stack switch and the relocations work.
+The glibc rseq tests make the kernel itself check the blob's rseq(RSEQ_FLAG_UNREGISTER).
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
+import errno
 import importlib.util
 import pathlib
 import signal
@@ -17,15 +19,11 @@ import signal
 import pytest
 
 from pycriu_restore.blob import abi
-from pycriu_restore.blob.forkrun import ChildExit, run_in_child
+from pycriu_restore.blob.forkrun import ChildExit, run_in_child, this_thread_rseq
 from pycriu_restore.blob.loader import BLOB_FILE_NAME, Blob, load_blob
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-RSEQ_SIG_X86 = 0x53053053      # glibc's RSEQ_SIG for x86 (sysdeps/unix/sysv/linux/x86/bits/rseq.h)
-ORIG_RSEQ_SIZE = 32            # kernel's minimum rseq_len (kernel/rseq.c); glibc registers >= this
-SYS_ARCH_PRCTL = 158           # asm/unistd_64.h
-ARCH_GET_FS = 0x1003           # asm/prctl.h
 
 
 @pytest.fixture(scope="module")
@@ -50,75 +48,115 @@ def _exit_code(outcome: ChildExit) -> int:
     return outcome.exit_code
 
 
-@pytest.mark.parametrize("code", [7, 42])
+def _failed(outcome: ChildExit, step: int, err: int) -> None:
+    """The child ended with BLOB_EXIT_STEP_FAILED and the status names step and errno."""
+    assert _exit_code(outcome) == abi.BLOB_EXIT_STEP_FAILED
+    status = outcome.status
+    assert status.failed, status.describe()
+    assert (status.step, status.err) == (step, err), status.describe()
+
+
+@pytest.mark.parametrize("code", [0, 7, 42])
 def test_blob_exits_with_the_code_from_its_args(blob: Blob, code: int) -> None:
-    assert _exit_code(run_in_child(blob, _args(code))) == code
+    outcome = run_in_child(blob, _args(code))
+    assert _exit_code(outcome) == code
+    assert outcome.status.ok and outcome.status.describe() == "ok"
 
 
-def test_exit_code_zero(blob: Blob) -> None:
-    assert _exit_code(run_in_child(blob, _args(0))) == 0
-
-
-def test_bad_magic_gives_its_own_status(blob: Blob) -> None:
+def test_bad_magic_gives_its_own_status_and_writes_nothing(blob: Blob) -> None:
     args = _args(7)
     args.magic ^= 1
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_BAD_MAGIC
+    outcome = run_in_child(blob, args)
+    assert _exit_code(outcome) == abi.BLOB_EXIT_BAD_MAGIC
+    assert not outcome.status.started
+    assert outcome.status.describe() == "the blob did not start (no status record)"
 
 
-def test_other_abi_version_is_refused(blob: Blob) -> None:
+def test_other_abi_version_is_reported(blob: Blob) -> None:
     args = _args(7)
     args.abi_version = abi.BLOB_ABI_VERSION + 1
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_BAD_VERSION
+    outcome = run_in_child(blob, args)
+    _failed(outcome, abi.BLOB_STEP_CHECK_ARGS, errno.EPROTO)
+    assert "another ABI version" in outcome.status.describe()
 
 
-def test_other_args_size_is_refused(blob: Blob) -> None:
+def test_other_args_size_is_reported(blob: Blob) -> None:
     args = _args(7)
     args.args_size -= 8
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_BAD_SIZE
+    _failed(run_in_child(blob, args), abi.BLOB_STEP_CHECK_ARGS, errno.EBADMSG)
 
 
-@pytest.mark.parametrize("field, value", [("exit_code", abi.BLOB_EXIT_RESERVED), ("flags", 1 << 31)])
-def test_out_of_range_fields_are_bad_args(blob: Blob, field: str, value: int) -> None:
-    args = _args(7, abi.BLOB_F_EXIT)
+@pytest.mark.parametrize("field, value, index", [("exit_code", abi.BLOB_EXIT_RESERVED, 1),
+                                                 ("flags", 1 << 31, 0)])
+def test_out_of_range_fields_are_bad_args(blob: Blob, field: str, value: int, index: int) -> None:
+    args = _args(7)
     setattr(args, field, getattr(args, field) | value)
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_BAD_ARGS
+    outcome = run_in_child(blob, args)
+    _failed(outcome, abi.BLOB_STEP_CHECK_ARGS, errno.EINVAL)
+    assert outcome.status.index == index
 
 
-@pytest.mark.parametrize("field", [None, "nr_vmas", "nr_threads", "mm"])
-def test_work_the_blob_cannot_do_yet_is_refused(blob: Blob, field: str | None) -> None:
-    args = _args(7, flags=0 if field is None else abi.BLOB_F_EXIT)   # None: no exit ending
-    if field == "mm":
-        args.mm.brk = 0x1000
-    elif field is not None:
-        setattr(args, field, 1)
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_UNSUPPORTED
+def test_sigreturn_ending_needs_a_thread(blob: Blob) -> None:
+    """Without BLOB_F_EXIT the blob ends in rt_sigreturn, which needs threads[0]'s frame."""
+    outcome = run_in_child(blob, _args(0, flags=abi.BLOB_F_NO_TRAP))
+    _failed(outcome, abi.BLOB_STEP_CHECK_ARGS, errno.EINVAL)
+    assert outcome.status.describe() == "check arguments (thread count): EINVAL"
+
+
+def test_several_threads_are_not_supported_yet(blob: Blob) -> None:
+    args = _args(7)
+    args.nr_threads = 2
+    _failed(run_in_child(blob, args), abi.BLOB_STEP_CHECK_ARGS, errno.EOPNOTSUPP)
 
 
 def _glibc_rseq() -> abi.BlobRseq:
-    """This thread's glibc rseq registration: thread pointer + __rseq_offset (glibc >= 2.35)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    size = ctypes.c_uint.in_dll(libc, "__rseq_size").value
-    assert size > 0, "glibc did not register rseq (glibc.pthread.rseq=0?): nothing to test"
-    offset = ctypes.c_long.in_dll(libc, "__rseq_offset").value
-    fs_base = ctypes.c_uint64()
-    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
-    assert libc.syscall(SYS_ARCH_PRCTL, ARCH_GET_FS, ctypes.byref(fs_base)) == 0
-    return abi.BlobRseq(addr=fs_base.value + offset, len=max(size, ORIG_RSEQ_SIZE), sig=RSEQ_SIG_X86)
+    rseq = this_thread_rseq()
+    assert rseq.addr, "glibc did not register rseq (glibc.pthread.rseq=0?): nothing to test"
+    return rseq
+
+
+def test_rseq_of_the_forked_child_matches_the_kernel_view(blob: Blob) -> None:
+    """this_thread_rseq() (used for every run_in_child) is what ptrace reports for a fork."""
+    import os
+
+    from pycriu_restore.linux import ptrace
+
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(0)
+    try:
+        os.waitpid(pid, os.WUNTRACED)
+        ptrace.seize(pid)
+        ptrace.interrupt(pid)
+        os.waitpid(pid, 0)
+        conf = ptrace.get_rseq_configuration(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    mine = this_thread_rseq()
+    assert (mine.addr, mine.len, mine.sig) == (conf.abi_pointer, conf.abi_size, conf.signature)
 
 
 def test_blob_unregisters_glibc_rseq(blob: Blob) -> None:
-    """The kernel accepts the unregistration (a fork keeps the parent's rseq registration)."""
+    """The kernel accepts the unregistration (a fork keeps the parent's rseq registration),
+    and the child survives the unmap of everything that follows it."""
     args = _args(33)
     args.self_rseq = _glibc_rseq()
-    assert _exit_code(run_in_child(blob, args)) == 33
+    outcome = run_in_child(blob, args)
+    assert _exit_code(outcome) == 33 and outcome.status.ok
 
 
-def test_failed_step_gives_step_failed(blob: Blob) -> None:
-    """A wrong signature: the kernel refuses (EPERM) and the blob reports the failed step."""
+def test_failed_step_is_reported_with_its_object(blob: Blob) -> None:
+    """A wrong signature: the kernel refuses (EPERM) and the status names the area."""
     args = _args(33)
     args.self_rseq = _glibc_rseq()
     args.self_rseq.sig ^= 0xFF
-    assert _exit_code(run_in_child(blob, args)) == abi.BLOB_EXIT_STEP_FAILED
+    outcome = run_in_child(blob, args)
+    _failed(outcome, abi.BLOB_STEP_UNREGISTER_RSEQ, errno.EPERM)
+    assert outcome.status.addr == args.self_rseq.addr
+    assert outcome.status.describe() == (
+        f"unregister the old rseq area at {args.self_rseq.addr:#x}: EPERM")
 
 
 def test_unrelocated_blob_crashes(blob: Blob) -> None:
@@ -126,3 +164,5 @@ def test_unrelocated_blob_crashes(blob: Blob) -> None:
     unrelocated = dataclasses.replace(blob, relocations=())
     outcome = run_in_child(unrelocated, _args(7))
     assert outcome.signal == signal.SIGSEGV, outcome.describe()
+    # The blob had started: it wrote its status before calling through the table.
+    assert outcome.status.started and outcome.status.step == abi.BLOB_STEP_CHECK_ARGS

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pycriu_restore.linux import (clone3, libc, memory, namespaces, ptrace, regs, syscalls,
+from pycriu_restore.linux import (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls,
                                   waitstatus, xstate)
 
 
@@ -26,6 +26,7 @@ GLIBC_SIDE_PRELUDE = """
 #include <stdio.h>
 #include <signal.h>
 #include <sys/uio.h>
+#include <sys/mount.h>
 #include <sys/user.h>
 #include <linux/elf.h>
 #include <linux/ptrace.h>
@@ -61,6 +62,9 @@ for _module in (clone3, namespaces):
     for _name in dir(_module):
         if _name.startswith("CLONE_") and _name not in ("CLONE_ARGS_SIZE_VER2",):
             GLIBC_CONSTANTS.setdefault((_module, _name), _name)
+for _name in dir(mount):
+    if _name.startswith("MS_"):
+        GLIBC_CONSTANTS[(mount, _name)] = _name
 for _name in dir(syscalls):
     if _name.startswith("NR_"):
         GLIBC_CONSTANTS[(syscalls, _name)] = "__NR_" + _name[3:].lower()
@@ -180,7 +184,7 @@ def test_every_linux_constant_is_checked() -> None:
     checked = set(GLIBC_CONSTANTS) | set(KERNEL_CONSTANTS) | NOT_IN_UAPI
     checked_names = {name for _module, name in checked}
     missing = []
-    for module in (clone3, libc, memory, namespaces, ptrace, regs, syscalls, waitstatus,
+    for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls, waitstatus,
                    xstate):
         for name, value in vars(module).items():
             if name.startswith("_") or not name.isupper() or name in checked_names:

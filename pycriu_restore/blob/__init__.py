@@ -1,20 +1,31 @@
 """The restorer blob: the freestanding C code (``restorer_blob/``) a restored task runs last.
 
-==============  =================================================================
-abi.py          ctypes mirror of ``restorer_blob/abi.h``: ``BlobArgs`` and the
-                structs it points to, entry names, the blob's exit statuses
-loader.py       ``restorer.elf`` -> ``Blob``: flat image, symbols, RELATIVE
-                relocations applied for any base (pyelftools)
-forkrun.py      run the blob in a forked child without ptrace (tests, self-checks)
-errors.py       this layer's errors (``BlobMissing``, ``BlobMalformed`` ...)
-==============  =================================================================
+==================  ==============================================================
+abi.py              ctypes mirror of ``restorer_blob/abi.h``: ``BlobArgs`` and the
+                    structs it points to, flags, step ids, the status record
+bootstrap.py        plan + running task -> ``Bootstrap``: the whole region (blob,
+                    args, vdso park, signal frame, stack) as bytes, with its
+                    addresses; ``RuntimeLayout``; the region's diagram
+sigframe.py         a thread's rt_sigframe (registers, mask, sigaltstack)
+xsave.py            the frame's XSAVE area (legacy region, header, components)
+sigframe_layout.py  ctypes mirrors of the kernel's sigcontext/ucontext/_fpstate
+cpuid.py            CPUID from Python; this CPU's XSAVE component offsets
+status.py           ``decode_status``: the blob's status record, in words
+loader.py           ``restorer.elf`` -> ``Blob``: flat image, symbols, RELATIVE
+                    relocations applied for any base (pyelftools)
+forkrun.py          run the blob in a forked child without ptrace (tests)
+errors.py           this layer's errors (``BlobMissing``, ``VdsoMismatch`` ...)
+==================  ==============================================================
 
-The package build writes ``restorer.elf`` next to these modules (``restorer_blob/build.py``;
-in a source tree ``python tools/build_inplace.py blob``). The orchestrator loads it with
-:func:`load_blob`, writes ``blob.image_at(base)`` and a ``BlobArgs`` into the task's
-bootstrap region and enters ``restore_task`` through ptrace.
+The orchestrator calls :func:`build_bootstrap` for a stopped task, maps
+``bootstrap_size`` bytes at the chosen base, writes ``Bootstrap.image`` there and enters
+the blob; at the blob's int3 it reads ``Bootstrap.status_addr`` and decodes it with
+:func:`decode_status` (restorer_blob/abi.h, "status protocol").
 """
 
+from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
 from pycriu_restore.blob.loader import Blob, blob_path, load_blob
+from pycriu_restore.blob.status import BlobStatus, decode_status
 
-__all__ = ["Blob", "blob_path", "load_blob"]
+__all__ = ["Blob", "BlobStatus", "Bootstrap", "RuntimeLayout", "blob_path", "bootstrap_size",
+           "build_bootstrap", "decode_status", "load_blob"]

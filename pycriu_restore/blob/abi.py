@@ -1,9 +1,9 @@
 """ctypes mirror of ``restorer_blob/abi.h``: the arguments the restorer blob reads.
 
 Every ``#define`` and every struct of abi.h appears here under the same name, with the same
-fields in the same order; abi.h documents what each field means. tests/test_blob_abi.py
-compiles abi.h with gcc and checks each value, size and offset against this module, so the
-two cannot drift apart silently.
+fields in the same order; abi.h documents what each field means, and its header comment
+states the entry and status protocol. tests/test_blob_abi.py compiles abi.h with gcc and
+checks each value, size and offset against this module, so the two cannot drift apart.
 
 Rules (from abi.h): fixed-width fields only; an address is a ``c_uint64`` in the task's
 address space; holes are explicit ``_pad`` fields left at zero; any layout change bumps
@@ -13,31 +13,67 @@ address space; holes are explicit ``_pad`` fields left at zero; any layout chang
 from __future__ import annotations
 
 import ctypes
-from ctypes import c_int32, c_int64, c_uint8, c_uint32, c_uint64
+from ctypes import c_int32, c_uint8, c_uint32, c_uint64
 
 BLOB_ARGS_MAGIC = 0x42435950  # "PYCB" in memory, little-endian
-BLOB_ABI_VERSION = 1
+BLOB_STATUS_MAGIC = 0x54535942  # "BYST": the blob has started writing status
+BLOB_ABI_VERSION = 2
 
 BLOB_PAGE_SIZE = 4096
 BLOB_STACK_BYTES = 32768
+BLOB_SIGFRAME_ALIGN = 64
+BLOB_SIGINFO_BYTES = 128
+BLOB_MAX_IOVS = 1024
 
 BLOB_ENTRY_RESTORE_TASK = "restore_task"
+BLOB_SYSCALL_GADGET = "blob_syscall_gadget"
 
 # blob_args.flags
 BLOB_F_EXIT = 1 << 0
+BLOB_F_NO_TRAP = 1 << 1
+BLOB_F_SET_MM = 1 << 2
 
 # The blob's own exit statuses; args.exit_code must be below BLOB_EXIT_RESERVED.
 BLOB_EXIT_RESERVED = 240
 BLOB_EXIT_BAD_MAGIC = 240
-BLOB_EXIT_BAD_VERSION = 241
-BLOB_EXIT_BAD_SIZE = 242
-BLOB_EXIT_BAD_ARGS = 243
-BLOB_EXIT_UNSUPPORTED = 244
 BLOB_EXIT_STEP_FAILED = 245
 
-# blob_vma.blob_flags
-BLOB_VMA_NO_PROT_WRITE = 1 << 0
-BLOB_VMA_CLOSE_FD = 1 << 1
+# blob_status.state
+BLOB_STATE_RUNNING = 1
+BLOB_STATE_OK = 2
+BLOB_STATE_FAILED = 3
+
+# blob_status.step: the steps in the order they run.
+BLOB_STEP_CHECK_ARGS = 1
+BLOB_STEP_BLOCK_SIGNALS = 2
+BLOB_STEP_UNREGISTER_RSEQ = 3
+BLOB_STEP_PARK_VDSO = 4
+BLOB_STEP_UNMAP_OLD = 5
+BLOB_STEP_MAP_VMAS = 6
+BLOB_STEP_FILL_PAGES = 7
+BLOB_STEP_PROTECT_VMAS = 8
+BLOB_STEP_PLACE_VDSO = 9
+BLOB_STEP_CLOSE_FDS = 10
+BLOB_STEP_SET_MM = 11
+BLOB_STEP_SIGACTIONS = 12
+BLOB_STEP_THREAD_STATE = 13
+BLOB_STEP_RLIMITS = 14
+BLOB_STEP_PENDING_SIGNALS = 15
+BLOB_STEP_ITIMERS = 16
+
+
+class BlobStatus(ctypes.Structure):
+    """struct blob_status: where the blob is and what went wrong (written by the blob)."""
+
+    _fields_ = [
+        ("magic", c_uint32),
+        ("state", c_uint32),
+        ("step", c_uint32),
+        ("err", c_uint32),
+        ("index", c_uint32),
+        ("_pad", c_uint32),
+        ("addr", c_uint64),
+    ]
 
 
 class BlobRseq(ctypes.Structure):
@@ -59,9 +95,11 @@ class BlobVma(ctypes.Structure):
         ("pgoff", c_uint64),
         ("madv", c_uint64),
         ("prot", c_uint32),
+        ("map_prot", c_uint32),
         ("flags", c_uint32),
-        ("blob_flags", c_uint32),
         ("fd", c_int32),
+        ("plan_index", c_uint32),
+        ("_pad", c_uint32),
     ]
 
 
@@ -70,9 +108,8 @@ class BlobPageRead(ctypes.Structure):
 
     _fields_ = [
         ("file_off", c_uint64),
-        ("first_iov", c_uint64),
+        ("first_iov", c_uint32),
         ("nr_iovs", c_uint32),
-        ("_pad", c_uint32),
     ]
 
 
@@ -85,12 +122,13 @@ class BlobIovec(ctypes.Structure):
     ]
 
 
-class BlobRemap(ctypes.Structure):
-    """struct blob_remap: an mremap(2) of a kernel-made area (vvar, vdso) into place."""
+class BlobVdsoArea(ctypes.Structure):
+    """struct blob_vdso_area: a kernel-made area ([vvar], [vdso] ...), parked then placed."""
 
     _fields_ = [
-        ("old_start", c_uint64),
-        ("new_start", c_uint64),
+        ("runtime_start", c_uint64),
+        ("park_start", c_uint64),
+        ("target_start", c_uint64),
         ("len", c_uint64),
     ]
 
@@ -105,6 +143,36 @@ class BlobSigaction(ctypes.Structure):
         ("flags", c_uint64),
         ("restorer", c_uint64),
         ("mask", c_uint64),
+    ]
+
+
+class BlobRlimit(ctypes.Structure):
+    """struct blob_rlimit: one prlimit64(2) call on the task itself."""
+
+    _fields_ = [
+        ("resource", c_uint32),
+        ("_pad", c_uint32),
+        ("cur", c_uint64),
+        ("max", c_uint64),
+    ]
+
+
+class BlobSiginfo(ctypes.Structure):
+    """struct blob_siginfo: a raw siginfo_t to queue again."""
+
+    _fields_ = [
+        ("bytes", c_uint8 * BLOB_SIGINFO_BYTES),
+    ]
+
+
+class BlobItimer(ctypes.Structure):
+    """struct blob_itimer: struct itimerval for setitimer(2)."""
+
+    _fields_ = [
+        ("interval_sec", c_uint64),
+        ("interval_usec", c_uint64),
+        ("value_sec", c_uint64),
+        ("value_usec", c_uint64),
     ]
 
 
@@ -144,69 +212,88 @@ class BlobThread(ctypes.Structure):
         ("robust_list_len", c_uint64),
         ("rseq", BlobRseq),
         ("comm", c_uint8 * 16),
+        ("siginfos", c_uint64),
+        ("nr_siginfos", c_uint32),
+        ("_pad1", c_uint32),
     ]
 
 
 class BlobArgs(ctypes.Structure):
-    """struct blob_args: everything restore_task needs; the blob writes progress/error back."""
+    """struct blob_args: everything restore_task needs; the blob writes ``status`` back."""
 
     _fields_ = [
         ("magic", c_uint32),
         ("abi_version", c_uint32),
         ("args_size", c_uint32),
         ("flags", c_uint32),
-        ("exit_code", c_uint32),
-        ("progress", c_uint32),
-        ("error", c_int64),
-        ("error_addr", c_uint64),
+        ("status", BlobStatus),
         ("bootstrap_start", c_uint64),
         ("bootstrap_len", c_uint64),
         ("task_size", c_uint64),
+        ("stack_top", c_uint64),
+        ("exit_code", c_uint32),
+        ("_pad0", c_uint32),
         ("self_rseq", BlobRseq),
         ("vmas", c_uint64),
         ("nr_vmas", c_uint32),
         ("pages_fd", c_int32),
         ("page_reads", c_uint64),
         ("nr_page_reads", c_uint32),
-        ("_pad0", c_uint32),
-        ("iovs", c_uint64),
         ("nr_iovs", c_uint32),
-        ("_pad1", c_uint32),
-        ("remaps", c_uint64),
-        ("nr_remaps", c_uint32),
-        ("_pad2", c_uint32),
+        ("iovs", c_uint64),
+        ("vdso_areas", c_uint64),
+        ("nr_vdso_areas", c_uint32),
+        ("nr_close_fds", c_uint32),
+        ("close_fds", c_uint64),
         ("mm", BlobMm),
+        ("dumpable", c_int32),
+        ("thp_disabled", c_int32),
         ("sigactions", c_uint64),
         ("nr_sigactions", c_uint32),
-        ("_pad3", c_uint32),
-        ("threads", c_uint64),
+        ("nr_rlimits", c_uint32),
+        ("rlimits", c_uint64),
+        ("siginfos", c_uint64),
+        ("nr_siginfos", c_uint32),
         ("nr_threads", c_uint32),
-        ("_pad4", c_uint32),
+        ("threads", c_uint64),
+        ("itimers", BlobItimer * 3),
     ]
 
     @classmethod
     def new(cls) -> BlobArgs:
-        """Zeroed args with a valid header (magic, version, size) and no pages fd.
+        """Zeroed args with a valid header (magic, version, size), no pages fd, no exe fd
+        and the task-wide prctls left alone (dumpable, thp_disabled = -1).
 
-        Every array is empty and no flag is set: the caller fills in what it needs.
+        Every array is empty, no flag is set and the status is zero (the blob sets its
+        magic when it starts): the caller fills in what it needs.
         """
         args = cls()
         args.magic = BLOB_ARGS_MAGIC
         args.abi_version = BLOB_ABI_VERSION
         args.args_size = ctypes.sizeof(cls)
         args.pages_fd = -1
+        args.mm.exe_fd = 0xFFFF_FFFF
+        args.dumpable = -1
+        args.thp_disabled = -1
         return args
 
 
 # The C name of each mirrored struct (what tests/test_blob_abi.py compares).
 STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "blob_status": BlobStatus,
     "blob_rseq": BlobRseq,
     "blob_vma": BlobVma,
     "blob_page_read": BlobPageRead,
     "blob_iovec": BlobIovec,
-    "blob_remap": BlobRemap,
+    "blob_vdso_area": BlobVdsoArea,
     "blob_sigaction": BlobSigaction,
+    "blob_rlimit": BlobRlimit,
+    "blob_siginfo": BlobSiginfo,
+    "blob_itimer": BlobItimer,
     "blob_mm": BlobMm,
     "blob_thread": BlobThread,
     "blob_args": BlobArgs,
 }
+
+# Offset of the status record in struct blob_args: fixed in every ABI version (abi.h).
+STATUS_OFFSET = BlobArgs.status.offset

@@ -9,13 +9,21 @@ what was found versus what was expected::
         R_X86_64_RELATIVE can be applied
 
 pyelftools' ``ELFError`` and ``OSError`` are wrapped in ``loader.py`` with ``from err``.
+
+:class:`BootstrapError` and its subclasses come from building a task's bootstrap region
+(``bootstrap.py``, ``xsave.py``, ``sigframe.py``): the plan asks for something this machine
+or this blob cannot give. They are raised before anything is written into the task::
+
+    task 31100: image [vdso] at 0x7f3de717d000 is 8192 bytes, this kernel's is 12288
+    thread 31600: xsave component 2 (ymmh_space) holds 128 bytes, this CPU's is 256
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from pycriu_restore.errors import EXIT_BUILD, EXIT_RESTORE, PycrestoreError
+from pycriu_restore.errors import (EXIT_BAD_IMAGE, EXIT_BUILD, EXIT_ENVIRONMENT, EXIT_RESTORE,
+                                   EXIT_UNSUPPORTED, PycrestoreError)
 
 
 class BlobError(PycrestoreError):
@@ -56,3 +64,30 @@ class BlobRunError(PycrestoreError):
     """Running the blob in a forked child failed before the blob could report (fork, timeout)."""
 
     exit_code = EXIT_RESTORE
+
+
+class BootstrapError(PycrestoreError):
+    """A task's bootstrap region cannot be built from its plan on this machine."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class VdsoMismatch(BootstrapError):
+    """The image's [vdso]/[vvar] do not fit this kernel's: sizes or relative placement differ
+    (the blob moves the running kernel's areas into place, it does not rebuild them)."""
+
+
+class FpuStateMismatch(BootstrapError):
+    """The thread's FPU/XSAVE state does not fit this CPU's XSAVE layout."""
+
+
+class BadThreadState(BootstrapError):
+    """A thread's registers or FPU fields are malformed (a register missing, a wrong length)."""
+
+    exit_code = EXIT_BAD_IMAGE
+
+
+class BlobUnsupported(BootstrapError):
+    """The plan needs something this blob version does not do (e.g. several threads)."""
+
+    exit_code = EXIT_UNSUPPORTED

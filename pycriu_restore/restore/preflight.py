@@ -14,7 +14,7 @@ import stat
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from pycriu_restore.plan.model import MappedFile, RestorePlan
+from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan
 from pycriu_restore.restore.errors import FileMismatch, PidTaken
 
 
@@ -27,7 +27,8 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
     seen: set[str] = set()
     for task in plan.tasks:
         for f in task.files:
-            _check_open_file(f.path, f.expected_size, f.expected_mode)
+            if isinstance(f, OpenFile):  # pipes are created anew: nothing to check
+                _check_open_file(f.path, f.expected_size, f.expected_mode)
         for mapped in [task.mm.exe] + [v.file for v in task.vmas if v.file is not None]:
             if mapped.path not in seen:
                 seen.add(mapped.path)

@@ -1,0 +1,514 @@
+"""A task's bootstrap region: the blob, its arguments, the vdso park, the signal frame, a stack.
+
+The orchestrator maps one anonymous RWX region in the stopped task, writes
+:attr:`Bootstrap.image` there and enters the blob (restorer_blob/abi.h, "Entry" and "status
+protocol"). Everything the blob needs lives in this region; every pointer in the arguments
+is an absolute address inside it::
+
+    base  (page-aligned; free in the task's current layout AND in the checkpointed one)
+    +--------------------------------------+ base
+    | blob image (restorer.elf, relocated) |  entry = restore_task, syscall_gadget
+    +--------------------------------------+ base + blob.size_bytes     = args_addr
+    | struct blob_args                     |  status record at args_addr + 16 = status_addr
+    | arrays, each 8-byte aligned: vmas,   |
+    |   page reads, iovecs, vdso areas,    |
+    |   fds to close, auxv, sigactions,    |
+    |   rlimits, siginfos, threads         |
+    +--------------------------------------+ page-aligned               = park
+    | vdso park area                       |  the span [vvar] .. [vdso] of the running
+    |   ([vvar][vvar_vclock][vdso])        |  kernel; zeros until the blob mremaps the areas
+    |                                      |  here (and holes after it moves them on)
+    +--------------------------------------+ page-aligned
+    | rt_sigframe + XSAVE area, thread 0   |  64-byte aligned (sigframe.py)
+    +--------------------------------------+ page-aligned
+    | stack, BLOB_STACK_BYTES              |  grows down
+    +--------------------------------------+ base + size                = stack_top
+
+The region stays mapped until the orchestrator removes it with munmap through
+``syscall_gadget``, after the thread has passed rt_sigreturn (the frame is read then).
+
+Everything here is pure: :func:`build_bootstrap` reads the plan and the running task's
+:class:`RuntimeLayout` and returns bytes. Every check runs here, before the orchestrator
+writes anything: a vdso that does not fit (VdsoMismatch), FPU state this CPU cannot hold
+(FpuStateMismatch), more than one thread (BlobUnsupported).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pycriu_restore.blob import abi
+from pycriu_restore.blob.cpuid import XsaveComponent, xsave_components
+from pycriu_restore.blob.errors import BadThreadState, BlobUnsupported, VdsoMismatch
+from pycriu_restore.blob.loader import Blob, load_blob
+from pycriu_restore.blob.sigframe import Sigframe, build_sigframe, sigframe_bytes
+from pycriu_restore.linux.procmaps import MapEntry
+from pycriu_restore.linux.ptrace import RseqConfig
+from pycriu_restore.linux.xstate import regset_xcr0
+from pycriu_restore.plan.build import TASK_SIZE
+from pycriu_restore.plan.model import Task, Thread, Vma, VmaKind
+from pycriu_restore.restore.task import ServiceFds
+
+PAGE_SIZE = abi.BLOB_PAGE_SIZE
+# TASK_SIZE (plan/build.py, 4-level paging): the blob unmaps [0, TASK_SIZE) around its
+# region; [vsyscall] lies above.
+# <asm-generic/mman-common.h>: the "place it exactly here" flags. The blob adds
+# MAP_FIXED_NOREPLACE itself; a dumped flag word never carries either.
+MAP_FIXED = 0x10
+MAP_FIXED_NOREPLACE = 0x100000
+
+# The areas the kernel maps into every process, as /proc/PID/maps names them (6.18: three,
+# research/feasibility-spike.md §3), in the order they appear.
+VVAR, VVAR_VCLOCK, VDSO = "[vvar]", "[vvar_vclock]", "[vdso]"
+KERNEL_AREAS = (VVAR, VVAR_VCLOCK, VDSO)
+# PR_SET_DUMPABLE accepts 0 and 1 only (SUID_DUMP_DISABLE/USER; linux/sched/coredump.h).
+SETTABLE_DUMPABLE = (0, 1)
+
+_ARRAY_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """What the stopped task looks like now, as far as the bootstrap region cares.
+
+    The orchestrator fills it from the task (:meth:`from_task`): the kernel's own areas
+    from /proc/PID/maps (``(start, end)``, None if absent), glibc's rseq registration from
+    PTRACE_GET_RSEQ_CONFIGURATION (None if nothing is registered; take its length from
+    there: glibc 2.36's ``__rseq_size`` says 20 where 32 bytes are registered), and the
+    XSAVE area size and XCR0 from PTRACE_GETREGSET(NT_X86_XSTATE). ``xsave_layout`` is
+    this CPU's component offsets; None (the default) asks CPUID (cpuid.xsave_components),
+    tests pin another machine's.
+    """
+
+    vvar: tuple[int, int] | None
+    vvar_vclock: tuple[int, int] | None
+    vdso: tuple[int, int] | None
+    rseq: RseqConfig | None
+    xstate_size: int
+    xcr0: int
+    xsave_layout: tuple[XsaveComponent, ...] | None = None
+
+    @classmethod
+    def from_task(cls, maps: Iterable[MapEntry], rseq: RseqConfig | None,
+                  xstate: bytes) -> RuntimeLayout:
+        """Build from the task's maps, its rseq configuration and its xstate regset."""
+        found = {m.path: (m.start, m.end) for m in maps if m.path in KERNEL_AREAS}
+        if rseq is not None and not rseq.abi_pointer:
+            rseq = None
+        return cls(vvar=found.get(VVAR), vvar_vclock=found.get(VVAR_VCLOCK), vdso=found.get(VDSO),
+                   rseq=rseq, xstate_size=len(xstate), xcr0=regset_xcr0(xstate))
+
+    def kernel_areas(self) -> list[tuple[str, int, int]]:
+        """The kernel's areas that exist, as (name, start, end), lowest first."""
+        named = ((VVAR, self.vvar), (VVAR_VCLOCK, self.vvar_vclock), (VDSO, self.vdso))
+        return sorted(((name, r[0], r[1]) for name, r in named if r is not None),
+                      key=lambda area: area[1])
+
+    @property
+    def park_bytes(self) -> int:
+        """Room the park area needs: the whole span of the kernel's areas, gaps included."""
+        areas = self.kernel_areas()
+        return areas[-1][2] - areas[0][1] if areas else 0
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """One task's bootstrap region, ready to write at ``base`` (see the module docstring)."""
+
+    base: int
+    size: int                    # bytes, page multiple: the mmap length
+    image: bytes                 # ``size`` bytes: the whole region's content
+    entry: int                   # RIP: restore_task
+    stack_top: int               # RSP at entry
+    args_addr: int               # RDI at entry
+    status_addr: int             # where decode_status reads (abi.STATUS_OFFSET into the args)
+    syscall_gadget: int          # a `syscall` instruction, for the final munmap
+    sigframes: tuple[int, ...]   # each thread's rt_sigframe; rt_sigreturn RSP = frame + 8
+    notes: tuple[str, ...] = ()  # what was accepted but not restored exactly (for the log)
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+@dataclass(frozen=True)
+class PageBatch:
+    """One preadv: ``iovs`` (address, bytes) filled from consecutive file bytes at ``file_off``."""
+
+    file_off: int
+    iovs: tuple[tuple[int, int], ...]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(length for _addr, length in self.iovs)
+
+
+def page_batches(vmas: Sequence[Vma]) -> list[PageBatch]:
+    """Merge the page runs of ``vmas`` into preadv batches, in pages-file order.
+
+    Runs contiguous in the file share a batch (up to BLOB_MAX_IOVS iovecs); runs contiguous
+    in memory too share an iovec. VDSO and VVAR runs are left out: the running kernel's
+    areas replace them, so the file bytes are skipped.
+    """
+    runs = sorted((run for vma in vmas if vma.kind not in (VmaKind.VDSO, VmaKind.VVAR)
+                   for run in vma.page_runs), key=lambda run: run.file_offset)
+    batches: list[tuple[int, list[list[int]]]] = []
+    file_end = -1
+    for run in runs:
+        length = run.nr_pages * PAGE_SIZE
+        if batches and run.file_offset == file_end:
+            iovs = batches[-1][1]
+            if iovs[-1][0] + iovs[-1][1] == run.start_addr:
+                iovs[-1][1] += length
+            elif len(iovs) < abi.BLOB_MAX_IOVS:
+                iovs.append([run.start_addr, length])
+            else:
+                batches.append((run.file_offset, [[run.start_addr, length]]))
+        else:
+            batches.append((run.file_offset, [[run.start_addr, length]]))
+        file_end = run.file_offset + length
+    return [PageBatch(off, tuple((a, n) for a, n in iovs)) for off, iovs in batches]
+
+
+@functools.cache
+def default_blob() -> Blob:
+    """The packaged restorer.elf, loaded once, with every symbol the region needs."""
+    return load_blob(required_symbols=(abi.BLOB_ENTRY_RESTORE_TASK, abi.BLOB_SYSCALL_GADGET))
+
+
+def bootstrap_size(task: Task, runtime: RuntimeLayout, *, blob: Blob | None = None) -> int:
+    """Bytes of ``task``'s bootstrap region (a page multiple): what the orchestrator maps.
+
+    The same for every base address; ``blob`` defaults to the packaged one.
+    """
+    blob = blob or default_blob()
+    return _Layout.of(_Contents.of(task, ServiceFds.for_task(task)), runtime, blob).size
+
+
+def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: ServiceFds, *,
+                    blob: Blob | None = None, extra_flags: int = 0,
+                    set_mm: bool = True) -> Bootstrap:
+    """Lay out ``task``'s bootstrap region at ``base`` and return its bytes and addresses.
+
+    ``base`` must be page-aligned with :func:`bootstrap_size` bytes free there in both the
+    current and the checkpointed layout (the orchestrator picks it); ``service`` names the
+    fds the task holds open for the blob. ``extra_flags`` (abi.BLOB_F_NO_TRAP, BLOB_F_EXIT)
+    and ``set_mm=False`` exist for running the blob without a tracer in tests.
+    Raises BlobUnsupported, VdsoMismatch, FpuStateMismatch or BadThreadState (nothing has
+    been written anywhere then); AssertionError if ``base`` breaks its precondition.
+    """
+    blob = blob or default_blob()
+    if len(task.threads) != 1:
+        raise BlobUnsupported(f"task {task.pid}: {len(task.threads)} threads, this blob restores "
+                              "single-threaded tasks only", pid=task.pid)
+    contents = _Contents.of(task, service)
+    layout = _Layout.of(contents, runtime, blob)
+    _check_region(task, runtime, base, layout.size)
+
+    thread = task.main_thread
+    frame = build_sigframe(thread, base + layout.sigframe_off, xstate_size=runtime.xstate_size,
+                           xcr0=runtime.xcr0, components=_components(runtime))
+    args_addr = base + layout.args_off
+    writer = _ArgsWriter(args_addr)
+    args = abi.BlobArgs.new()
+    args.flags = extra_flags | (abi.BLOB_F_SET_MM if set_mm else 0)
+    args.bootstrap_start, args.bootstrap_len = base, layout.size
+    args.task_size = TASK_SIZE
+    args.stack_top = base + layout.size
+    if runtime.rseq is not None:
+        args.self_rseq = abi.BlobRseq(runtime.rseq.abi_pointer, runtime.rseq.abi_size,
+                                      runtime.rseq.signature)
+
+    args.vmas, args.nr_vmas = writer.array(abi.BlobVma, contents.vmas)
+    args.pages_fd = service.pages
+    args.page_reads, args.nr_page_reads = writer.array(abi.BlobPageRead, contents.reads)
+    args.iovs, args.nr_iovs = writer.array(abi.BlobIovec, contents.iovs)
+    vdso_areas = _vdso_areas(task, runtime, base + layout.park_off)
+    args.vdso_areas, args.nr_vdso_areas = writer.array(abi.BlobVdsoArea, vdso_areas)
+    args.close_fds, args.nr_close_fds = writer.array(ctypes.c_int32, contents.close_fds)
+
+    auxv_addr, nr_auxv = writer.array(ctypes.c_uint64, contents.auxv)
+    _fill_mm(args.mm, task, auxv_addr, nr_auxv, service.exe)
+    notes = list(_prctl_fields(args, task))
+    if frame.dropped_xfeatures:
+        notes.append(f"thread {thread.tid}: xsave components {frame.dropped_xfeatures:#x} of the "
+                     f"image are not enabled on this machine (XCR0 {runtime.xcr0:#x}): left out")
+
+    args.sigactions, args.nr_sigactions = writer.array(abi.BlobSigaction, contents.sigactions)
+    args.rlimits, args.nr_rlimits = writer.array(abi.BlobRlimit, contents.rlimits)
+    args.siginfos, args.nr_siginfos = writer.array(abi.BlobSiginfo, contents.shared_siginfos)
+    blob_thread = _blob_thread(thread, writer, stack_top=base + layout.size, frame=frame)
+    args.threads, args.nr_threads = writer.array(abi.BlobThread, [blob_thread])
+    for slot, timer in zip(args.itimers, task.itimers):
+        slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
+        slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
+
+    args_bytes = writer.finish(args)
+    if len(args_bytes) > layout.args_bytes:
+        raise AssertionError(f"build_bootstrap: args need {len(args_bytes)} bytes, "
+                             f"the layout gave {layout.args_bytes}")
+    image = bytearray(layout.size)
+    image[:blob.size_bytes] = blob.image_at(base)
+    image[layout.args_off:layout.args_off + len(args_bytes)] = args_bytes
+    image[layout.sigframe_off:layout.sigframe_off + len(frame.data)] = frame.data
+    return Bootstrap(
+        base=base, size=layout.size, image=bytes(image),
+        entry=base + blob.entry_offset(abi.BLOB_ENTRY_RESTORE_TASK),
+        stack_top=base + layout.size, args_addr=args_addr,
+        status_addr=args_addr + abi.STATUS_OFFSET,
+        syscall_gadget=base + blob.entry_offset(abi.BLOB_SYSCALL_GADGET),
+        sigframes=(frame.addr,), notes=tuple(notes))
+
+
+def _components(runtime: RuntimeLayout) -> dict[int, XsaveComponent]:
+    """The XSAVE layout to build frames with: the runtime's if pinned, else this CPU's."""
+    if runtime.xsave_layout is None:
+        return xsave_components()
+    return {comp.number: comp for comp in runtime.xsave_layout}
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """The arrays that do not depend on where the region is (so they size the args area)."""
+
+    vmas: list[abi.BlobVma]
+    reads: list[abi.BlobPageRead]
+    iovs: list[abi.BlobIovec]
+    close_fds: list[int]
+    auxv: list[int]
+    sigactions: list[abi.BlobSigaction]
+    rlimits: list[abi.BlobRlimit]
+    shared_siginfos: list[abi.BlobSiginfo]
+    thread_siginfos: int           # count, for sizing
+
+    @classmethod
+    def of(cls, task: Task, service: ServiceFds) -> _Contents:
+        reads, iovs = [], []
+        for batch in page_batches(task.vmas):
+            reads.append(abi.BlobPageRead(file_off=batch.file_off, first_iov=len(iovs),
+                                          nr_iovs=len(batch.iovs)))
+            iovs.extend(abi.BlobIovec(base=addr, len=length) for addr, length in batch.iovs)
+        return cls(
+            vmas=[_blob_vma(index, vma, service) for index, vma in enumerate(task.vmas)
+                  if vma.kind not in (VmaKind.VDSO, VmaKind.VVAR)],
+            reads=reads, iovs=iovs,
+            # The pages image, then each mapped file once; the exe fd stays for PR_SET_MM_MAP.
+            close_fds=[service.pages, *sorted(set(service.mapped.values()))],
+            auxv=list(task.mm.auxv),
+            sigactions=[abi.BlobSigaction(signo=sa.signo, handler=sa.handler, flags=sa.flags,
+                                          restorer=sa.restorer, mask=sa.mask)
+                        for sa in task.sigactions],
+            rlimits=[abi.BlobRlimit(resource=number, cur=cur, max=max_)
+                     for number, (cur, max_) in enumerate(task.rlimits)],
+            shared_siginfos=[_siginfo(f"task {task.pid}", raw) for raw in task.shared_pending_signals],
+            thread_siginfos=sum(len(t.pending_signals) for t in task.threads),
+        )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Offsets of the region's parts from its base (the module docstring's diagram)."""
+
+    args_off: int
+    args_bytes: int
+    park_off: int
+    sigframe_off: int
+    stack_off: int
+    size: int
+
+    @classmethod
+    def of(cls, contents: _Contents, runtime: RuntimeLayout, blob: Blob) -> _Layout:
+        counts = [
+            (ctypes.sizeof(abi.BlobVma), len(contents.vmas)),
+            (ctypes.sizeof(abi.BlobPageRead), len(contents.reads)),
+            (ctypes.sizeof(abi.BlobIovec), len(contents.iovs)),
+            (ctypes.sizeof(abi.BlobVdsoArea), len(runtime.kernel_areas())),
+            (ctypes.sizeof(ctypes.c_int32), len(contents.close_fds)),
+            (ctypes.sizeof(ctypes.c_uint64), len(contents.auxv)),
+            (ctypes.sizeof(abi.BlobSigaction), len(contents.sigactions)),
+            (ctypes.sizeof(abi.BlobRlimit), len(contents.rlimits)),
+            (ctypes.sizeof(abi.BlobSiginfo), len(contents.shared_siginfos)),
+            (ctypes.sizeof(abi.BlobThread), 1),
+            (ctypes.sizeof(abi.BlobSiginfo), contents.thread_siginfos),
+        ]
+        args_bytes = ctypes.sizeof(abi.BlobArgs) + sum(
+            _round_up(size * count, _ARRAY_ALIGN) for size, count in counts)
+        args_off = blob.size_bytes
+        park_off = args_off + _round_up(args_bytes, PAGE_SIZE)
+        sigframe_off = park_off + _round_up(runtime.park_bytes, PAGE_SIZE)
+        stack_off = sigframe_off + _round_up(sigframe_bytes(runtime.xstate_size), PAGE_SIZE)
+        size = stack_off + abi.BLOB_STACK_BYTES
+        return cls(args_off=args_off, args_bytes=_round_up(args_bytes, PAGE_SIZE),
+                   park_off=park_off, sigframe_off=sigframe_off, stack_off=stack_off, size=size)
+
+
+class _ArgsWriter:
+    """Lays out the arrays after struct blob_args, each 8-byte aligned; returns addresses."""
+
+    def __init__(self, args_addr: int) -> None:
+        self._addr = args_addr
+        self._buf = bytearray(ctypes.sizeof(abi.BlobArgs))
+
+    def array(self, ctype: type, items: Sequence) -> tuple[int, int]:
+        """Append ``items`` as a C array of ``ctype``; return (address, count), (0, 0) if empty."""
+        if not items:
+            return 0, 0
+        data = bytes((ctype * len(items))(*items))
+        offset = _round_up(len(self._buf), _ARRAY_ALIGN)
+        self._buf += bytes(offset - len(self._buf)) + data
+        return self._addr + offset, len(items)
+
+    def finish(self, args: abi.BlobArgs) -> bytes:
+        """The whole args area: the struct itself, then the arrays."""
+        self._buf[:ctypes.sizeof(args)] = bytes(args)
+        return bytes(self._buf)
+
+
+def _check_region(task: Task, runtime: RuntimeLayout, base: int, size: int) -> None:
+    """The region must be page-aligned, below TASK_SIZE, and clear of every VMA of the plan
+    and every kernel area of the running task (the orchestrator chose it so)."""
+    end = base + size
+    if base % PAGE_SIZE or base <= 0 or end > TASK_SIZE:
+        raise AssertionError(f"build_bootstrap: region {base:#x}-{end:#x} is not a page-aligned "
+                             f"range below TASK_SIZE {TASK_SIZE:#x}")
+    for index, vma in enumerate(task.vmas):
+        if vma.start < end and base < vma.end:
+            raise AssertionError(f"build_bootstrap: region {base:#x}-{end:#x} overlaps VMA {index} "
+                                 f"({vma.start:#x}-{vma.end:#x}) of task {task.pid}")
+    for name, start, stop in runtime.kernel_areas():
+        if start < end and base < stop:
+            raise AssertionError(f"build_bootstrap: region {base:#x}-{end:#x} overlaps the "
+                                 f"running {name} ({start:#x}-{stop:#x})")
+
+
+def _blob_vma(index: int, vma: Vma, service: ServiceFds) -> abi.BlobVma:
+    """One VMA descriptor: its fd (the service fd of its file), writable while filled."""
+    flags = vma.flags & ~(MAP_FIXED | MAP_FIXED_NOREPLACE)
+    if vma.file is None:
+        fd = -1
+        flags |= mmap.MAP_ANONYMOUS
+    else:
+        key = (vma.file.path, vma.file.open_flags)
+        if key not in service.mapped:
+            raise AssertionError(f"build_bootstrap: VMA {index} maps {key}, which has no service "
+                                 f"fd (ServiceFds.mapped has {sorted(service.mapped)})")
+        fd = service.mapped[key]
+    map_prot = vma.prot | mmap.PROT_WRITE if vma.page_runs else vma.prot
+    return abi.BlobVma(start=vma.start, end=vma.end, pgoff=vma.pgoff, madv=vma.madv,
+                       prot=vma.prot, map_prot=map_prot, flags=flags, fd=fd, plan_index=index)
+
+
+def _vdso_areas(task: Task, runtime: RuntimeLayout, park_addr: int) -> list[abi.BlobVdsoArea]:
+    """Where each running kernel area is parked, and where it goes (the image's VMAs).
+
+    CRIU 4.2 records [vvar] and [vvar_vclock] as ONE VVAR VMA (6 pages on 6.18 = 4 + 2): the
+    two running areas go to its start and start + len([vvar]). The vdso code reaches vvar
+    at a fixed distance, so that distance must be the same in the image as here.
+    """
+    areas = runtime.kernel_areas()
+    where = f"task {task.pid}"
+    image = {kind: [(i, v) for i, v in enumerate(task.vmas) if v.kind is kind]
+             for kind in (VmaKind.VDSO, VmaKind.VVAR)}
+    for kind, found in image.items():
+        if len(found) > 1:
+            raise VdsoMismatch(f"{where}: the image has {len(found)} {kind.value} VMAs (at "
+                               f"{', '.join(hex(v.start) for _i, v in found)}), expected one",
+                               pid=task.pid)
+    vdso_vma = image[VmaKind.VDSO][0][1] if image[VmaKind.VDSO] else None
+    vvar_vma = image[VmaKind.VVAR][0][1] if image[VmaKind.VVAR] else None
+    targets: dict[str, int] = {}
+    if vdso_vma is not None:
+        if runtime.vdso is None:
+            raise VdsoMismatch(f"{where}: the image has a [vdso] at {vdso_vma.start:#x}, this "
+                               "kernel gave the task none", pid=task.pid)
+        _same_size(where, "[vdso]", vdso_vma, runtime.vdso[1] - runtime.vdso[0], task.pid)
+        targets[VDSO] = vdso_vma.start
+    if vvar_vma is not None:
+        if runtime.vvar is None:
+            raise VdsoMismatch(f"{where}: the image has a [vvar] at {vvar_vma.start:#x}, this "
+                               "kernel gave the task none", pid=task.pid)
+        vvar_len = runtime.vvar[1] - runtime.vvar[0]
+        total = vvar_len
+        if runtime.vvar_vclock is not None:
+            if runtime.vvar_vclock[0] != runtime.vvar[1]:
+                raise VdsoMismatch(f"{where}: this kernel's [vvar_vclock] at "
+                                   f"{runtime.vvar_vclock[0]:#x} does not follow [vvar] (ends "
+                                   f"{runtime.vvar[1]:#x}); the image records them as one VMA",
+                                   pid=task.pid)
+            total += runtime.vvar_vclock[1] - runtime.vvar_vclock[0]
+            targets[VVAR_VCLOCK] = vvar_vma.start + vvar_len
+        _same_size(where, "[vvar]" + ("+[vvar_vclock]" if runtime.vvar_vclock else ""), vvar_vma,
+                   total, task.pid)
+        targets[VVAR] = vvar_vma.start
+    if vdso_vma is not None and vvar_vma is not None and runtime.vvar is not None:
+        image_gap = vdso_vma.start - vvar_vma.start
+        runtime_gap = runtime.vdso[0] - runtime.vvar[0]
+        if image_gap != runtime_gap:
+            raise VdsoMismatch(f"{where}: the image's [vdso] is {image_gap:#x} bytes from its "
+                               f"[vvar], this kernel's {runtime_gap:#x}", pid=task.pid)
+    if not areas:
+        return []
+    span_start = areas[0][1]
+    return [abi.BlobVdsoArea(runtime_start=start, park_start=park_addr + start - span_start,
+                             target_start=targets.get(name, 0), len=end - start)
+            for name, start, end in areas]
+
+
+def _same_size(where: str, name: str, vma: Vma, runtime_len: int, pid: int) -> None:
+    if vma.size != runtime_len:
+        raise VdsoMismatch(f"{where}: image {name} at {vma.start:#x} is {vma.size} bytes, this "
+                           f"kernel's is {runtime_len}", pid=pid)
+
+
+def _fill_mm(mm: abi.BlobMm, task: Task, auxv_addr: int, nr_auxv: int, exe_fd: int) -> None:
+    """struct prctl_mm_map from the plan's MmFields, the auxv array and the exe service fd."""
+    fields = task.mm
+    for name in ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+                 "start_stack", "arg_start", "arg_end", "env_start", "env_end"):
+        setattr(mm, name, getattr(fields, name))
+    mm.auxv = auxv_addr
+    mm.auxv_size = nr_auxv * ctypes.sizeof(ctypes.c_uint64)
+    mm.exe_fd = exe_fd
+
+
+def _prctl_fields(args: abi.BlobArgs, task: Task) -> Iterable[str]:
+    """Set dumpable and thp_disabled; yield a note for what cannot be set."""
+    args.thp_disabled = int(task.mm.thp_disabled)
+    dumpable = task.mm.dumpable
+    if dumpable in SETTABLE_DUMPABLE:
+        args.dumpable = dumpable
+    elif dumpable is not None:
+        yield (f"task {task.pid}: dumpable {dumpable} cannot be set with PR_SET_DUMPABLE "
+               "(0 or 1 only): left as the kernel has it")
+
+
+def _siginfo(where: str, raw: bytes) -> abi.BlobSiginfo:
+    if len(raw) != abi.BLOB_SIGINFO_BYTES:
+        raise BadThreadState(f"{where}: a pending siginfo is {len(raw)} bytes, expected "
+                             f"{abi.BLOB_SIGINFO_BYTES}")
+    return abi.BlobSiginfo.from_buffer_copy(raw)
+
+
+def _blob_thread(thread: Thread, writer: _ArgsWriter, *, stack_top: int,
+                 frame: Sigframe) -> abi.BlobThread:
+    """struct blob_thread for ``thread``; its pending signals go into their own array."""
+    bt = abi.BlobThread(tid=thread.tid, stack_top=stack_top, sigframe=frame.addr,
+                        fs_base=int(thread.gpregs.get("fs_base", 0)),
+                        gs_base=int(thread.gpregs.get("gs_base", 0)),
+                        clear_child_tid=thread.clear_tid_addr, robust_list=thread.futex_rla,
+                        robust_list_len=thread.futex_rla_len)
+    if thread.rseq is not None:
+        bt.rseq = abi.BlobRseq(thread.rseq.abi_pointer, thread.rseq.abi_size, thread.rseq.signature)
+    comm = thread.comm.encode("utf-8", "replace")[:15]
+    bt.comm[:len(comm)] = comm
+    bt.siginfos, bt.nr_siginfos = writer.array(
+        abi.BlobSiginfo, [_siginfo(f"thread {thread.tid}", raw) for raw in thread.pending_signals])
+    return bt

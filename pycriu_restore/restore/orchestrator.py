@@ -1,0 +1,187 @@
+"""The restore, start to finish: images -> plan -> tasks -> blob -> running processes.
+
+``restore(images_dir, options)`` runs the stages of restore/timeline.py in order. It is
+the only code that holds tasks under ptrace, and all of it runs on one thread (the tracer
+identity belongs to a thread). Each stage either finishes or raises; on any failure every
+task made so far is killed and reaped (``Rollback``), so a failed restore leaves nothing
+running, and no pidfile is written.
+
+For one task (research/criu-restore-internals.md §1, §2.2, §2.5 for CRIU's equivalent):
+
+    FORK       clone3(set_tid) -> task prepares fds/fs/session/timens -> SIGSTOP, seized
+    BOOTSTRAP  read its maps, pick a region free in both layouts, inject mmap(region),
+               write blob + args + sigframe there, rip = blob entry
+    MEMORY     PTRACE_CONT: the blob rebuilds the address space and process state, then
+               int3; read its status record
+    RESUME     PTRACE_SYSCALL through the blob's rt_sigreturn: registers are now the
+               application's; munmap(region) through the blob's syscall gadget; detach
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
+from pycriu_restore.blob import abi
+from pycriu_restore.blob.status import decode_status
+from pycriu_restore.images import ImageSet
+from pycriu_restore.linux import syscalls
+from pycriu_restore.linux.waitstatus import StopKind
+from pycriu_restore.plan.build import build_plan
+from pycriu_restore.plan.errors import UnsupportedFeature
+from pycriu_restore.plan.model import RestorePlan
+from pycriu_restore.restore.errors import RestoreFailed
+from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
+from pycriu_restore.restore.pidns import PidNamespace
+from pycriu_restore.restore.preflight import check_plan
+from pycriu_restore.restore.timeline import Stage, Timeline
+from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_task
+from pycriu_restore.tracee import Tracee
+
+log = logging.getLogger("pycrestore")
+
+# mmap(2) arguments for the bootstrap region (<asm-generic/mman-common.h>, <linux/mman.h>).
+PROT_RWX = 0x1 | 0x2 | 0x4
+MAP_PRIVATE_ANON_FIXED_NOREPLACE = 0x02 | 0x20 | 0x100000
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What the caller may choose (the CLI's flags)."""
+
+    pid_ns: bool = False  # restore in a new pid namespace under a small init
+    # Time the blob may take before the restore is declared hung (a big image on a slow disk
+    # takes seconds; a wedged blob would otherwise hold the orchestrator forever).
+    blob_timeout_s: float = 300.0
+    # Called with each task's Tracee after the blob is gone and before the task runs: the
+    # registers and memory are the application's. For inspection (tests, teaching, debugging).
+    before_detach: Callable[[Tracee], None] | None = None
+
+
+@dataclass
+class Restored:
+    """A restore that succeeded: the tasks run, detached."""
+
+    plan: RestorePlan
+    pids: dict[int, int]  # checkpointed pid -> pid in the caller's namespace
+    timeline: Timeline
+    init_pid: int | None = None  # --pid-ns: the namespace's init, in the caller's namespace
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def root_pid(self) -> int:
+        return self.pids[self.plan.root.pid]
+
+
+def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Restored:
+    """Restore the checkpoint in ``images_dir``; return once every task runs.
+
+    Raises an ImageError/PlanError for bad images, EnvironmentMismatch when the machine
+    does not match (pid in use, file changed), RestoreFailed when a task failed; in every
+    case nothing restored is left running. Needs root (pids, ptrace, namespaces).
+    """
+    timeline = Timeline()
+    with timeline.stage(Stage.PLAN, images_dir):
+        plan = build_plan(ImageSet.open(images_dir))
+        _refuse_what_is_not_restored_yet(plan)
+    with timeline.stage(Stage.PREFLIGHT):
+        check_plan(plan, new_pid_ns=options.pid_ns)
+
+    rollback = Rollback()
+    try:
+        with timeline.stage(Stage.FORK, f"task {plan.root.pid}"):
+            pidns = PidNamespace.create() if options.pid_ns else None
+            rollback.pidns = pidns
+            spawned = spawn_task(plan.root, rollback, plan.timens, pidns)
+        with timeline.stage(Stage.BOOTSTRAP):
+            bootstrap = _enter_blob(spawned)
+            for note in bootstrap.notes:
+                log.warning("task %d: %s", plan.root.pid, note)
+        with timeline.stage(Stage.MEMORY, f"{sum(v.nr_present_pages for v in plan.root.vmas)} pages"):
+            _run_blob(spawned, bootstrap)
+        with timeline.stage(Stage.RESUME):
+            _resume(spawned, bootstrap, options.before_detach)
+    except BaseException:
+        rollback.kill_all()
+        raise
+    if pidns is not None:
+        pidns.watch(plan.root.pid)
+    rollback.forget()
+    return Restored(plan=plan, pids={plan.root.pid: spawned.pid}, timeline=timeline,
+                    init_pid=pidns.init_pid if pidns else None)
+
+
+def _refuse_what_is_not_restored_yet(plan: RestorePlan) -> None:
+    """Single-process, single-threaded trees only, for now (named, never silently wrong)."""
+    if len(plan.tasks) > 1:
+        raise UnsupportedFeature("pstree.img", f"process trees ({len(plan.tasks)} tasks); one task is restored for now")
+    root = plan.root
+    if len(root.threads) > 1:
+        raise UnsupportedFeature(f"core-{root.pid}.img", f"multi-threaded task ({len(root.threads)} threads)")
+
+
+def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
+    """Map the bootstrap region in the stopped task, fill it, and point the task at the blob."""
+    tracee = spawned.tracee
+    runtime: RuntimeLayout = runtime_layout(tracee)
+    size = bootstrap_size(spawned.task, runtime)
+    base = choose_bootstrap_base(tracee.maps(), spawned.task.vmas, size)
+    got = tracee.inject_syscall(syscalls.NR_MMAP, base, size, PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE, -1 & 0xFFFFFFFFFFFFFFFF, 0)
+    if got != base:
+        raise RestoreFailed(spawned.task.pid, "bootstrap", f"mmap of the bootstrap region at {base:#x} returned {got:#x}")
+    bootstrap = build_bootstrap(spawned.task, base, runtime, spawned.service)
+    tracee.write_memory(base, bootstrap.image)
+    regs = tracee.regs
+    regs.rip = bootstrap.entry
+    regs.rsp = bootstrap.stack_top
+    regs.rdi = bootstrap.args_addr
+    regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # not in a syscall: no restart logic on resume
+    tracee.regs = regs
+    log.debug("bootstrap region %#x-%#x, entry %#x", base, base + size, bootstrap.entry)
+    return bootstrap
+
+
+def _run_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
+    """Let the blob run to its int3 and check the status it left."""
+    tracee = spawned.tracee
+    tracee.cont()
+    stop = tracee.wait_stop()
+    pid = spawned.task.pid
+    if not stop.alive:
+        raise RestoreFailed(pid, "memory", f"the task ended inside the restorer blob: {stop.describe()}")
+    raw = tracee.read_memory(bootstrap.status_addr, ctypes.sizeof(abi.BlobStatus))
+    status = decode_status(raw)
+    if not (stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGTRAP):
+        where = status.describe() if not status.ok else "after its last step"
+        raise RestoreFailed(pid, "memory", f"unexpected {stop.describe()} in the restorer blob ({where})")
+    if not status.ok:
+        raise RestoreFailed(pid, "memory", status.describe())
+
+
+def _resume(spawned: SpawnedTask, bootstrap: Bootstrap, before_detach: Callable[[Tracee], None] | None) -> None:
+    """Step through rt_sigreturn, unmap the bootstrap region, and let the task run."""
+    tracee = spawned.tracee
+    # The SIGTRAP of the int3 is not delivered (syscall(0)): the blob's next syscall is
+    # rt_sigreturn, and at its exit the registers are the application's.
+    app_regs = tracee.run_until_syscall_exit(syscalls.NR_RT_SIGRETURN, max_syscalls=1)
+    # munmap through the blob's own syscall instruction: at the exit stop rip points into
+    # the unmapped region, but we put the application's registers back before it runs.
+    regs = tracee.regs
+    regs.rip = bootstrap.syscall_gadget
+    regs.rax = syscalls.NR_MUNMAP
+    regs.rdi = bootstrap.base
+    regs.rsi = bootstrap.size
+    regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+    tracee.regs = regs
+    unmap_regs = tracee.run_until_syscall_exit(syscalls.NR_MUNMAP, max_syscalls=1)
+    if unmap_regs.rax != 0:
+        raise RestoreFailed(spawned.task.pid, "resume", f"munmap of the bootstrap region returned {unmap_regs.rax:#x}")
+    tracee.regs = app_regs
+    if before_detach is not None:
+        before_detach(tracee)
+    tracee.detach()

@@ -1,0 +1,289 @@
+"""Restore real CRIU 4.2 checkpoints and check the processes continue (the fixtures' verify.py).
+
+Every test installs the workload's files (install.sh), restores, checks, then kills what it
+restored by pid and waits until /proc/PID is gone. Runs as root (CI does).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+from pycriu_restore.blob.cpuid import supported_xfeatures
+from pycriu_restore.images import ImageSet, dump_image, load_image
+from pycriu_restore.linux.clone3 import clone3
+from pycriu_restore.linux.xstate import XFEATURE_MASK_PKRU
+from pycriu_restore.restore.orchestrator import RestoreOptions, restore
+
+IMAGES = FIXTURES / "images"
+SINGLE = ["counter", "fpu", "signals", "pymem"]
+
+
+def install(name: str) -> None:
+    subprocess.run([str(FIXTURES / "install.sh"), name], check=True, capture_output=True)
+
+
+def pycrestore(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pycriu_restore", *args], capture_output=True, text=True, timeout=120)
+
+
+def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(FIXTURES / "verify.py"), name]
+    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
+        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def kill_and_wait(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (reaped by us, or by its new parent)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still exists"
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still exists"
+
+
+def dumped_pid(name: str) -> int:
+    return ImageSet.open(IMAGES / name).pstree()[0].pid
+
+
+@pytest.fixture(autouse=True)
+def _pids_free():
+    """The checkpointed pids must be free before and after every test."""
+    yield
+    for name in SINGLE:
+        assert not os.path.exists(f"/proc/{dumped_pid(name)}"), f"{name}'s pid is still in use after the test"
+
+
+# The fpu workload executes RDPKRU/WRPKRU: it can only run on a CPU with protection keys,
+# like the one it was dumped on. Elsewhere the restore must say that PKRU was left out
+# (and test_fpu_registers_restored_exactly checks every other register).
+HAS_PKU = bool(supported_xfeatures() & XFEATURE_MASK_PKRU)
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_restore_and_verify(name, tmp_path):
+    install(name)
+    pidfile = tmp_path / "pid"
+    result = pycrestore("-v", "restore", "-D", str(IMAGES / name), "-d", "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert pid == dumped_pid(name)
+        for stage in ("PLAN", "FORK", "BOOTSTRAP", "MEMORY", "RESUME"):
+            assert f" {stage} " in result.stderr, result.stderr
+        if name == "fpu" and not HAS_PKU:
+            assert "xsave components 0x200 of the image are not enabled on this machine" in result.stderr
+            return
+        check = verify(name)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert check.stdout.startswith(f"PASS {name}")
+    finally:
+        kill_and_wait(pid)
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_restore_in_new_pid_namespace(name, tmp_path):
+    install(name)
+    pidfile = tmp_path / "pid"
+    result = pycrestore("-v", "restore", "-D", str(IMAGES / name), "-d", "--pid-ns", "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    outer = int(pidfile.read_text())
+    try:
+        with open(f"/proc/{outer}/status") as f:
+            nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        assert int(nspid[-1]) == dumped_pid(name)
+        if name == "fpu" and not HAS_PKU:
+            assert "xsave components 0x200 of the image are not enabled on this machine" in result.stderr
+            return
+        check = verify(name, pid_for_ns=outer)
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        kill_and_wait(outer)
+    init = int(result.stderr.split("init ")[1].split(")")[0])
+    wait_gone(init)  # the namespace's init leaves with the restored task
+
+
+def test_fpu_registers_restored_exactly():
+    """At the first instruction after rt_sigreturn, every register equals the image's."""
+    install("fpu")
+    core = ImageSet.open(IMAGES / "fpu").core(31600)
+    gp, fp = core.thread_info.gpregs, core.thread_info.fpregs
+    seen = {}
+
+    def inspect(tracee) -> None:
+        seen["regs"] = tracee.regs
+        seen["xstate"] = tracee.xstate()
+
+    restored = restore(str(IMAGES / "fpu"), RestoreOptions(before_detach=inspect))
+    kill_and_wait(restored.root_pid)
+    regs, xstate = seen["regs"], seen["xstate"]
+    for name in ("r12", "r13", "r14", "r15", "rip", "rsp", "rbx", "rbp"):
+        assert getattr(regs, name) == getattr(gp, name.lstrip("r") if name in ("rip", "rsp", "rbx", "rbp") else name), name
+    words = lambda values: b"".join(v.to_bytes(4, "little") for v in values)  # noqa: E731
+    assert int.from_bytes(xstate[0:2], "little") == fp.cwd == 0x0E7F  # x87 control word
+    assert int.from_bytes(xstate[24:28], "little") == fp.mxcsr == 0xFFE0
+    assert xstate[32:160] == words(fp.st_space)  # st0 = 1/3L, st1 = -e
+    assert xstate[160:416] == words(fp.xmm_space)
+    assert xstate[576:832] == words(fp.xsave.ymmh_space)  # ymm upper halves (XSAVE standard format)
+    assert any(fp.xsave.ymmh_space)
+
+
+def _vma_rows(maps_text: str) -> list[tuple[int, int, str, str]]:
+    rows = []
+    for line in maps_text.splitlines():
+        parts = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        path = parts[5] if len(parts) > 5 else ""
+        rows.append((start, end, parts[1][:3], path))
+    return rows
+
+
+def test_restored_maps_equal_the_image():
+    install("counter")
+    restored = restore(str(IMAGES / "counter"))
+    pid = restored.root_pid
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            live = {(s, e): (perms, path) for s, e, perms, path in _vma_rows(f.read())}
+        files = {f.id: f for f in ImageSet.open(IMAGES / "counter").files()}
+        for vma in ImageSet.open(IMAGES / "counter").mm(pid).vmas:
+            prot = "".join(c if vma.prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
+            if vma.status & (1 << 12):  # [vvar]: the kernel shows it as [vvar] + [vvar_vclock]
+                parts = sorted((s, e, p) for (s, e), (p, path) in live.items() if vma.start <= s < vma.end)
+                assert parts[0][0] == vma.start and parts[-1][1] == vma.end, parts
+                continue
+            if vma.end > 1 << 47:
+                continue  # [vsyscall]: the kernel's, never restored
+            assert (vma.start, vma.end) in live, f"VMA {vma.start:#x}-{vma.end:#x} missing"
+            perms, path = live[(vma.start, vma.end)]
+            assert perms == prot, (hex(vma.start), perms, prot)
+            if vma.status & (1 << 6 | 1 << 7):
+                assert path == files[vma.shmid].reg.name
+            elif vma.status & (1 << 3):
+                assert path == "[vdso]"
+        assert len([r for r in live if r[1] <= 1 << 47]) == len([v for v in ImageSet.open(IMAGES / "counter").mm(pid).vmas if v.end <= 1 << 47]) + 1
+    finally:
+        kill_and_wait(pid)
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_twenty_restores_leave_nothing_behind():
+    fds_before = _fd_count()
+    for _ in range(20):
+        install("counter")
+        restored = restore(str(IMAGES / "counter"))
+        pid = restored.root_pid
+        check = verify("counter")
+        kill_and_wait(pid)
+        assert check.returncode == 0, check.stdout
+    assert _fd_count() == fds_before
+    # No zombie children of ours either.
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+# -- bad input: one line, a distinct exit code, nothing left running, no pidfile ----------------
+
+
+def _assert_clean_failure(result, code: int, must_contain: str, pidfile: Path, name: str = "counter") -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    # One error line (warnings, e.g. about FPU state this CPU lacks, may come before it).
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("pycrestore: error:")]
+    assert len(lines) == 1 and result.stderr.strip().endswith(lines[0]), result.stderr
+    assert must_contain in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not pidfile.exists()
+    assert not os.path.exists(f"/proc/{dumped_pid(name)}")
+
+
+def test_pid_in_use_is_refused_and_suggests_pid_ns(tmp_path):
+    install("counter")
+    pid = dumped_pid("counter")
+    r, w = os.pipe()
+    holder = clone3(0, [pid])
+    if holder == 0:
+        os.close(w)
+        os.read(r, 1)  # hold the pid until the test is done
+        os._exit(0)
+    os.close(r)
+    try:
+        pidfile = tmp_path / "pid"
+        result = pycrestore("restore", "-D", str(IMAGES / "counter"), "-d", "--pidfile", str(pidfile))
+        assert result.returncode == 4, result.stderr
+        assert f"pid {pid} is in use" in result.stderr and "--pid-ns" in result.stderr
+        assert not pidfile.exists()
+    finally:
+        os.close(w)
+        os.waitpid(holder, 0)
+
+
+def test_missing_file_is_named(tmp_path):
+    install("counter")
+    os.unlink("/var/tmp/pycrestore-fixtures/counter/stdout")
+    pidfile = tmp_path / "pid"
+    result = pycrestore("restore", "-D", str(IMAGES / "counter"), "-d", "--pidfile", str(pidfile))
+    _assert_clean_failure(result, 4, "/var/tmp/pycrestore-fixtures/counter/stdout: missing", pidfile)
+
+
+def test_changed_file_is_named(tmp_path):
+    install("counter")
+    with open("/var/tmp/pycrestore-fixtures/counter/stderr", "a") as f:
+        f.write("grown\n")
+    pidfile = tmp_path / "pid"
+    result = pycrestore("restore", "-D", str(IMAGES / "counter"), "-d", "--pidfile", str(pidfile))
+    _assert_clean_failure(result, 4, "stderr: size is 6 bytes, dumped with 0", pidfile)
+
+
+def test_unsupported_feature_is_named(tmp_path):
+    pidfile = tmp_path / "pid"
+    result = pycrestore("restore", "-D", str(IMAGES / "shmem"), "-d", "--pidfile", str(pidfile))
+    assert result.returncode == 3 and "unsupported" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not pidfile.exists()
+
+
+def test_vma_that_cannot_be_mapped_fails_cleanly(tmp_path):
+    """A read-only file VMA turned into a writable shared mapping: the file is opened
+    read-only, so the blob's mmap fails with EACCES; the error names the VMA."""
+    from pycriu_restore.plan.build import build_plan
+
+    install("counter")
+    images = tmp_path / "counter"
+    shutil.copytree(IMAGES / "counter", images)
+    plan_vmas = build_plan(ImageSet.open(images)).root.vmas
+    no_pages = {v.start for v in plan_vmas if v.file is not None and not v.page_runs and v.prot == 1}
+    mm = load_image(images / "mm-31100.img")
+    victim = next(v for v in mm.entries[0].vmas if v.start in no_pages)
+    victim.flags = 0x1  # MAP_SHARED
+    victim.prot = 0x3  # PROT_READ | PROT_WRITE
+    victim.status = (victim.status & ~(1 << 6)) | (1 << 7)  # VMA_FILE_PRIVATE -> VMA_FILE_SHARED
+    (images / "mm-31100.img").write_bytes(dump_image(mm))
+    pidfile = tmp_path / "pid"
+    result = pycrestore("restore", "-D", str(images), "-d", "--pidfile", str(pidfile))
+    _assert_clean_failure(result, 5, f"{victim.start:#x}", pidfile)
+    assert "EACCES" in result.stderr
