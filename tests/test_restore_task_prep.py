@@ -69,7 +69,7 @@ def test_child_prepares_fds_fs_session_and_time_namespace():
         data_fd = next(f.fd for f in task.files if getattr(f, "path", "").endswith("data.txt"))
         with open(f"/proc/{pid}/fdinfo/{data_fd}") as info:
             assert "pos:\t1056" in info.read()
-        assert os.readlink(f"{fd_dir}/{service.pages}") == task.pages_path
+        assert os.readlink(f"{fd_dir}/{service.pages}") == os.path.realpath(task.pages_path)
         assert os.readlink(f"{fd_dir}/{service.exe}") == task.mm.exe.path
         opened = set(int(x) for x in os.listdir(fd_dir))
         assert opened == {f.fd for f in task.files} | set(service.all), opened
