@@ -29,12 +29,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 FIXTURES = Path(os.environ.get("PYCRESTORE_FIXTURES", REPO.parent / "shared" / "fixtures" / "criu-4.2"))
 
-from pycriu_restore.images import ImageSet, dump_image, load_image  # noqa: E402
+from pycriu_restore.images import dump_image, load_image  # noqa: E402
+from pycriu_restore.images.image import Image  # noqa: E402
 from pycriu_restore.restore.orchestrator import restore  # noqa: E402
 from pycriu_restore.restore.timeline import Stage  # noqa: E402
 
 PAGE = 4096
-BIG_VMA_START = 0x200000000000  # free in counter's layout
+BIG_VMA_START = 0x100000000000  # free in counter's layout (below its executable)
 PAGES_PER_ENTRY = 256  # CRIU splits pagemap entries at 256 pages (research/feasibility-spike.md)
 
 
@@ -54,32 +55,33 @@ def make_big_images(dst: Path, gib: float) -> int:
     (dst / "mm-31100.img").write_bytes(dump_image(mm))
 
     pm = load_image(dst / "pagemap-31100.img")
-    head, entries = pm.entries[0], list(pm.entries[1:])
-    # New entries go last, so their pages go at the end of pages-1.img, in address order
-    # (entries must stay sorted by address: the big VMA is above every counter VMA but the stack).
-    stack_entries = [e for e in entries if e.vaddr >= BIG_VMA_START]
-    low_entries = [e for e in entries if e.vaddr < BIG_VMA_START]
-    pages = (dst / "pages-1.img").read_bytes()
-    low_bytes = sum(e.nr_pages for e in low_entries if e.flags & 4) * PAGE
-    low_data, stack_data = pages[:low_bytes], pages[low_bytes:]
+    head, old_entries = pm.entries[0], list(pm.entries[1:])
+    old_pages = (dst / "pages-1.img").read_bytes()
+    # Where each old present entry's data is in the old pages file (pagemap order).
+    old_data, offset = {}, 0
+    for e in old_entries:
+        if e.flags & 4:
+            old_data[e.vaddr] = old_pages[offset:offset + e.nr_pages * PAGE]
+            offset += e.nr_pages * PAGE
     new_entries = []
     for first in range(0, nr_pages, PAGES_PER_ENTRY):
-        e = type(low_entries[0])()
+        e = type(old_entries[0])()
         e.vaddr = BIG_VMA_START + first * PAGE
         e.nr_pages = min(PAGES_PER_ENTRY, nr_pages - first)
         e.flags = 4 | 2  # PE_PRESENT | PE_LAZY, as a normal dump writes anonymous pages
         new_entries.append(e)
-    pm.entries[:] = [head, *low_entries, *new_entries, *stack_entries]
-    (dst / "pagemap-31100.img").write_bytes(dump_image(pm))
+    entries = sorted(old_entries + new_entries, key=lambda e: e.vaddr)
+    rebuilt = Image(kind=pm.kind, entries=[head, *entries])
+    (dst / "pagemap-31100.img").write_bytes(dump_image(rebuilt))
     block = os.urandom(1 << 20)
-    with open(dst / "pages-1.img", "wb") as f:
-        f.write(low_data)
-        left = nr_pages * PAGE
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
-        f.write(stack_data)
+    with open(dst / "pages-1.img", "wb") as f:  # pages in pagemap order, as CRIU writes them
+        for e in entries:
+            if not e.flags & 4:
+                continue
+            if e.vaddr in old_data:
+                f.write(old_data[e.vaddr])
+            else:
+                f.write(block[: e.nr_pages * PAGE])
     return nr_pages * PAGE
 
 

@@ -58,12 +58,26 @@ def test_sigactions_skip_sigkill_and_sigstop():
     assert task.shared_pending_signals and len(task.main_thread.pending_signals) == 2
 
 
-def test_pipe_ends_and_queued_data():
-    task = plan_of("pipes").root
-    ends = [f for f in task.files if isinstance(f, PipeEnd)]
-    assert [e.fd for e in ends] == [5]
-    (buf,) = task.pipes
+def test_pipe_between_two_tasks_is_one_pipe_with_its_queued_data():
+    plan = plan_of("pipes")
+    parent, child = plan.tasks
+    assert [t.pid for t in plan.children(parent)] == [child.pid]
+    ends = {t.pid: [f for f in t.files if isinstance(f, PipeEnd)] for t in plan.tasks}
+    assert [(e.fd, e.flags) for e in ends[parent.pid]] == [(5, 1)]  # write end
+    assert [(e.fd, e.flags) for e in ends[child.pid]] == [(4, 0)]  # read end
+    (buf,) = plan.pipes
+    assert buf.pipe_id == ends[parent.pid][0].pipe_id == ends[child.pid][0].pipe_id
     assert buf.queued == b"".join(b"%d\n" % i for i in range(51, 64))
+    # stdin/stdout/stderr were inherited through fork: one open file each, shared.
+    assert sorted(f.fd for f in plan.shared_files) == [0, 1, 2]
+
+
+def test_socketpair_with_queued_data_both_ways():
+    plan = plan_of("unixsk")
+    (pair,) = plan.socket_pairs
+    assert sum(map(len, pair.queued_a)) + sum(map(len, pair.queued_b)) == 160 + 56
+    pongs = b"".join(pair.queued_a if sum(map(len, pair.queued_a)) == 160 else pair.queued_b)
+    assert pongs.startswith(b"pong 36\n") and pongs.endswith(b"pong 55\n")
 
 
 def test_threads_plan_has_every_thread_with_its_registers():
@@ -72,9 +86,23 @@ def test_threads_plan_has_every_thread_with_its_registers():
     assert len({t.gpregs["fs_base"] for t in task.threads}) == 5
 
 
-def test_shared_memfd_mapping_is_named_as_unsupported():
-    with pytest.raises(UnsupportedFeature, match=r"mm-31700.img: unsupported: VMA at 0x7efe1a1ed000: shared memfd"):
-        plan_of("shmem")
+def test_shared_anonymous_memory_is_one_memfd_for_both_tasks():
+    plan = plan_of("shmem")
+    (mem,) = plan.shared_memory
+    assert (mem.name, mem.size_bytes, mem.seals) == ("/dev/zero", 1 << 20, 1)
+    assert sum(r.nr_pages for r in mem.page_runs) == 241
+    for task in plan.tasks:
+        (vma,) = [v for v in task.vmas if v.kind is VmaKind.MEMFD_SHARED]
+        assert vma.file.memfd_inode == mem.inode_id and vma.start == 0x7EFE1A1ED000
+
+
+def test_unsupported_feature_is_named(tmp_path):
+    d = _copy(tmp_path, "counter")
+    core = load_image(d / "core-31100.img")
+    core.entries[0].tc.task_state = 3  # stopped
+    (d / "core-31100.img").write_bytes(dump_image(core))
+    with pytest.raises(UnsupportedFeature, match=r"core-31100.img: unsupported: task state 3"):
+        build_plan(ImageSet.open(d))
     assert UnsupportedFeature.exit_code == 3
 
 

@@ -16,7 +16,11 @@ import time
 from conftest import FIXTURES
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
-from pycriu_restore.restore.task import READY, ChildSetup, ServiceFds, run_child
+import dataclasses
+
+from pycriu_restore.linux.clone3 import clone3
+from pycriu_restore.restore.shared import SharedFds
+from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
 
 
 def _install(name: str) -> None:
@@ -34,21 +38,29 @@ def _wait_stopped(pid: int, timeout_s: float = 10.0) -> None:
     raise AssertionError(f"child {pid} did not stop (state {state})")
 
 
-def test_child_prepares_fds_fs_session_and_time_namespace():
-    _install("pipes")
-    plan = build_plan(ImageSet.open(FIXTURES / "images" / "pipes"))
-    task = plan.tasks[0]
+def _start(plan, task):
+    """Fork ``task`` as the root of a one-task tree; returns (pid, go write end, status read end)."""
     service = ServiceFds.for_task(task)
     go_r, go_w = os.pipe()
     status_r, status_w = os.pipe()
-    pid = os.fork()
+    tree = TreeSetup(plan=plan, links={task.pid: TaskLink(go_r, status_w, service)}, parked=SharedFds.layout(plan))
+    pid = clone3(0, [task.pid])  # its checkpointed pid, as in a restore: setsid must give that sid
     if pid == 0:  # the child never returns from run_child
         os.close(go_w)
         os.close(status_r)
-        run_child(task, ChildSetup(go_fd=go_r, status_fd=status_w, service=service, timens=plan.timens))
+        run_child(task, tree)
+    os.close(go_r)
+    os.close(status_w)
+    return pid, go_w, status_r, service
+
+
+def test_child_prepares_fds_fs_session_and_time_namespace():
+    _install("pipes")
+    full = build_plan(ImageSet.open(FIXTURES / "images" / "pipes"))
+    plan = dataclasses.replace(full, tasks=(full.root,))  # the parent alone: its child is not forked
+    task = plan.tasks[0]
+    pid, go_w, status_r, service = _start(plan, task)
     try:
-        os.close(go_r)
-        os.close(status_w)
         os.write(go_w, b"g")
         assert os.read(status_r, 4096) == READY
         _wait_stopped(pid)
@@ -96,15 +108,7 @@ def test_child_reports_a_missing_file_and_exits(tmp_path):
     plan = build_plan(ImageSet.open(FIXTURES / "images" / "counter"))
     task = plan.tasks[0]
     os.unlink("/var/tmp/pycrestore-fixtures/counter/log")
-    go_r, go_w = os.pipe()
-    status_r, status_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        os.close(status_r)
-        run_child(task, ChildSetup(go_fd=go_r, status_fd=status_w, service=ServiceFds.for_task(task)))
-    os.close(go_r)
-    os.close(status_w)
+    pid, go_w, status_r, _ = _start(plan, task)
     os.write(go_w, b"g")
     report = os.read(status_r, 4096)
     _, status = os.waitpid(pid, 0)

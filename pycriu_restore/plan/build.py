@@ -30,6 +30,9 @@ from pycriu_restore.plan.model import (
     PageRun,
     PipeBuffer,
     PipeEnd,
+    SharedMemory,
+    UnixSocketEnd,
+    UnixSocketPair,
     RestorePlan,
     Rseq,
     SigAction,
@@ -89,11 +92,36 @@ def build_plan(images: ImageSet) -> RestorePlan:
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
     files = {f.id: f for f in images.files()}
-    tasks = tuple(_build_task(images, entry, files) for entry in entries)
-    return RestorePlan(images_dir=str(images.directory), tasks=tasks, timens=_time_offsets(images))
+    memfds = _shared_memory(images, files)
+    tasks = tuple(_build_task(images, entry, files, memfds) for entry in _parents_first(entries))
+    return RestorePlan(
+        images_dir=str(images.directory),
+        tasks=tasks,
+        timens=_time_offsets(images),
+        shared_files=_shared_files(tasks),
+        pipes=_pipe_buffers(images, tasks),
+        socket_pairs=_socket_pairs(images, tasks, files),
+        shared_memory=tuple(memfds.values()),
+    )
 
 
-def _build_task(images: ImageSet, entry, files: dict) -> Task:
+def _parents_first(entries: list) -> list:
+    """pstree.img entries ordered so that every parent comes before its children."""
+    by_pid = {e.pid: e for e in entries}
+    roots = [e for e in entries if e.ppid not in by_pid]
+    if len(roots) != 1:
+        raise InconsistentImages("pstree.img", f"expected one root task, found {len(roots)}: {[e.pid for e in roots]}")
+    ordered, queue = [], roots
+    while queue:
+        entry = queue.pop(0)
+        ordered.append(entry)
+        queue.extend(e for e in entries if e.ppid == entry.pid)
+    if len(ordered) != len(entries):
+        raise InconsistentImages("pstree.img", "the parent links do not form one tree")
+    return ordered
+
+
+def _build_task(images: ImageSet, entry, files: dict, memfds: dict) -> Task:
     """One task: its threads, memory, files and signal state."""
     pid = entry.pid
     if not entry.threads or entry.threads[0] != pid:
@@ -108,7 +136,7 @@ def _build_task(images: ImageSet, entry, files: dict) -> Task:
     threads = tuple(_build_thread(images, tid, images.core(tid) if tid != pid else core) for tid in entry.threads)
 
     mm = images.mm(pid)
-    vmas = _build_vmas(images, pid, mm, files)
+    vmas = _build_vmas(images, pid, mm, files, memfds)
     ids = images.ids(pid)
     fs = images.fs(pid)
     fds = _build_files(images, ids.files_id, files)
@@ -123,7 +151,6 @@ def _build_task(images: ImageSet, entry, files: dict) -> Task:
         pages_path=str(_pages_path(images, pid)),
         mm=_build_mm(pid, mm, files),
         files=fds,
-        pipes=_pipe_buffers(images, fds),
         cwd=_reg_path(files, fs.cwd_id, f"fs-{pid}.img: cwd"),
         root=_reg_path(files, fs.root_id, f"fs-{pid}.img: root"),
         umask=fs.umask,
@@ -205,7 +232,7 @@ def _vma_kind(name: str, index: int, vma) -> VmaKind | None:
     raise UnsupportedFeature(name, f"{where}: status {status:#x}")
 
 
-def _build_vmas(images: ImageSet, pid: int, mm, files: dict) -> tuple[Vma, ...]:
+def _build_vmas(images: ImageSet, pid: int, mm, files: dict, memfds: dict) -> tuple[Vma, ...]:
     """The task's VMAs, each with the page runs that fill it; checks order, overlap and pages."""
     name = f"mm-{pid}.img"
     raw: list[tuple[object, VmaKind]] = []
@@ -230,7 +257,7 @@ def _build_vmas(images: ImageSet, pid: int, mm, files: dict) -> tuple[Vma, ...]:
         if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
             mapped = _mapped_file(files, vma.shmid, vma.fdflags, f"{name}: VMA at {vma.start:#x}")
         elif kind is VmaKind.MEMFD_SHARED:
-            raise UnsupportedFeature(name, f"VMA at {vma.start:#x}: shared memfd mapping (restored with process trees)")
+            mapped = _memfd_mapping(files, memfds, vma, f"{name}: VMA at {vma.start:#x}")
         flags = vma.flags
         if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
             flags &= ~MAP_ANONYMOUS
@@ -320,16 +347,19 @@ def _build_mm(pid: int, mm, files: dict) -> MmFields:
     )
 
 
-def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd, ...]:
+def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd | UnixSocketEnd, ...]:
     """The fd table (fdinfo-N.img): each fd with the regular file or pipe end it holds."""
     name = f"fdinfo-{files_id}.img"
-    out: list[OpenFile | PipeEnd] = []
+    out: list[OpenFile | PipeEnd | UnixSocketEnd] = []
     for fdinfo in images.fdinfo(files_id):
         entry = files.get(fdinfo.id)
         if entry is None:
             raise InconsistentImages(name, f"fd {fdinfo.fd}: file id {fdinfo.id} is not in files.img")
         if entry.HasField("pipe"):
             out.append(PipeEnd(fd=fdinfo.fd, pipe_id=entry.pipe.pipe_id, flags=entry.pipe.flags, cloexec=bool(fdinfo.flags & 1)))
+            continue
+        if entry.HasField("usk"):
+            out.append(UnixSocketEnd(fd=fdinfo.fd, socket_id=entry.usk.ino, flags=entry.usk.flags, cloexec=bool(fdinfo.flags & 1)))
             continue
         if not entry.HasField("reg"):
             raise UnsupportedFeature(name, f"fd {fdinfo.fd}: file type {_file_type_name(entry)} (restored in a later version)")
@@ -343,6 +373,7 @@ def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile
                 flags=reg.flags,
                 pos=reg.pos,
                 cloexec=bool(fdinfo.flags & 1),  # fdinfo.flags holds FD_CLOEXEC
+                file_id=fdinfo.id,
                 expected_size=reg.size if check_size else None,
                 expected_mode=reg.mode if reg.HasField("mode") else None,
             )
@@ -360,9 +391,9 @@ def _mapped_file(files: dict, file_id: int, open_flags: int, what: str) -> Mappe
     return MappedFile(file_id=file_id, path=path, open_flags=open_flags, expected_size=size, build_id=build_id)
 
 
-def _pipe_buffers(images: ImageSet, fds: tuple[OpenFile | PipeEnd, ...]) -> tuple[PipeBuffer, ...]:
-    """The buffer of every pipe the task holds an end of, with its unread data if any."""
-    wanted = {f.pipe_id for f in fds if isinstance(f, PipeEnd)}
+def _pipe_buffers(images: ImageSet, tasks: tuple[Task, ...]) -> tuple[PipeBuffer, ...]:
+    """The buffer of every pipe any task holds an end of, with its unread data if any."""
+    wanted = {f.pipe_id for t in tasks for f in t.files if isinstance(f, PipeEnd)}
     if not wanted:
         return ()
     data = {entry.pipe_id: (entry.size if entry.HasField("size") else None, extra or b"") for entry, extra in images.pipes_data()}
@@ -371,6 +402,88 @@ def _pipe_buffers(images: ImageSet, fds: tuple[OpenFile | PipeEnd, ...]) -> tupl
         size, queued = data.get(pipe_id, (None, b""))
         out.append(PipeBuffer(pipe_id=pipe_id, size_bytes=size, queued=queued))
     return tuple(out)
+
+
+def _shared_files(tasks: tuple[Task, ...]) -> tuple[OpenFile, ...]:
+    """Regular-file entries held by more than one task: one open file, inherited by all."""
+    holders: dict[int, list[OpenFile]] = {}
+    for task in tasks:
+        for f in task.files:
+            if isinstance(f, OpenFile):
+                holders.setdefault(f.file_id, []).append(f)
+    return tuple(fs[0] for fs in holders.values() if len(fs) > 1)
+
+
+# <linux/net.h> socket types; CRIU's sk_unix.proto names them STREAM/DGRAM/SEQPACKET.
+_SOCK_TYPES = {1: "stream", 2: "datagram", 5: "seqpacket"}
+TCP_ESTABLISHED = 1  # CRIU reuses the TCP state names for unix sockets
+
+
+def _socket_pairs(images: ImageSet, tasks: tuple[Task, ...], files: dict) -> tuple[UnixSocketPair, ...]:
+    """Every unix socket held must be one end of an unnamed connected pair (socketpair(2))."""
+    held = sorted({f.socket_id for t in tasks for f in t.files if isinstance(f, UnixSocketEnd)})
+    if not held:
+        return ()
+    by_ino = {e.usk.ino: (e.id, e.usk) for e in files.values() if e.HasField("usk")}
+    queues: dict[int, list[bytes]] = {}
+    for packet, data in images.sk_queues():
+        queues.setdefault(packet.id_for, []).append(data or b"")
+    pairs, done = [], set()
+    for ino in held:
+        if ino in done:
+            continue
+        file_id, usk = by_ino[ino]
+        where = f"unix socket {ino}"
+        if usk.name:
+            raise UnsupportedFeature("files.img", f"{where}: bound to a name (only socketpairs are restored)")
+        if usk.type not in _SOCK_TYPES:
+            raise UnsupportedFeature("files.img", f"{where}: socket type {usk.type}")
+        if usk.state != TCP_ESTABLISHED or usk.peer not in by_ino:
+            raise UnsupportedFeature("files.img", f"{where}: not connected to a socket in the images (state {usk.state}, peer {usk.peer})")
+        peer_id, peer = by_ino[usk.peer]
+        if peer.peer != ino:
+            raise InconsistentImages("files.img", f"{where}: its peer {usk.peer} is connected to {peer.peer}")
+        pairs.append(UnixSocketPair(a=ino, b=usk.peer, sock_type=usk.type,
+                                    queued_a=tuple(queues.get(file_id, ())), queued_b=tuple(queues.get(peer_id, ()))))
+        done.update((ino, usk.peer))
+    return tuple(pairs)
+
+
+def _shared_memory(images: ImageSet, files: dict) -> dict[int, SharedMemory]:
+    """Every memfd inode of memfd.img with its pages (pagemap-shmem-<shmid>.img), by inode id."""
+    out = {}
+    for inode in images.memfd_inodes():
+        name = f"pagemap-shmem-{inode.shmid}.img"
+        pagemap = images.shmem_pagemap(inode.shmid)
+        runs, offset = [], 0
+        if pagemap.pages_id is not None:
+            pages_path = images.pages_path(pagemap.pages_id)
+            for index, entry in enumerate(pagemap.iter_entries()):
+                if not entry.flags & PE_PRESENT:
+                    continue
+                nr_pages = entry.nr_pages or entry.compat_nr_pages
+                if entry.vaddr + nr_pages * PAGE_SIZE > inode.size:
+                    raise InconsistentImages(name, f"entry {index}: pages past the memfd's size {inode.size}")
+                runs.append(PageRun(start_addr=entry.vaddr, nr_pages=nr_pages, file_offset=offset))
+                offset += nr_pages * PAGE_SIZE
+            if offset > os.path.getsize(pages_path):
+                raise InconsistentImages(name, f"covers {offset} bytes, {pages_path.name} holds {os.path.getsize(pages_path)}")
+        else:
+            pages_path = images.directory
+        out[inode.inode_id] = SharedMemory(inode_id=inode.inode_id, name=inode.name, size_bytes=inode.size,
+                                          seals=inode.seals, pages_path=str(pages_path), page_runs=tuple(runs))
+    return out
+
+
+def _memfd_mapping(files: dict, memfds: dict, vma, what: str) -> MappedFile:
+    entry = files.get(vma.shmid)
+    if entry is None or not entry.HasField("memfd"):
+        raise InconsistentImages("files.img", f"{what} refers to file id {vma.shmid}, which is not a memfd entry")
+    inode = entry.memfd.inode_id
+    if inode not in memfds:
+        raise InconsistentImages("memfd.img", f"{what}: memfd inode {inode} is missing")
+    return MappedFile(file_id=vma.shmid, path=f"memfd:{memfds[inode].name} (inode {inode})",
+                      open_flags=vma.fdflags, memfd_inode=inode)
 
 
 def _file_type_name(entry) -> str:

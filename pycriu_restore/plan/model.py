@@ -47,6 +47,9 @@ class MappedFile:
     # build-id note of ELF files. None means "the image recorded none".
     expected_size: int | None = None
     build_id: bytes | None = None
+    # Set for a MAP_SHARED mapping of a memfd (memfd.img): the blob maps the one memfd that
+    # every task sharing it received, instead of opening ``path``.
+    memfd_inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class OpenFile:
     flags: int  # open() flags as dumped, O_CREAT never included
     pos: int
     cloexec: bool
+    file_id: int = 0  # FileEntry id: fds of several tasks with one id share one open file
     # CRIU's identity checks at restore (files-reg.c): the size must match unless the
     # file is opened O_APPEND (logs grow) or is not a regular file; the build-id of
     # mapped ELF files must match. None means "not checked".
@@ -105,6 +109,43 @@ class PipeBuffer:
     pipe_id: int
     size_bytes: int | None
     queued: bytes = b""
+
+
+@dataclass(frozen=True)
+class UnixSocketEnd:
+    """An fd holding a unix socket (``socket_id`` is its inode number in the images)."""
+
+    fd: int
+    socket_id: int
+    flags: int  # O_NONBLOCK etc. of the open file
+    cloexec: bool
+
+
+@dataclass(frozen=True)
+class UnixSocketPair:
+    """A connected pair of unnamed unix sockets (socketpair(2)), with the bytes queued at dump.
+
+    ``queued_a`` is what socket ``a`` had not read yet (it is written back through ``b``),
+    and the other way round.
+    """
+
+    a: int  # socket ids (inode numbers)
+    b: int
+    sock_type: int  # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
+    queued_a: tuple[bytes, ...] = ()
+    queued_b: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class SharedMemory:
+    """A memfd (``memfd.img``) that tasks map MAP_SHARED: created once, filled, shared by fd."""
+
+    inode_id: int
+    name: str
+    size_bytes: int
+    seals: int
+    pages_path: str
+    page_runs: tuple[PageRun, ...]  # start_addr here is the offset in the memfd
 
 
 @dataclass(frozen=True)
@@ -189,7 +230,7 @@ class Task:
     vmas: tuple[Vma, ...]  # sorted by address, vsyscall left out
     pages_path: str  # pages-N.img for this task's page runs
     mm: MmFields
-    files: tuple[OpenFile | PipeEnd, ...]  # sorted by fd
+    files: tuple[OpenFile | PipeEnd | UnixSocketEnd, ...]  # sorted by fd
     cwd: str
     root: str
     umask: int
@@ -198,7 +239,6 @@ class Task:
     itimers: tuple[ItimerValue, ItimerValue, ItimerValue]  # real, virtual, prof
     shared_pending_signals: tuple[bytes, ...] = ()
     personality: int = 0
-    pipes: tuple[PipeBuffer, ...] = ()  # one per pipe_id among the task's PipeEnds
 
     @property
     def main_thread(self) -> Thread:
@@ -220,10 +260,20 @@ class RestorePlan:
     """The whole restore, root task first."""
 
     images_dir: str
-    tasks: tuple[Task, ...]
+    tasks: tuple[Task, ...]  # parents before their children
     timens: TimeOffsets | None = None
+    # Kernel objects used by more than one task, or by one task through several fds: the
+    # root task creates each once, before it forks, so every task inherits the same object.
+    shared_files: tuple[OpenFile, ...] = ()  # one per FileEntry id held by several tasks
+    pipes: tuple[PipeBuffer, ...] = ()  # one per pipe_id, with its unread bytes
+    socket_pairs: tuple[UnixSocketPair, ...] = ()
+    shared_memory: tuple[SharedMemory, ...] = ()
     notes: tuple[str, ...] = field(default=())  # things accepted but not restored, for the log
 
     @property
     def root(self) -> Task:
         return self.tasks[0]
+
+    def children(self, task: Task) -> tuple[Task, ...]:
+        """The tasks whose parent is ``task``, in pstree order."""
+        return tuple(t for t in self.tasks if t.ppid == task.pid and t is not task)

@@ -14,7 +14,10 @@ For one task (research/criu-restore-internals.md §1, §2.2, §2.5 for CRIU's eq
     MEMORY     PTRACE_CONT: the blob rebuilds the address space and process state, then
                int3; read its status record
     RESUME     PTRACE_SYSCALL through the blob's rt_sigreturn: registers are now the
-               application's; munmap(region) through the blob's syscall gadget; detach
+               application's; munmap(region) through the blob's syscall gadget
+
+A tree goes through each stage task by task (the blobs run in parallel), and all tasks are
+detached together at the very end.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.preflight import check_plan
 from pycriu_restore.restore.timeline import Stage, Timeline
-from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_task
+from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_tree
 from pycriu_restore.tracee import Tracee
 
 log = logging.getLogger("pycrestore")
@@ -61,6 +64,9 @@ class RestoreOptions:
     # Called with each task's Tracee after the blob is gone and before the task runs: the
     # registers and memory are the application's. For inspection (tests, teaching, debugging).
     before_detach: Callable[[Tracee], None] | None = None
+    # Called as each stage after FORK begins, with the pids made so far (ours). For watching
+    # a restore from outside, and for tests that break one in the middle.
+    on_stage: Callable[[Stage, list[int]], None] | None = None
 
 
 @dataclass
@@ -93,36 +99,55 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         check_plan(plan, new_pid_ns=options.pid_ns)
 
     rollback = Rollback()
+    pidns: PidNamespace | None = None
     try:
-        with timeline.stage(Stage.FORK, f"task {plan.root.pid}"):
-            pidns = PidNamespace.create() if options.pid_ns else None
-            rollback.pidns = pidns
-            spawned = spawn_task(plan.root, rollback, plan.timens, pidns)
+        with timeline.stage(Stage.FORK, f"{len(plan.tasks)} task(s)"):
+            if options.pid_ns:
+                pidns = rollback.pidns = PidNamespace.create()
+            spawned = spawn_tree(plan, rollback, pidns)
+        _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
-            bootstrap = _enter_blob(spawned)
-            for note in bootstrap.notes:
-                log.warning("task %d: %s", plan.root.pid, note)
-        with timeline.stage(Stage.MEMORY, f"{sum(v.nr_present_pages for v in plan.root.vmas)} pages"):
-            _run_blob(spawned, bootstrap)
+            bootstraps = [_enter_blob(s) for s in spawned]
+            for s, b in zip(spawned, bootstraps):
+                for note in b.notes:
+                    log.warning("task %d: %s", s.task.pid, note)
+        pages = sum(v.nr_present_pages for t in plan.tasks for v in t.vmas)
+        _notify(options, Stage.MEMORY, spawned)
+        with timeline.stage(Stage.MEMORY, f"{pages} pages"):
+            # Every blob runs at once; none is released before all have finished, as
+            # CRIU's restore stages do (a task must not run while another is half-made).
+            for s in spawned:
+                s.tracee.cont()
+            for s, b in zip(spawned, bootstraps):
+                _wait_blob(s, b)
+        _notify(options, Stage.RESUME, spawned)
         with timeline.stage(Stage.RESUME):
-            _resume(spawned, bootstrap, options.before_detach)
+            for s, b in zip(spawned, bootstraps):
+                _leave_blob(s, b)
+                if options.before_detach is not None:
+                    options.before_detach(s.tracee)
+            for s in spawned:
+                s.tracee.detach()
     except BaseException:
         rollback.kill_all()
         raise
     if pidns is not None:
         pidns.watch(plan.root.pid)
     rollback.forget()
-    return Restored(plan=plan, pids={plan.root.pid: spawned.pid}, timeline=timeline,
+    return Restored(plan=plan, pids={s.task.pid: s.pid for s in spawned}, timeline=timeline,
                     init_pid=pidns.init_pid if pidns else None)
 
 
+def _notify(options: RestoreOptions, stage: Stage, spawned: list[SpawnedTask]) -> None:
+    if options.on_stage is not None:
+        options.on_stage(stage, [s.pid for s in spawned])
+
+
 def _refuse_what_is_not_restored_yet(plan: RestorePlan) -> None:
-    """Single-process, single-threaded trees only, for now (named, never silently wrong)."""
-    if len(plan.tasks) > 1:
-        raise UnsupportedFeature("pstree.img", f"process trees ({len(plan.tasks)} tasks); one task is restored for now")
-    root = plan.root
-    if len(root.threads) > 1:
-        raise UnsupportedFeature(f"core-{root.pid}.img", f"multi-threaded task ({len(root.threads)} threads)")
+    """Single-threaded tasks only, for now (named, never silently wrong)."""
+    for task in plan.tasks:
+        if len(task.threads) > 1:
+            raise UnsupportedFeature(f"core-{task.pid}.img", f"multi-threaded task ({len(task.threads)} threads)")
 
 
 def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
@@ -146,10 +171,9 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     return bootstrap
 
 
-def _run_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
-    """Let the blob run to its int3 and check the status it left."""
+def _wait_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
+    """Wait for a running blob's int3 and check the status it left."""
     tracee = spawned.tracee
-    tracee.cont()
     stop = tracee.wait_stop()
     pid = spawned.task.pid
     if not stop.alive:
@@ -163,8 +187,8 @@ def _run_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
         raise RestoreFailed(pid, "memory", status.describe())
 
 
-def _resume(spawned: SpawnedTask, bootstrap: Bootstrap, before_detach: Callable[[Tracee], None] | None) -> None:
-    """Step through rt_sigreturn, unmap the bootstrap region, and let the task run."""
+def _leave_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
+    """Step through rt_sigreturn and unmap the bootstrap region; the task stays stopped."""
     tracee = spawned.tracee
     # The SIGTRAP of the int3 is not delivered (syscall(0)): the blob's next syscall is
     # rt_sigreturn, and at its exit the registers are the application's.
@@ -182,6 +206,3 @@ def _resume(spawned: SpawnedTask, bootstrap: Bootstrap, before_detach: Callable[
     if unmap_regs.rax != 0:
         raise RestoreFailed(spawned.task.pid, "resume", f"munmap of the bootstrap region returned {unmap_regs.rax:#x}")
     tracee.regs = app_regs
-    if before_detach is not None:
-        before_detach(tracee)
-    tracee.detach()

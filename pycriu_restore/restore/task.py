@@ -1,22 +1,27 @@
 """What a new task does for itself, still running Python, before it is taken over by ptrace.
 
-Right after clone3 the child is a copy of the orchestrator. It turns itself into the
-checkpointed task's shell, in this order (CRIU's restore task does the same in C,
-research/criu-restore-internals.md §1.2):
+Right after clone3 the task is a copy of its parent (the orchestrator for the root, the
+parent task for the others). It turns itself into the checkpointed task's shell, in this
+order (CRIU's restore task does the same in C, research/criu-restore-internals.md §1.2):
 
  1. wait until the orchestrator has seized it (so no stop can be missed);
- 2. move the orchestrator's fds out of the way: keep only the status pipe, at a high fd;
- 3. join the new mount namespace (``--pid-ns``: it has its own /proc);
- 4. enter a new time namespace whose clocks continue from the dump (root task only);
- 5. become a session leader (setsid) as the images say;
- 6. root, cwd, umask;
- 7. open every fd of the image at its number, with its flags and file position;
- 8. open the files the blob needs at the service fds (pages image, mapped files, exe);
- 9. report "ready" on the status pipe, close it, and stop itself with SIGSTOP.
+ 2. close every inherited fd but its own status pipe, the parked shared objects and the
+    pipes of the tasks below it in the tree;
+ 3. root only: join the new mount namespace (``--pid-ns``: it has its own /proc) and enter a
+    new time namespace whose clocks continue from the dump (children inherit both);
+ 4. session and process group: setsid for a session leader, setpgid for a group leader;
+ 5. root only: create every shared object (pipes, socketpairs, memfds, shared open files) at
+    its parked fd (restore/shared.py), so that all tasks inherit the same objects;
+ 6. fork its children with their pids (clone3 set_tid); they start again at 1;
+ 7. root, cwd, umask;
+ 8. install every fd of the image at its number: shared objects are dups of the parked fds,
+    files only this task holds are opened now;
+ 9. open the files the blob needs at the service fds (pages image, exe, mapped files);
+10. close the parked fds, report "ready" on the status pipe, and stop itself with SIGSTOP.
 
 The orchestrator then never lets it run Python again: it points the registers at the blob.
-Any failure is written to the status pipe as one JSON line and the child exits; it never
-returns into the orchestrator's code.
+Any failure is written to the status pipe as one JSON line and the task exits; it never
+returns into its parent's code.
 """
 
 from __future__ import annotations
@@ -27,21 +32,29 @@ import signal
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from pycriu_restore.files import install, park, pipe, regular
 from pycriu_restore.linux import namespaces
-from pycriu_restore.files import pipe, regular
-from pycriu_restore.plan.model import OpenFile, PipeEnd, Task, TimeOffsets
+from pycriu_restore.linux.clone3 import clone3
+from pycriu_restore.plan.model import OpenFile, PipeEnd, RestorePlan, Task, TimeOffsets, UnixSocketEnd
+from pycriu_restore.restore.shared import SHARED_FD_BASE, SharedFds, close_parked, create_shared_objects
 
 READY = b"R"
-# Exit codes of a child that failed before the blob (the JSON line says why).
+# Exit codes of a task that failed before the blob (the JSON line says why).
 CHILD_FAILED = 111
 CHILD_NOT_TAKEN_OVER = 112
 
 _NSEC_PER_SEC = 1_000_000_000
 
+# The status pipe and mount-namespace fd are parked at fixed high numbers: above any fd an
+# image of a normal process names and above the parked shared objects, out of the way while
+# the task's own fds are installed.
+_HIGH_STATUS_FD = 1000
+_HIGH_MNTNS_FD = 1001
+
 
 @dataclass(frozen=True)
 class ServiceFds:
-    """Fd numbers, above every fd of the image, where the child leaves files for the blob.
+    """Fd numbers, above every fd of the image, where the task leaves files for the blob.
 
     The blob reads pages through ``pages``, maps files through ``mapped`` and sets the exe
     link from ``exe``, then closes them all; the restored task never sees them.
@@ -50,18 +63,23 @@ class ServiceFds:
     pages: int
     exe: int
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, open flags) -> fd
+    memfds: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> memfd inode id
 
     @staticmethod
-    def for_task(task: Task) -> "ServiceFds":
+    def for_task(task: Task) -> ServiceFds:
         base = max([f.fd for f in task.files] + [2]) + 1
         base = max(base, 64)  # leave low numbers alone: they are the task's
         mapped: dict[tuple[str, int], int] = {}
+        memfds: dict[tuple[str, int], int] = {}
         for vma in task.vmas:
             if vma.file is not None:
                 key = (vma.file.path, vma.file.open_flags)
                 if key not in mapped:
                     mapped[key] = base + 2 + len(mapped)
-        return ServiceFds(pages=base, exe=base + 1, mapped=mapped)
+                if vma.file.memfd_inode is not None:
+                    memfds[key] = vma.file.memfd_inode
+        assert base + 2 + len(mapped) < SHARED_FD_BASE, "ServiceFds.for_task: fds reach the parked range"
+        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds)
 
     @property
     def all(self) -> list[int]:
@@ -69,40 +87,65 @@ class ServiceFds:
 
 
 @dataclass(frozen=True)
-class ChildSetup:
-    """What the orchestrator hands the child besides the task itself."""
+class TaskLink:
+    """The two pipes between the orchestrator and one task, as the task sees them."""
 
-    go_fd: int  # read end: one byte arrives once the orchestrator has seized us
+    go_fd: int  # read end: one byte arrives once the orchestrator has seized the task
     status_fd: int  # write end: READY, or one JSON line describing the failure
     service: ServiceFds
-    timens: TimeOffsets | None = None  # set for the root task: create the time namespace
-    mntns_fd: int | None = None  # --pid-ns: the mount namespace with the new /proc
+
+
+@dataclass(frozen=True)
+class TreeSetup:
+    """Everything the tasks of one restore need from the orchestrator, shared by all."""
+
+    plan: RestorePlan
+    links: dict[int, TaskLink]  # checkpointed pid -> its pipes
+    parked: SharedFds
+    mntns_fd: int | None = None  # --pid-ns: the mount namespace with the new /proc (root joins)
 
 
 class ChildStepFailed(Exception):
-    """A step of the in-child preparation failed; carried to the orchestrator as JSON."""
+    """A step of the in-task preparation failed; carried to the orchestrator as JSON."""
 
     def __init__(self, step: str, cause: str, path: str | None = None) -> None:
         super().__init__(f"{step}: {cause}")
         self.step, self.cause, self.path = step, cause, path
 
 
-def run_child(task: Task, setup: ChildSetup) -> NoReturn:
+def run_child(task: Task, tree: TreeSetup) -> NoReturn:
     """The body of a freshly cloned task. Never returns: it stops for the orchestrator or exits."""
-    status_fd = setup.status_fd
+    link = tree.links[task.pid]
+    status_fd = link.status_fd
+    is_root = task is tree.plan.root
     try:
-        os.read(setup.go_fd, 1)
-        status_fd = _keep_only_service_fds(setup)
-        if setup.mntns_fd is not None:
-            _step("join mount namespace", lambda: namespaces.setns(_HIGH_MNTNS_FD, namespaces.CLONE_NEWNS))
-            os.close(_HIGH_MNTNS_FD)
-        if setup.timens is not None:
-            _step("time namespace", lambda: _enter_time_namespace(setup.timens))
-        if task.sid == task.pid:
-            _step("setsid", os.setsid)
+        if not is_root:
+            # Drop the parent's status pipe (inherited at fork) at once: the orchestrator
+            # reads the parent's report to its end, and we would hold that end open.
+            _close_quietly(_HIGH_STATUS_FD)
+        os.read(link.go_fd, 1)
+        below = _descendants(tree.plan, task)
+        status_fd = _keep_only(link, tree, below, keep_mntns=is_root)
+        if is_root:
+            if tree.mntns_fd is not None:
+                _step("join mount namespace", lambda: namespaces.setns(_HIGH_MNTNS_FD, namespaces.CLONE_NEWNS))
+                os.close(_HIGH_MNTNS_FD)
+            if tree.plan.timens is not None:
+                _step("time namespace", lambda: _enter_time_namespace(tree.plan.timens))
+        _set_session(task)
+        if is_root:
+            _step("create shared objects", lambda: create_shared_objects(tree.plan, tree.parked))
+        for child in tree.plan.children(task):
+            pid = _step(f"fork task {child.pid}", lambda child=child: clone3(0, [child.pid]))
+            if pid == 0:
+                run_child(child, tree)  # never returns
+        for pid in below:  # the children have their copies now
+            os.close(tree.links[pid].go_fd)
+            os.close(tree.links[pid].status_fd)
         _restore_fs(task)
-        _open_task_files(task)
-        _open_service_files(task, setup.service)
+        _install_fds(task, tree.parked)
+        _open_service_files(task, link.service, tree.parked)
+        close_parked(tree.parked)
         os.write(status_fd, READY)
         os.close(status_fd)
         os.kill(os.getpid(), signal.SIGSTOP)
@@ -114,11 +157,20 @@ def run_child(task: Task, setup: ChildSetup) -> NoReturn:
     os._exit(CHILD_FAILED)
 
 
-# The status pipe and mount-namespace fd are parked at fixed high numbers: above any fd an
-# image can name (RLIMIT_NOFILE is at most 1048576; the default soft limit here is 1024),
-# out of the way while the task's own fds are installed.
-_HIGH_STATUS_FD = 1000
-_HIGH_MNTNS_FD = 1001
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _descendants(plan: RestorePlan, task: Task) -> list[int]:
+    out, queue = [], list(plan.children(task))
+    while queue:
+        t = queue.pop(0)
+        out.append(t.pid)
+        queue.extend(plan.children(t))
+    return out
 
 
 def _step(name: str, action) -> object:
@@ -130,11 +182,14 @@ def _step(name: str, action) -> object:
         raise ChildStepFailed(name, str(err)) from err
 
 
-def _keep_only_service_fds(setup: ChildSetup) -> int:
-    """Close every fd inherited from the orchestrator except the status pipe (and mntns fd)."""
-    keep = {os.dup2(setup.status_fd, _HIGH_STATUS_FD, inheritable=False)}
-    if setup.mntns_fd is not None:
-        keep.add(os.dup2(setup.mntns_fd, _HIGH_MNTNS_FD, inheritable=False))
+def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bool) -> int:
+    """Close every inherited fd except ours, the parked objects and the pipes of tasks below."""
+    keep = {os.dup2(link.status_fd, _HIGH_STATUS_FD, inheritable=False)}
+    if keep_mntns and tree.mntns_fd is not None:
+        keep.add(os.dup2(tree.mntns_fd, _HIGH_MNTNS_FD, inheritable=False))
+    keep.update(tree.parked.all)
+    for pid in below:
+        keep.update((tree.links[pid].go_fd, tree.links[pid].status_fd))
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd not in keep:
@@ -145,14 +200,26 @@ def _keep_only_service_fds(setup: ChildSetup) -> int:
     return _HIGH_STATUS_FD
 
 
+def _set_session(task: Task) -> None:
+    """A session leader starts its session; a group leader its group; others inherit both."""
+    if task.sid == task.pid:
+        _step("setsid", os.setsid)
+    elif task.pgid == task.pid:
+        _step("setpgid", lambda: os.setpgid(0, 0))
+    if os.getsid(0) != task.sid:
+        raise ChildStepFailed("session", f"session is {os.getsid(0)}, the images say {task.sid} (helper tasks are not supported)")
+
+
 def _enter_time_namespace(t: TimeOffsets) -> None:
     """New time namespace whose monotonic and boottime clocks read as they did at dump.
 
     The offsets are written before any process is in the namespace (time_namespaces(7)),
     then the task joins it with setns: allowed because it is single-threaded.
     """
-    now_mono = _clock_ns(time_clock="monotonic")
-    now_boot = _clock_ns(time_clock="boottime")
+    import time
+
+    now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    now_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     mono_off = t.monotonic_sec * _NSEC_PER_SEC + t.monotonic_nsec - now_mono
     boot_off = t.boottime_sec * _NSEC_PER_SEC + t.boottime_nsec - now_boot
     namespaces.unshare(namespaces.CLONE_NEWTIME)
@@ -164,13 +231,6 @@ def _enter_time_namespace(t: TimeOffsets) -> None:
         os.close(fd)
 
 
-def _clock_ns(time_clock: str) -> int:
-    import time
-
-    clock = time.CLOCK_MONOTONIC if time_clock == "monotonic" else time.CLOCK_BOOTTIME
-    return time.clock_gettime_ns(clock)
-
-
 def _restore_fs(task: Task) -> None:
     if task.root != "/":
         _step(f"chroot {task.root}", lambda: os.chroot(task.root))
@@ -178,28 +238,35 @@ def _restore_fs(task: Task) -> None:
     os.umask(task.umask)
 
 
-def _open_task_files(task: Task) -> None:
+def _install_fds(task: Task, parked: SharedFds) -> None:
     """Install each fd of the image at its number (files/: one module per kind of file)."""
-    pipe_ends = [f for f in task.files if isinstance(f, PipeEnd)]
-    if pipe_ends:
-        _step("pipes", lambda: pipe.restore(pipe_ends, task.pipes))
     for f in task.files:
-        if isinstance(f, OpenFile):
+        if isinstance(f, PipeEnd):
+            read_fd, write_fd = parked.pipes[f.pipe_id]
+            _step(f"pipe fd {f.fd}", lambda f=f, r=read_fd, w=write_fd: pipe.install_end(f, r, w))
+        elif isinstance(f, UnixSocketEnd):
+            _step(f"unix socket fd {f.fd}", lambda f=f: install(park(os.dup(parked.sockets[f.socket_id])), f.fd, f.cloexec))
+        elif isinstance(f, OpenFile) and f.file_id in parked.files:
+            _step(f"fd {f.fd} ({f.path})", lambda f=f: install(park(os.dup(parked.files[f.file_id])), f.fd, f.cloexec))
+        elif isinstance(f, OpenFile):
             _step(f"open fd {f.fd} ({f.path})", lambda f=f: regular.restore(f))
+        else:
+            raise AssertionError(f"_install_fds: unknown fd kind {f!r}")
 
 
-def _open_service_files(task: Task, service: ServiceFds) -> None:
-    """Open the pages image, the exe and every mapped file at their service fds."""
+def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:
+    """Open the pages image, the exe and every mapped file (or memfd) at their service fds."""
     wanted = [(task.pages_path, os.O_RDONLY, service.pages), (task.mm.exe.path, os.O_RDONLY, service.exe)]
     wanted += [(path, flags, fd) for (path, flags), fd in service.mapped.items()]
     for path, flags, fd in wanted:
+        inode = service.memfds.get((path, flags))
 
-        def install(path=path, flags=flags, fd=fd) -> None:
-            tmp = os.open(path, flags | os.O_CLOEXEC)
+        def open_at(path=path, flags=flags, fd=fd, inode=inode) -> None:
+            tmp = os.dup(parked.memfds[inode]) if inode is not None else os.open(path, flags | os.O_CLOEXEC)
             os.dup2(tmp, fd, inheritable=False)
             os.close(tmp)
 
-        _step(f"open {path}", install)
+        _step(f"open {path}", open_at)
 
 
 def _report(status_fd: int, failure: dict) -> None:

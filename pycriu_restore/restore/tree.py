@@ -1,6 +1,6 @@
 """Forking: create a task with its checkpointed pid and take it over with ptrace.
 
-``spawn_task`` is the one place a restored process comes into existence:
+``spawn_tree`` is where restored processes come into existence (one task shown):
 
     orchestrator                              new task (a copy of the orchestrator)
     ------------                              --------------------------------------
@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 
 from pycriu_restore.linux import namespaces
 from pycriu_restore.linux.clone3 import clone3
-from pycriu_restore.linux.waitstatus import StopKind
-from pycriu_restore.plan.model import Task, TimeOffsets
+from pycriu_restore.linux.waitstatus import WALL, StopKind
+from pycriu_restore.plan.model import RestorePlan, Task
 from pycriu_restore.restore.errors import FileMismatch, RestoreFailed
 from pycriu_restore.restore.pidns import PidNamespace
-from pycriu_restore.restore.task import READY, ChildSetup, ServiceFds, run_child
+from pycriu_restore.restore.shared import SharedFds
+from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
 from pycriu_restore.tracee import Tracee
 
 # How long a child may take to prepare itself (open files, enter namespaces).
@@ -51,13 +52,17 @@ class Rollback:
         self.pids.append(pid)
 
     def kill_all(self) -> None:
-        for pid in reversed(self.pids):
+        # Tasks forked by a task but not yet seized are found through /proc (proc(5):
+        # task/TID/children), so none is missed.
+        victims = _with_descendants(self.pids)
+        for pid in reversed(victims):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                os.waitpid(pid, 0)
+        for pid in victims:
+            try:  # __WALL: as their tracer we may reap tasks that are not our children
+                os.waitpid(pid, WALL)
             except ChildProcessError:
                 pass
         self.pids.clear()
@@ -67,6 +72,23 @@ class Rollback:
     def forget(self) -> None:
         self.pids.clear()
         self.pidns = None
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    out: list[int] = []
+    queue = list(pids)
+    while queue:
+        pid = queue.pop(0)
+        if pid in out:
+            continue
+        out.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    queue.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass  # already gone
+    return out
 
 
 @dataclass
@@ -79,40 +101,77 @@ class SpawnedTask:
     service: ServiceFds
 
 
-def spawn_task(task: Task, rollback: Rollback, timens: TimeOffsets | None, pidns: PidNamespace | None) -> SpawnedTask:
-    """Create ``task`` with its pid, let it prepare itself, and hold it stopped under ptrace.
+def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None) -> list[SpawnedTask]:
+    """Create every task of the plan with its pid, let each prepare itself, hold all stopped.
 
-    Precondition: the orchestrator has no other threads (clone3 copies only the caller).
-    On failure the child is killed and the error names the task and the failed step.
+    The orchestrator forks only the root; each task forks its own children during its
+    preparation (so parents are right), and waits on its go pipe until the orchestrator has
+    seized it. Tasks are taken over parents first. Precondition: the orchestrator has no
+    other threads (clone3 copies only the caller). On failure the error names the task and
+    the step; the caller's ``rollback`` kills what was made.
     """
-    service = ServiceFds.for_task(task)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    links: dict[int, TaskLink] = {}
+    ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
+    for task in plan.tasks:
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        links[task.pid] = TaskLink(go_fd=go_r, status_fd=status_w, service=ServiceFds.for_task(task))
+        ours[task.pid] = (go_w, status_r)
     mntns_fd = pidns.ns_fd("mnt") if pidns is not None else None
-    setup = ChildSetup(go_fd=go_r, status_fd=status_w, service=service, timens=timens, mntns_fd=mntns_fd)
+    tree = TreeSetup(plan=plan, links=links, parked=SharedFds.layout(plan), mntns_fd=mntns_fd)
     try:
-        pid = _clone_with_pid(task.pid, pidns)
+        pid = _clone_with_pid(plan.root.pid, pidns)
         if pid == 0:
-            run_child(task, setup)  # never returns
+            run_child(plan.root, tree)  # never returns
         rollback.add(pid)
     finally:
-        os.close(go_r)
-        os.close(status_w)
+        for link in links.values():
+            os.close(link.go_fd)
+            os.close(link.status_fd)
         if mntns_fd is not None:
             os.close(mntns_fd)
+    spawned: list[SpawnedTask] = []
+    outer = {plan.root.pid: pid}
     try:
-        tracee = Tracee.seize(pid)
-        os.write(go_w, b"g")
-        report = _read_status(status_r, task.pid)
+        for task in plan.tasks:
+            if task.pid not in outer:  # forked by its parent, which is spawned already
+                parent = outer[task.ppid]
+                outer[task.pid] = _child_outer_pid(parent, task.pid, pidns is not None)
+                rollback.add(outer[task.pid])
+            go_w, status_r = ours[task.pid]
+            spawned.append(_take_over(task, outer[task.pid], go_w, status_r, links[task.pid].service))
     finally:
-        os.close(go_w)
-        os.close(status_r)
+        for go_w, status_r in ours.values():
+            os.close(go_w)
+            os.close(status_r)
+    return spawned
+
+
+def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds) -> SpawnedTask:
+    """Seize a task that waits on its go pipe, let it prepare, and wait for its SIGSTOP."""
+    tracee = Tracee.seize(pid)
+    os.write(go_w, b"g")
+    report = _read_status(status_r, task.pid)
     if report != READY:
         _raise_child_failure(task.pid, report)
     stop = tracee.wait_stop()
     if not (stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGSTOP):
         raise RestoreFailed(task.pid, "prepare", f"expected the task to stop itself, got {stop.describe()}")
     return SpawnedTask(task=task, pid=pid, tracee=tracee, service=service)
+
+
+def _child_outer_pid(parent_pid: int, inner_pid: int, in_pidns: bool) -> int:
+    """The pid, in our namespace, of the child ``inner_pid`` of ``parent_pid`` (proc(5) children)."""
+    if not in_pidns:
+        return inner_pid
+    with open(f"/proc/{parent_pid}/task/{parent_pid}/children") as f:
+        candidates = [int(x) for x in f.read().split()]
+    for pid in candidates:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        if int(nspid[-1]) == inner_pid:
+            return pid
+    raise RestoreFailed(inner_pid, "fork", f"not found among the children of {parent_pid}: its parent did not create it")
 
 
 def _clone_with_pid(pid: int, pidns: PidNamespace | None) -> int:
