@@ -67,6 +67,7 @@ def make_big_images(dst: Path, gib: float) -> int:
     for first in range(0, nr_pages, PAGES_PER_ENTRY):
         e = type(old_entries[0])()
         e.vaddr = BIG_VMA_START + first * PAGE
+        e.compat_nr_pages = 0  # required in the schema; CRIU writes 0 and uses nr_pages
         e.nr_pages = min(PAGES_PER_ENTRY, nr_pages - first)
         e.flags = 4 | 2  # PE_PRESENT | PE_LAZY, as a normal dump writes anonymous pages
         new_entries.append(e)
