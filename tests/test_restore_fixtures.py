@@ -395,3 +395,27 @@ def test_killing_a_task_in_the_middle_fails_the_whole_restore():
     assert info.value.exit_code == 5
     for pid in (31300, 31301):
         wait_gone(pid)
+
+
+def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path):
+    install("counter")
+    log_file = tmp_path / "restore.log"
+    proc = subprocess.Popen([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(IMAGES / "counter"),
+                             "-o", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "RESUME" not in (log_file.read_text() if log_file.exists() else "") and time.monotonic() < deadline:
+            assert proc.poll() is None, "pycrestore ended before the task was restored"
+            time.sleep(0.05)
+        with open("/proc/31100/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == proc.pid  # pycrestore is the parent
+        os.kill(31100, signal.SIGKILL)
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_gone(31100)
+    text = log_file.read_text()
+    for stage in ("PLAN", "PREFLIGHT", "FORK", "BOOTSTRAP", "MEMORY", "RESUME"):
+        assert f" {stage} " in text and " ms] " in text, text
