@@ -122,8 +122,13 @@ def info(directory: str, section: str) -> None:
 @click.option("--pid-ns", is_flag=True, help="Restore in a new pid namespace under a small init, so pids cannot collide.")
 @click.option("--pidfile", type=click.Path(dir_okay=False), help="Write the restored root task's pid here (as seen from this namespace).")
 @click.option("-o", "--log-file", type=click.Path(dir_okay=False), help="Also write the log (one line per restore phase, with its duration) here.")
+@click.option("--gpu-backend", type=click.Choice(["kfd", "sim"]), default="kfd", show_default=True,
+              help="amdgpu plugin: the real /dev/kfd, or the simulated device (simgpu).")
+@click.option("--no-parallel-gpu-restore", is_flag=True,
+              help="amdgpu plugin: fill GPU memory in the task, before its host memory (the serial, pre-gCROP way).")
 @_reports_errors
-def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None) -> None:
+def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None,
+            gpu_backend: str, no_parallel_gpu_restore: bool) -> None:
     """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
 
     Needs root. Without -d, pycrestore stays the parent of the restored root task and
@@ -134,7 +139,8 @@ def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str 
 
     verbose = click.get_current_context().find_root().params.get("verbose", 0)
     _setup_logging(verbose, log_file)
-    restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns))
+    restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns, gpu_backend=gpu_backend,
+                                                     parallel_gpu=not no_parallel_gpu_restore))
     root = restored.root_pid
     if pidfile:
         with open(pidfile, "w") as f:
@@ -145,6 +151,19 @@ def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str 
         return
     _, status = os.waitpid(root, 0)
     sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+@main.command()
+@_reports_errors
+def plugins() -> None:
+    """List the installed restore plugins (entry point group pycrestore.plugins)."""
+    from pycriu_restore.plugins.api import installed_plugins
+
+    found = installed_plugins()
+    if not found:
+        click.echo("no plugins installed")
+    for p in found:
+        click.echo(f"{p.name:<12} {p.target:<50} {p.description}")
 
 
 def _setup_logging(verbose: int, log_file: str | None) -> None:

@@ -29,12 +29,28 @@
  *      + 8 (the kernel finds the frame at RSP - 8): the task leaves with the registers of
  *      the frame.  On failure the blob calls exit_group(BLOB_EXIT_STEP_FAILED).
  *
+ * Threads (threads[1 .. nr_threads)): step CREATE_THREADS of the leader makes each one, in
+ * array order, with clone3(BLOB_THREAD_CLONE_FLAGS, set_tid = {tid}, exit_signal 0, stack =
+ * [stack_top - BLOB_THREAD_STACK_BYTES, stack_top)) and fails unless clone3 returns that
+ * tid.  A tracer that seized the leader with PTRACE_O_TRACECLONE gets a PTRACE_EVENT_CLONE
+ * stop of the leader for each, and the new thread, auto-attached, first reports a
+ * PTRACE_EVENT_STOP.  The new thread starts in entry.S on its own stack, with every signal
+ * but SIGTRAP blocked (the leader's mask), and runs restore_thread: its own steps
+ * THREAD_STATE and PENDING_SIGNALS, each thread on its own.  It follows the same protocol
+ * with its OWN record, threads[i].status: (1) write it, (2) int3, (3) rt_sigreturn with
+ * RSP = threads[i].sigframe + 8, or exit_group(BLOB_EXIT_STEP_FAILED) after a failure.
+ * The leader does not wait for its threads: the tracer waits for the int3 of every thread
+ * (leader included), checks every record, then steps each thread through its
+ * rt_sigreturn.  threads[0].status is never written: the leader reports in args->status.
+ *
  * BLOB_F_EXIT replaces step 2-3 by exit_group(args->exit_code) after success (and by
  * exit_group(BLOB_EXIT_STEP_FAILED) after a failure, without int3): for running the blob
- * in a forked child without a tracer (pycriu_restore/blob/forkrun.py).  BLOB_F_NO_TRAP
- * drops only the int3: the blob goes straight to rt_sigreturn (again for tests without a
- * tracer).  Arguments that are bad before the status record can be trusted end the task
- * with exit_group(BLOB_EXIT_BAD_MAGIC).
+ * in a forked child without a tracer (pycriu_restore/blob/forkrun.py).  With BLOB_F_EXIT a
+ * thread that succeeds ends with exit(0) (itself only), and the leader waits until every
+ * thread's record says OK or FAILED before its exit_group.  BLOB_F_NO_TRAP drops only the
+ * int3s: every thread goes straight to rt_sigreturn (again for tests without a tracer).
+ * Arguments that are bad before the status record can be trusted end the task with
+ * exit_group(BLOB_EXIT_BAD_MAGIC).
  */
 #ifndef PYCRESTORE_RESTORER_ABI_H
 #define PYCRESTORE_RESTORER_ABI_H
@@ -43,10 +59,11 @@
 
 #define BLOB_ARGS_MAGIC		0x42435950u	/* "PYCB" in memory, little-endian */
 #define BLOB_STATUS_MAGIC	0x54535942u	/* "BYST": the blob has started writing status */
-#define BLOB_ABI_VERSION	2u
+#define BLOB_ABI_VERSION	3u
 
 #define BLOB_PAGE_SIZE		4096u		/* x86-64 base page (asm/page_types.h) */
-#define BLOB_STACK_BYTES	32768u		/* the blob's stack in the bootstrap region */
+#define BLOB_STACK_BYTES	32768u		/* the leader's stack in the bootstrap region */
+#define BLOB_THREAD_STACK_BYTES	16384u		/* each other thread's stack there */
 #define BLOB_SIGFRAME_ALIGN	64u		/* XSAVE areas are 64-byte aligned (Intel SDM 13.4) */
 #define BLOB_SIGINFO_BYTES	128u		/* sizeof(siginfo_t) (asm-generic/siginfo.h) */
 #define BLOB_MAX_IOVS		1024u		/* iovecs per preadv batch: UIO_MAXIOV (linux/uio.h) */
@@ -54,6 +71,10 @@
 /* Names of the blob's entry points and gadgets (symbols in restorer.elf's .symtab). */
 #define BLOB_ENTRY_RESTORE_TASK	"restore_task"
 #define BLOB_SYSCALL_GADGET	"blob_syscall_gadget"	/* a lone `syscall` instruction */
+
+/* clone3 flags of a restored thread (linux/sched.h): CLONE_VM | CLONE_FS | CLONE_FILES |
+ * CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, what pthread_create and CRIU use. */
+#define BLOB_THREAD_CLONE_FLAGS	0x50f00ull
 
 /* blob_args.flags */
 #define BLOB_F_EXIT		(1u << 0)	/* end with exit_group(exit_code), not rt_sigreturn */
@@ -70,7 +91,8 @@
 #define BLOB_STATE_OK		2u	/* every step succeeded */
 #define BLOB_STATE_FAILED	3u	/* status.step failed with status.err */
 
-/* Steps, in the order they run (restorer.c explains the order).  blob_status.step. */
+/* Steps (restorer.c's blob_steps[] gives the order and explains it).  blob_status.step.
+ * A thread other than the leader runs THREAD_STATE and PENDING_SIGNALS only. */
 #define BLOB_STEP_CHECK_ARGS		1u
 #define BLOB_STEP_BLOCK_SIGNALS		2u
 #define BLOB_STEP_UNREGISTER_RSEQ	3u
@@ -87,6 +109,7 @@
 #define BLOB_STEP_RLIMITS		14u
 #define BLOB_STEP_PENDING_SIGNALS	15u
 #define BLOB_STEP_ITIMERS		16u
+#define BLOB_STEP_CREATE_THREADS	17u	/* runs between THREAD_STATE and RLIMITS */
 
 /* Where the task is and what went wrong; written by the blob only. */
 struct blob_status {
@@ -195,14 +218,18 @@ struct blob_mm {
 	uint32_t exe_fd;	/* fd of the checkpointed executable; (uint32_t)-1: keep */
 };
 
-/* Per-thread state the blob sets from inside each thread (threads[0] runs restore_task). */
+/* Per-thread state the blob sets from inside each thread (threads[0] runs restore_task,
+ * threads[1..] are created by it and run restore_thread). */
 struct blob_thread {
-	uint32_t tid;		/* checkpointed TID (informational in this version) */
+	struct blob_status status;	/* out: this thread's record (threads[1..] only; the
+					 * leader reports in blob_args.status); writer puts 0 */
+	uint32_t tid;		/* the TID clone3 must give it (threads[0]: not checked) */
 	uint32_t _pad;
-	uint64_t stack_top;	/* top of its stack in the bootstrap region */
-	uint64_t sigframe;	/* its struct rt_sigframe (pretcode); RSP = sigframe + 8 */
+	uint64_t stack_top;	/* top of its stack in the bootstrap region, 16-byte aligned;
+				 * threads[1..]: BLOB_THREAD_STACK_BYTES below it are its own */
+	uint64_t sigframe;	/* its struct rt_sigframe (pretcode), 64-byte aligned; RSP = sigframe + 8 */
 	uint64_t fs_base;	/* arch_prctl(ARCH_SET_FS) */
-	uint64_t gs_base;	/* arch_prctl(ARCH_SET_GS) if not 0 */
+	uint64_t gs_base;	/* arch_prctl(ARCH_SET_GS), 0 included (a thread inherits the leader's) */
 	uint64_t clear_child_tid;	/* set_tid_address(2) */
 	uint64_t robust_list;	/* set_robust_list(2) head; skipped if robust_list_len is 0 */
 	uint64_t robust_list_len;
@@ -264,7 +291,7 @@ struct blob_args {
 	uint64_t siginfos;	/* struct blob_siginfo[nr_siginfos] */
 	uint32_t nr_siginfos;
 
-	/* Threads: threads[0] is the one that enters restore_task (the only one so far). */
+	/* Threads: threads[0] is the leader, which enters restore_task; it creates the others. */
 	uint32_t nr_threads;
 	uint64_t threads;	/* struct blob_thread[nr_threads] */
 
@@ -283,7 +310,8 @@ _Static_assert(sizeof(struct blob_rlimit) == 24, "blob_rlimit layout");
 _Static_assert(sizeof(struct blob_siginfo) == 128, "blob_siginfo layout");
 _Static_assert(sizeof(struct blob_itimer) == 32, "blob_itimer layout");
 _Static_assert(sizeof(struct blob_mm) == 104, "blob_mm layout (struct prctl_mm_map)");
-_Static_assert(sizeof(struct blob_thread) == 112, "blob_thread layout");
+_Static_assert(sizeof(struct blob_thread) == 144, "blob_thread layout");
+_Static_assert(__builtin_offsetof(struct blob_thread, status) == 0, "thread status first");
 _Static_assert(sizeof(struct blob_args) == 424, "blob_args layout");
 _Static_assert(__builtin_offsetof(struct blob_args, status) == 16, "status offset is fixed");
 

@@ -14,6 +14,15 @@
  * rt_sigframe + 8) and rt_sigreturn, with no other system call in between: the tracer
  * steps to the rt_sigreturn entry and exit stops (abi.h, status protocol).
  *
+ * blob_clone_thread(clone_args, size, thread, flags): clone3 one thread of the task and
+ * return clone3's result (the new tid, or -errno) in the calling leader.  The new thread
+ * starts right after the `syscall` with RAX = 0 on the stack clone_args gave it, which is
+ * empty: compiled C would go on using the leader's stack frame (saved registers, locals,
+ * the return address) from there, so the child's side is asm that calls
+ * restore_thread_main(thread, flags) (restorer.c) at once.  thread and flags cross the
+ * syscall in R8 and R9: the kernel neither reads them for clone3 nor changes them, and the
+ * child gets the leader's registers as they are.
+ *
  * blob_syscall_gadget: one `syscall` instruction.  After the rt_sigreturn stop the tracer
  * points RIP here with RAX = __NR_munmap to remove the bootstrap region, and takes the
  * task at the syscall-exit stop: the instruction after it is never run.
@@ -49,6 +58,25 @@ blob_finish:
 	syscall
 	ud2				/* rt_sigreturn does not come back here */
 	.size	blob_finish, . - blob_finish
+
+	.globl	blob_clone_thread
+	.hidden	blob_clone_thread
+	.type	blob_clone_thread, @function
+blob_clone_thread:
+	movq	%rdx, %r8		/* thread: RDX is free for the kernel's use */
+	movq	%rcx, %r9		/* flags: the syscall instruction clobbers RCX */
+	movl	$__NR_clone3, %eax
+	syscall
+	testq	%rax, %rax
+	jz	1f
+	ret				/* the leader: tid or -errno */
+1:	xorl	%ebp, %ebp		/* the new thread: no frame to chain to */
+	andq	$-16, %rsp		/* stack_top is 16-byte aligned already; be sure */
+	movq	%r8, %rdi
+	movl	%r9d, %esi
+	call	restore_thread_main	/* does not return */
+	ud2
+	.size	blob_clone_thread, . - blob_clone_thread
 
 	.globl	blob_syscall_gadget
 	.hidden	blob_syscall_gadget

@@ -8,9 +8,14 @@
  * says OK, int3 hands the task to the tracer, and rt_sigreturn leaves into the
  * checkpointed registers of threads[0]'s signal frame (abi.h, "status protocol").
  *
- * Preconditions: the task is single-threaded; args and every array it points to lie in the
- * bootstrap region [bootstrap_start, bootstrap_start + bootstrap_len), which nothing else
- * overlaps in the checkpointed layout; the service fds named in the args are open.
+ * Step CREATE_THREADS makes the task's other threads; each runs restore_thread_main,
+ * which sets its own kernel state, queues its own pending signals and leaves the same way
+ * through its own status record and signal frame.
+ *
+ * Preconditions: the task has one thread when it enters; args and every array it points to
+ * lie in the bootstrap region [bootstrap_start, bootstrap_start + bootstrap_len), which
+ * nothing else overlaps in the checkpointed layout; the service fds named in the args are
+ * open; the tids of threads[1..] are free in the task's pid namespace.
  * No libc: system calls go through syscall.h, memcpy and friends come from string.c.
  */
 #include <stddef.h>
@@ -18,7 +23,9 @@
 #include <linux/errno.h>
 #include <linux/rseq.h>
 #include <linux/mman.h>
+#include <linux/futex.h>
 #include <linux/prctl.h>
+#include <linux/sched.h>
 #include <linux/time.h>
 #include <asm/prctl.h>
 #include <asm/signal.h>
@@ -34,8 +41,14 @@ struct blob_step {
 };
 
 void restore_task_main(struct blob_args *args) __attribute__((noreturn));
+void restore_thread_main(struct blob_thread *thread, uint32_t flags) __attribute__((noreturn));
 uint64_t blob_stack_top(const struct blob_args *args);
 void blob_finish(uint64_t new_sp, int trap) __attribute__((noreturn));
+long blob_clone_thread(const struct clone_args *cl, uint64_t size, struct blob_thread *thread,
+		       uint32_t flags);
+
+_Static_assert(BLOB_THREAD_CLONE_FLAGS == (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
+					   CLONE_THREAD | CLONE_SYSVSEM), "thread clone flags");
 
 /* Record which object a failing step was working on; returns err for the caller's return. */
 static long failed_at(struct blob_status *status, uint32_t index, uint64_t addr, long err)
@@ -46,11 +59,36 @@ static long failed_at(struct blob_status *status, uint32_t index, uint64_t addr,
 }
 
 #define PAGE_MASK ((uint64_t)BLOB_PAGE_SIZE - 1)
+#define MAX_TID 0x3fffffffu	/* PID_MAX_LIMIT (linux/threads.h): the largest pid there is */
 
-/* Check the fields the steps trust: flags, the region, thread count, read batches. */
+/* True if [start, start + len) lies in the bootstrap region (which must be checked first). */
+static int in_region(const struct blob_args *args, uint64_t start, uint64_t len)
+{
+	uint64_t end = args->bootstrap_start + args->bootstrap_len;
+
+	return start >= args->bootstrap_start && start <= end && len <= end - start;
+}
+
+/*
+ * A thread descriptor: threads[0] needs only its frame (when it leaves by rt_sigreturn);
+ * every other thread a tid, its frame, and a stack inside the region.
+ */
+static int thread_usable(const struct blob_args *args, const struct blob_thread *t, uint32_t i)
+{
+	int frame_ok = !(t->sigframe & (BLOB_SIGFRAME_ALIGN - 1)) && in_region(args, t->sigframe, 8);
+
+	if (i == 0)
+		return frame_ok || (args->flags & BLOB_F_EXIT);
+	return frame_ok && t->tid && t->tid <= MAX_TID && !(t->stack_top & 15) &&
+	       t->stack_top >= BLOB_THREAD_STACK_BYTES &&
+	       in_region(args, t->stack_top - BLOB_THREAD_STACK_BYTES, BLOB_THREAD_STACK_BYTES);
+}
+
+/* Check the fields the steps trust: flags, the region, threads, read batches. */
 static long step_check_args(struct blob_args *args, struct blob_status *status)
 {
 	const struct blob_page_read *reads = (const void *)args->page_reads;
+	const struct blob_thread *threads = (const void *)args->threads;
 	uint64_t region_end = args->bootstrap_start + args->bootstrap_len;
 	uint32_t i;
 
@@ -62,11 +100,16 @@ static long step_check_args(struct blob_args *args, struct blob_status *status)
 	    (args->bootstrap_len & PAGE_MASK) || region_end > args->task_size ||
 	    region_end < args->bootstrap_start)
 		return failed_at(status, 2, args->bootstrap_start, -EINVAL);
-	/* One thread only, and the sigreturn ending needs its frame. */
-	if (args->nr_threads > 1)
-		return failed_at(status, 3, args->nr_threads, -EOPNOTSUPP);
-	if (!(args->flags & BLOB_F_EXIT) && args->nr_threads != 1)
+	/* The sigreturn ending needs the leader's frame; the descriptors must be in the region. */
+	if (!(args->flags & BLOB_F_EXIT) && args->nr_threads < 1)
 		return failed_at(status, 3, args->nr_threads, -EINVAL);
+	if (args->nr_threads &&
+	    !in_region(args, args->threads, (uint64_t)args->nr_threads * sizeof(*threads)))
+		return failed_at(status, 3, args->threads, -EINVAL);
+	for (i = 0; i < args->nr_threads; i++) {
+		if (!thread_usable(args, &threads[i], i))
+			return failed_at(status, 5, i, -EINVAL);
+	}
 	for (i = 0; i < args->nr_page_reads; i++) {
 		if (!reads[i].nr_iovs || reads[i].nr_iovs > BLOB_MAX_IOVS ||
 		    reads[i].first_iov > args->nr_iovs ||
@@ -347,16 +390,14 @@ static long step_sigactions(struct blob_args *args, struct blob_status *status)
 
 /*
  * The calling thread's kernel state: clear_child_tid, robust list, fs/gs base, rseq,
- * comm.  After the memory, because rseq registration writes into its area at once.
+ * comm.  After the memory, because rseq registration writes into its area at once.  Run by
+ * the leader for threads[0] (step THREAD_STATE) and by every other thread for itself.
  * status.index: 0 robust list, 1 fs base, 2 gs base, 3 rseq, 4 comm.
  */
-static long step_thread_state(struct blob_args *args, struct blob_status *status)
+static long set_thread_state(const struct blob_thread *t, struct blob_status *status)
 {
-	const struct blob_thread *t = (const void *)args->threads;
 	long ret;
 
-	if (!args->nr_threads)
-		return 0;	/* BLOB_F_EXIT runs without a thread */
 	sys_set_tid_address(t->clear_child_tid);	/* returns the tid; cannot fail */
 	if (t->robust_list_len) {
 		ret = sys_set_robust_list(t->robust_list, t->robust_list_len);
@@ -367,11 +408,11 @@ static long step_thread_state(struct blob_args *args, struct blob_status *status
 	ret = sys_arch_prctl(ARCH_SET_FS, t->fs_base);
 	if (ret < 0)
 		return failed_at(status, 1, t->fs_base, ret);
-	if (t->gs_base) {
-		ret = sys_arch_prctl(ARCH_SET_GS, t->gs_base);
-		if (ret < 0)
-			return failed_at(status, 2, t->gs_base, ret);
-	}
+	/* Even 0: a new thread starts with the leader's gs base. */
+	ret = sys_arch_prctl(ARCH_SET_GS, t->gs_base);
+	if (ret < 0)
+		return failed_at(status, 2, t->gs_base, ret);
+	/* A thread made with CLONE_VM starts with no rseq area (kernel/rseq.c: rseq_fork). */
 	if (t->rseq.addr) {
 		ret = sys_rseq(t->rseq.addr, t->rseq.len, 0, t->rseq.sig);
 		if (ret < 0)
@@ -380,6 +421,50 @@ static long step_thread_state(struct blob_args *args, struct blob_status *status
 	ret = sys_prctl(PR_SET_NAME, (uint64_t)t->comm, 0, 0, 0);
 	if (ret < 0)
 		return failed_at(status, 4, 0, ret);
+	return 0;
+}
+
+static long step_thread_state(struct blob_args *args, struct blob_status *status)
+{
+	if (!args->nr_threads)
+		return 0;	/* BLOB_F_EXIT runs without a thread */
+	return set_thread_state((const void *)args->threads, status);
+}
+
+/*
+ * Create threads[1..] with their checkpointed tids (clone3 set_tid), in array order.
+ * After the leader's THREAD_STATE, so that everything a thread touches is in place
+ * (memory, sigactions, which all threads share); before RLIMITS, because the image's
+ * RLIMIT_NPROC is checked against the restoring user's processes, not the image's (CRIU
+ * orders it so too).  Each thread inherits the leader's mask: every signal but SIGTRAP
+ * blocked.  The leader does not wait for them (abi.h, "Threads").
+ * status.index: the thread's index; status.addr: the tid wanted.  A clone3 that gives
+ * another tid fails with ESRCH (the kernel gives the tid asked for, or fails: EEXIST).
+ */
+static long step_create_threads(struct blob_args *args, struct blob_status *status)
+{
+	struct blob_thread *threads = (void *)args->threads;
+	uint32_t i;
+	long tid;
+
+	for (i = 1; i < args->nr_threads; i++) {
+		struct blob_thread *t = &threads[i];
+		int32_t want = (int32_t)t->tid;		/* clone3 reads set_tid as pid_t[] */
+		struct clone_args cl = {
+			.flags = BLOB_THREAD_CLONE_FLAGS,
+			.exit_signal = 0,		/* a thread: nothing to notify */
+			.stack = t->stack_top - BLOB_THREAD_STACK_BYTES,
+			.stack_size = BLOB_THREAD_STACK_BYTES,
+			.set_tid = (uint64_t)&want,
+			.set_tid_size = 1,
+		};
+
+		tid = blob_clone_thread(&cl, sizeof(cl), t, args->flags);
+		if (tid < 0)
+			return failed_at(status, i, t->tid, tid);
+		if (tid != want)
+			return failed_at(status, i, t->tid, -ESRCH);
+	}
 	return 0;
 }
 
@@ -399,17 +484,36 @@ static long step_rlimits(struct blob_args *args, struct blob_status *status)
 	return 0;
 }
 
+/* Queue the calling thread's own pending signals (rt_tgsigqueueinfo to itself, which the
+ * kernel allows for any si_code).  status.index: first_index + the signal's index. */
+static long queue_thread_signals(const struct blob_thread *t, struct blob_status *status,
+				 uint32_t first_index)
+{
+	const struct blob_siginfo *own = (const void *)t->siginfos;
+	long pid = sys_getpid(), tid = sys_gettid(), ret;
+	uint32_t i;
+	int sig;
+
+	for (i = 0; i < t->nr_siginfos; i++) {
+		sig = *(const int32_t *)own[i].bytes;
+		ret = sys_rt_tgsigqueueinfo(pid, tid, sig, own[i].bytes);
+		if (ret < 0)
+			return failed_at(status, first_index + i, (uint64_t)sig, ret);
+	}
+	return 0;
+}
+
 /*
- * Queue the checkpointed pending signals again: the task-shared ones, then the thread's.
- * Late, with every signal blocked: nothing is delivered until rt_sigreturn installs the
- * checkpointed mask.  status.index counts the shared signals first, then the thread's;
- * status.addr is the signal number.
+ * Queue the checkpointed pending signals again: the task-shared ones, then the leader's
+ * own (every other thread queues its own).  Late, with every signal blocked in every
+ * thread: nothing is delivered until rt_sigreturn installs the checkpointed masks.
+ * status.index counts the shared signals first, then the leader's; status.addr is the
+ * signal number.
  */
 static long step_pending_signals(struct blob_args *args, struct blob_status *status)
 {
 	const struct blob_siginfo *shared = (const void *)args->siginfos;
-	const struct blob_thread *t = (const void *)args->threads;
-	long pid = sys_getpid(), tid = sys_gettid(), ret;
+	long pid = sys_getpid(), ret;
 	uint32_t i;
 	int sig;
 
@@ -421,15 +525,7 @@ static long step_pending_signals(struct blob_args *args, struct blob_status *sta
 	}
 	if (!args->nr_threads)
 		return 0;
-	for (i = 0; i < t->nr_siginfos; i++) {
-		const struct blob_siginfo *own = (const void *)t->siginfos;
-
-		sig = *(const int32_t *)own[i].bytes;
-		ret = sys_rt_tgsigqueueinfo(pid, tid, sig, own[i].bytes);
-		if (ret < 0)
-			return failed_at(status, args->nr_siginfos + i, (uint64_t)sig, ret);
-	}
-	return 0;
+	return queue_thread_signals((const void *)args->threads, status, args->nr_siginfos);
 }
 
 /* ITIMER_REAL, VIRTUAL, PROF.  Last, so that the clocks start as late as possible.
@@ -467,6 +563,7 @@ struct blob_step blob_steps[] = {
 	{ BLOB_STEP_SET_MM, "set_mm", step_set_mm },
 	{ BLOB_STEP_SIGACTIONS, "sigactions", step_sigactions },
 	{ BLOB_STEP_THREAD_STATE, "thread_state", step_thread_state },
+	{ BLOB_STEP_CREATE_THREADS, "create_threads", step_create_threads },
 	{ BLOB_STEP_RLIMITS, "rlimits", step_rlimits },
 	{ BLOB_STEP_PENDING_SIGNALS, "pending_signals", step_pending_signals },
 	{ BLOB_STEP_ITIMERS, "itimers", step_itimers },
@@ -489,14 +586,55 @@ uint64_t blob_stack_top(const struct blob_args *args)
 	return args->stack_top;
 }
 
-/* A failure is recorded in status: stop for the tracer (unless none), then end the task. */
-static void __attribute__((noreturn)) fail(struct blob_args *args, uint32_t err)
+/* Start a status record: the blob runs, at step `step`. */
+static void status_begin(struct blob_status *status, uint32_t step)
 {
-	args->status.err = err;
-	args->status.state = BLOB_STATE_FAILED;
-	if (!(args->flags & (BLOB_F_EXIT | BLOB_F_NO_TRAP)))
+	status->step = step;
+	status->err = 0;
+	status->index = 0;
+	status->addr = 0;
+	status->magic = BLOB_STATUS_MAGIC;
+	__atomic_store_n(&status->state, BLOB_STATE_RUNNING, __ATOMIC_RELEASE);
+}
+
+/* Publish a final state (OK or FAILED); a leader waiting with BLOB_F_EXIT wakes up. */
+static void status_end(struct blob_status *status, uint32_t state)
+{
+	__atomic_store_n(&status->state, state, __ATOMIC_RELEASE);
+	sys_futex(&status->state, FUTEX_WAKE_PRIVATE, 1);
+}
+
+/* A failure is recorded in status: stop for the tracer (unless none), then end the task. */
+static void __attribute__((noreturn)) fail(struct blob_status *status, uint32_t flags,
+					   uint32_t err)
+{
+	status->err = err;
+	status_end(status, BLOB_STATE_FAILED);
+	if (!(flags & (BLOB_F_EXIT | BLOB_F_NO_TRAP)))
 		__asm__ volatile("int3" ::: "memory");
 	sys_exit_group(BLOB_EXIT_STEP_FAILED);
+}
+
+/*
+ * BLOB_F_EXIT only: wait until every thread of threads[1..] has published OK or FAILED,
+ * so that the leader's exit_group does not cut a thread short.  Returns 1 if one failed
+ * (it then ends the task itself; this is for the race where it has not yet).
+ */
+static int wait_for_threads(struct blob_args *args)
+{
+	struct blob_thread *threads = (void *)args->threads;
+	uint32_t i, state;
+	int failed = 0;
+
+	for (i = 1; i < args->nr_threads; i++) {
+		uint32_t *word = &threads[i].status.state;
+
+		while ((state = __atomic_load_n(word, __ATOMIC_ACQUIRE)) != BLOB_STATE_OK &&
+		       state != BLOB_STATE_FAILED)
+			sys_futex(word, FUTEX_WAIT_PRIVATE, state);	/* EAGAIN if it changed */
+		failed |= state == BLOB_STATE_FAILED;
+	}
+	return failed;
 }
 
 /* Called by entry.S on the blob's stack.  Never returns. */
@@ -511,28 +649,52 @@ void restore_task_main(struct blob_args *args)
 	if (!args_usable(args))
 		sys_exit_group(BLOB_EXIT_BAD_MAGIC);
 	status = &args->status;
-	status->magic = BLOB_STATUS_MAGIC;
-	status->state = BLOB_STATE_RUNNING;
-	status->step = BLOB_STEP_CHECK_ARGS;
-	status->err = 0;
-	status->index = 0;
-	status->addr = 0;
+	status_begin(status, BLOB_STEP_CHECK_ARGS);
 	/* The header and status have the same offsets in every version: safe to report. */
 	if (args->abi_version != BLOB_ABI_VERSION)
-		fail(args, EPROTO);
+		fail(status, args->flags, EPROTO);
 	if (args->args_size != sizeof(*args))
-		fail(args, EBADMSG);
+		fail(status, args->flags, EBADMSG);
 
 	for (i = 0; i < NR_STEPS; i++) {
 		status->step = blob_steps[i].id;
 		err = blob_steps[i].run(args, status);
 		if (err < 0)
-			fail(args, (uint32_t)-err);
+			fail(status, args->flags, (uint32_t)-err);
 	}
-	status->state = BLOB_STATE_OK;
+	status_end(status, BLOB_STATE_OK);
 
-	if (args->flags & BLOB_F_EXIT)
+	if (args->flags & BLOB_F_EXIT) {
+		if (wait_for_threads(args))
+			sys_exit_group(BLOB_EXIT_STEP_FAILED);
 		sys_exit_group((int)args->exit_code);
+	}
 	thread = (const void *)args->threads;
 	blob_finish(thread->sigframe + 8, !(args->flags & BLOB_F_NO_TRAP));
+}
+
+/*
+ * Called by entry.S (blob_clone_thread) in a new thread, on its own stack, with every
+ * signal but SIGTRAP blocked.  Sets the thread's own state and pending signals, writes its
+ * record and leaves like the leader: int3, then rt_sigreturn through its own frame.
+ * flags: the leader's blob_args.flags.  Never returns.
+ */
+void restore_thread_main(struct blob_thread *thread, uint32_t flags)
+{
+	struct blob_status *status = &thread->status;
+	long err;
+
+	status_begin(status, BLOB_STEP_THREAD_STATE);
+	err = set_thread_state(thread, status);
+	if (err < 0)
+		fail(status, flags, (uint32_t)-err);
+	status->step = BLOB_STEP_PENDING_SIGNALS;
+	err = queue_thread_signals(thread, status, 0);
+	if (err < 0)
+		fail(status, flags, (uint32_t)-err);
+	status_end(status, BLOB_STATE_OK);
+
+	if (flags & BLOB_F_EXIT)
+		sys_exit(0);	/* this thread only: the leader ends the task */
+	blob_finish(thread->sigframe + 8, !(flags & BLOB_F_NO_TRAP));
 }

@@ -47,6 +47,19 @@ static inline __attribute__((noreturn)) void sys_exit_group(int status)
 		SYSCALL1(__NR_exit_group, status);
 }
 
+/* exit(2): ends the calling thread only (the leader waits for such threads with BLOB_F_EXIT). */
+static inline __attribute__((noreturn)) void sys_exit(int status)
+{
+	for (;;)
+		SYSCALL1(__NR_exit, status);
+}
+
+/* futex(2) FUTEX_WAIT/FUTEX_WAKE (linux/futex.h) on a 32-bit word; no timeout. */
+static inline long sys_futex(uint32_t *word, int op, uint32_t val)
+{
+	return SYSCALL6(__NR_futex, word, op, val, 0, 0, 0);
+}
+
 /* rseq(2): register (flags 0) or unregister (RSEQ_FLAG_UNREGISTER) an rseq area. */
 static inline long sys_rseq(uint64_t addr, uint32_t len, int flags, uint32_t sig)
 {

@@ -34,6 +34,7 @@ def _defines() -> dict[str, str]:
 def _c_program() -> str:
     """C source printing one ``key value`` line per fact the mirror claims."""
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/prctl.h>",
+             "#include <linux/sched.h>",
              '#include "abi.h"', "int main(void) {"]
 
     def out(key: str, fmt: str, expr: str) -> None:
@@ -53,6 +54,9 @@ def _c_program() -> str:
             out(f"define {name}", "%s", name)
         else:
             out(f"define {name}", "%llu", f"(unsigned long long)({name})")
+    # The thread clone flags are the kernel's (linux/sched.h).
+    out("clone_thread_flags", "%llu", "(unsigned long long)(CLONE_VM | CLONE_FS | CLONE_FILES | "
+        "CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)")
     # struct blob_mm is passed to prctl(PR_SET_MM_MAP) as is: same layout as the kernel's.
     out("sizeof prctl_mm_map", "%zu", "sizeof(struct prctl_mm_map)")
     for field, _ in abi.BlobMm._fields_:
@@ -128,3 +132,15 @@ def test_new_args_has_a_valid_header() -> None:
         abi.BLOB_ARGS_MAGIC, abi.BLOB_ABI_VERSION, ctypes.sizeof(abi.BlobArgs))
     assert bytes(args)[:4] == b"PYCB"
     assert args.pages_fd == -1 and args.flags == 0 and args.nr_vmas == 0
+
+
+def test_thread_clone_flags_are_the_kernels(c_facts: dict[str, str]) -> None:
+    assert int(c_facts["clone_thread_flags"]) == abi.BLOB_THREAD_CLONE_FLAGS
+
+
+def test_thread_status_record_leads_blob_thread() -> None:
+    """Each thread's record is the first field of its descriptor, a whole struct blob_status
+    (Bootstrap.thread_status_addrs points there; decode_status reads it)."""
+    assert abi.BlobThread.status.offset == 0
+    assert abi.BlobThread.status.size == ctypes.sizeof(abi.BlobStatus)
+    assert ctypes.sizeof(abi.BlobThread) % 16 == 0     # every record 8-byte aligned in an array

@@ -1,11 +1,11 @@
-"""build_bootstrap on real CRIU 4.2 plans (counter, fpu, signals): the bytes the blob will read.
+"""build_bootstrap on real CRIU 4.2 plans (counter, fpu, signals, threads): the bytes the blob reads.
 
 The plan comes from the fixture images through the lead's build_plan; the running task's
 layout is pinned to the machine that wrote the images (6.18: [vvar] 4 pages, [vvar_vclock]
 2, [vdso] 2; XSAVE 2440 bytes with XCR0 x87|SSE|AVX|PKRU), so the expected bytes do not
 depend on the CPU the tests run on. Each test decodes the image the way the blob will: the
 args and their arrays through the ctypes mirror, the frame through sigframe_layout, and
-compares with the plan and with crit's own JSON of the core image.
+compares with the plan and with crit's own JSON of the core images (one per thread).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from pycriu_restore.blob import abi
 from pycriu_restore.blob.bootstrap import (TASK_SIZE, Bootstrap, RuntimeLayout, bootstrap_size,
                                            build_bootstrap, page_batches)
 from pycriu_restore.blob.cpuid import XsaveComponent
-from pycriu_restore.blob.errors import BlobUnsupported, FpuStateMismatch, VdsoMismatch
+from pycriu_restore.blob.errors import FpuStateMismatch, VdsoMismatch
 from pycriu_restore.blob.loader import BLOB_FILE_NAME, Blob, load_blob
-from pycriu_restore.blob.sigframe import GPREG_TO_SIGCONTEXT, SIGFRAME_XSAVE_OFFSET
+from pycriu_restore.blob.sigframe import GPREG_TO_SIGCONTEXT, SIGFRAME_XSAVE_OFFSET, sigframe_bytes
 from pycriu_restore.blob.sigframe_layout import (FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2, SS_DISABLE,
                                                  UC_FP_XSTATE, UC_SIGCONTEXT_SS,
                                                  UC_STRICT_RESTORE_SS, Fpstate64, RtSigframe,
                                                  XsaveHeader)
-from pycriu_restore.blob.status import decode_status
+from pycriu_restore.blob.status import STATUS_BYTES, decode_status
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.model import Task, VmaKind
@@ -62,14 +62,16 @@ def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
     return load_blob(out, required_symbols=(abi.BLOB_ENTRY_RESTORE_TASK, abi.BLOB_SYSCALL_GADGET))
 
 
-@pytest.fixture(scope="module", params=["counter", "fpu", "signals"])
+@pytest.fixture(scope="module", params=["counter", "fpu", "signals", "threads"])
 def task(request: pytest.FixtureRequest) -> Task:
     return build_plan(ImageSet.open(FIXTURES / "images" / request.param)).root
 
 
-def _core_json(task: Task) -> dict:
-    name = next(d for d in (FIXTURES / "decoded").iterdir() if (d / f"core-{task.pid}.json").exists())
-    return json.loads((name / f"core-{task.pid}.json").read_text())["entries"][0]
+def _core_json(task: Task, tid: int | None = None) -> dict:
+    """crit's JSON of core-TID.img (the leader's by default)."""
+    tid = task.pid if tid is None else tid
+    name = next(d for d in (FIXTURES / "decoded").iterdir() if (d / f"core-{tid}.json").exists())
+    return json.loads((name / f"core-{tid}.json").read_text())["entries"][0]
 
 
 def _bootstrap(task: Task, blob: Blob, runtime: RuntimeLayout = FIXTURE_RUNTIME) -> Bootstrap:
@@ -89,8 +91,8 @@ def _array(boot: Bootstrap, ctype: type, addr: int, count: int) -> list:
     return list((ctype * count).from_buffer_copy(boot.image, addr - boot.base))
 
 
-def _frame(boot: Bootstrap) -> RtSigframe:
-    return RtSigframe.from_buffer_copy(boot.image, boot.sigframes[0] - boot.base)
+def _frame(boot: Bootstrap, index: int = 0) -> RtSigframe:
+    return RtSigframe.from_buffer_copy(boot.image, boot.sigframes[index] - boot.base)
 
 
 # --- the region and the args header ------------------------------------------------------
@@ -232,18 +234,101 @@ def test_signals_fixture_has_its_pending_signals_and_timer(blob: Blob) -> None:
 
 
 def test_thread_args(task: Task, blob: Blob) -> None:
+    """One struct blob_thread per plan thread, in plan order, each with its own state."""
     boot = _bootstrap(task, blob)
     args = _args(boot)
     threads = _array(boot, abi.BlobThread, args.threads, args.nr_threads)
-    assert len(threads) == 1
-    t, plan = threads[0], task.main_thread
-    assert (t.tid, t.sigframe, t.stack_top) == (plan.tid, boot.sigframes[0], boot.stack_top)
-    assert (t.fs_base, t.gs_base) == (plan.gpregs["fs_base"], plan.gpregs["gs_base"])
-    assert (t.clear_child_tid, t.robust_list, t.robust_list_len) == (
-        plan.clear_tid_addr, plan.futex_rla, plan.futex_rla_len)
-    assert (t.rseq.addr, t.rseq.len, t.rseq.sig) == (
-        plan.rseq.abi_pointer, plan.rseq.abi_size, plan.rseq.signature)
-    assert bytes(t.comm).rstrip(b"\0") == plan.comm.encode()
+    assert len(threads) == len(task.threads) == len(boot.sigframes)
+    for index, (t, plan) in enumerate(zip(threads, task.threads)):
+        assert (t.tid, t.sigframe) == (plan.tid, boot.sigframes[index])
+        assert (t.fs_base, t.gs_base) == (plan.gpregs["fs_base"], plan.gpregs["gs_base"])
+        assert (t.clear_child_tid, t.robust_list, t.robust_list_len) == (
+            plan.clear_tid_addr, plan.futex_rla, plan.futex_rla_len)
+        assert (t.rseq.addr, t.rseq.len, t.rseq.sig) == (
+            plan.rseq.abi_pointer, plan.rseq.abi_size, plan.rseq.signature)
+        assert bytes(t.comm).rstrip(b"\0") == plan.comm.encode()
+        assert bytes(t.status) == bytes(STATUS_BYTES)        # the thread writes it
+    assert threads[0].stack_top == boot.stack_top
+
+
+def _threads_task() -> Task:
+    return build_plan(ImageSet.open(FIXTURES / "images" / "threads")).root
+
+
+def test_threads_fixture_thread_args_equal_its_core_images(blob: Blob) -> None:
+    """threads: tids 31200..31204, comm t1..t4, TLS, rseq, robust list and clear_tid as
+    crit decoded core-3120[0-4].img (README: the tid-to-name mapping is in the images)."""
+    task = _threads_task()
+    boot = _bootstrap(task, blob)
+    args = _args(boot)
+    threads = _array(boot, abi.BlobThread, args.threads, args.nr_threads)
+    assert [t.tid for t in threads] == list(range(31200, 31205))
+    assert [bytes(t.comm).rstrip(b"\0") for t in threads] == [b"threads", b"t1", b"t2", b"t3", b"t4"]
+    for t in threads:
+        core = _core_json(task, t.tid)
+        thread_core = core["thread_core"]
+        rseq = thread_core["rseq_entry"]
+        assert t.fs_base == int(core["thread_info"]["gpregs"]["fs_base"], 16)
+        assert t.gs_base == int(core["thread_info"]["gpregs"]["gs_base"], 16) == 0
+        assert t.clear_child_tid == int(core["thread_info"]["clear_tid_addr"], 16)
+        assert (t.robust_list, t.robust_list_len) == (thread_core["futex_rla"], thread_core["futex_rla_len"])
+        assert (t.rseq.addr, t.rseq.len, t.rseq.sig) == (
+            rseq["rseq_abi_pointer"], rseq["rseq_abi_size"], rseq["signature"])
+        assert bytes(t.comm).decode().rstrip("\0") == thread_core["comm"]
+    assert len({t.fs_base for t in threads}) == 5 and len({t.rseq.addr for t in threads}) == 5
+
+
+def test_threads_fixture_stacks_frames_and_status_records(blob: Blob) -> None:
+    """Distinct 16-aligned stacks that overlap nothing, 64-aligned frames one after the
+    other, and a status record per thread: the leader's in the args, the others' in their
+    struct blob_thread (abi.h, "Threads")."""
+    task = _threads_task()
+    boot = _bootstrap(task, blob)
+    assert boot.size == bootstrap_size(task, FIXTURE_RUNTIME, blob=blob) == len(boot.image)
+    args = _args(boot)
+    threads = _array(boot, abi.BlobThread, args.threads, args.nr_threads)
+
+    stride = sigframe_bytes(FIXTURE_RUNTIME.xstate_size)
+    assert [f - boot.sigframes[0] for f in boot.sigframes] == [i * stride for i in range(5)]
+    assert all(f % abi.BLOB_SIGFRAME_ALIGN == 0 for f in boot.sigframes)
+    frames_end = boot.sigframes[-1] + stride
+
+    stacks = [(boot.stack_top - abi.BLOB_STACK_BYTES, boot.stack_top)] + [
+        (t.stack_top - abi.BLOB_THREAD_STACK_BYTES, t.stack_top) for t in threads[1:]]
+    assert all(top % 16 == 0 for _low, top in stacks)
+    ordered = sorted(stacks)
+    assert ordered[0][0] >= frames_end, "a stack overlaps the signal frames"
+    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:])), f"stacks overlap: {stacks}"
+    assert ordered[-1][1] == boot.end
+
+    assert boot.status_addr == boot.thread_status_addrs[0] == boot.args_addr + abi.STATUS_OFFSET
+    size = ctypes.sizeof(abi.BlobThread)
+    assert boot.thread_status_addrs[1:] == tuple(
+        args.threads + i * size + abi.BlobThread.status.offset for i in range(1, 5))
+    for addr in boot.thread_status_addrs:
+        assert not decode_status(boot.image[addr - BASE:addr - BASE + STATUS_BYTES]).started
+
+
+def test_threads_fixture_sigframes_equal_each_core_image(blob: Blob) -> None:
+    """Each of the 5 frames holds its own thread's registers, blocked mask (SIGRTMIN+i for
+    thread i) and XSAVE area, and points at its own fpstate."""
+    task = _threads_task()
+    boot = _bootstrap(task, blob)
+    for index, thread in enumerate(task.threads):
+        frame = _frame(boot, index)
+        core = _core_json(task, thread.tid)
+        gp = core["thread_info"]["gpregs"]
+        sc = frame.uc.uc_mcontext
+        for criu_name, field in GPREG_TO_SIGCONTEXT.items():
+            assert getattr(sc, field) == int(gp[criu_name], 16), (thread.tid, criu_name)
+        blocked = core["thread_core"].get("blk_sigset", 0) if index else int(core["tc"]["blk_sigset"], 16)
+        assert frame.uc.uc_sigmask == blocked
+        assert frame.uc.uc_sigmask == (1 << (34 + index - 1) if index else 0)   # SIGRTMIN 34 (glibc)
+        assert sc.fpstate == boot.sigframes[index] + SIGFRAME_XSAVE_OFFSET
+        legacy = Fpstate64.from_buffer_copy(boot.image, sc.fpstate - BASE)
+        assert list(legacy.xmm_space) == core["thread_info"]["fpregs"]["xmm_space"]
+    # Threads stopped at different places: the frames really differ.
+    assert len({_frame(boot, i).uc.uc_mcontext.rsp for i in range(5)}) == 5
 
 
 # --- the signal frame, against crit's JSON of the core image ----------------------------
@@ -316,6 +401,17 @@ def test_components_this_machine_lacks_are_dropped_with_a_note(blob: Blob) -> No
     assert any("0x200" in note and "left out" in note for note in boot.notes), boot.notes
 
 
+def test_dropped_components_are_one_note_for_all_threads(blob: Blob) -> None:
+    no_pkru = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
+                            vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2432, xcr0=0xE7,
+                            xsave_layout=(XsaveComponent(2, 576, 256), XsaveComponent(5, 832, 64),
+                                          XsaveComponent(6, 896, 512), XsaveComponent(7, 1408, 1024)))
+    boot = _bootstrap(_threads_task(), blob, no_pkru)
+    dropped = [note for note in boot.notes if "left out" in note]
+    assert dropped == ["threads 31200, 31201, 31202, 31203, 31204: xsave components 0x200 of the "
+                       "image are not enabled on this machine (XCR0 0xe7): left out"]
+
+
 def test_component_of_another_size_is_refused(blob: Blob) -> None:
     task = build_plan(ImageSet.open(FIXTURES / "images" / "fpu")).root
     odd = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
@@ -343,13 +439,6 @@ def test_vvar_without_vclock_of_another_size_is_refused(task: Task, blob: Blob) 
     with pytest.raises(VdsoMismatch, match=r"image \[vvar\] at 0x[0-9a-f]+ is 24576 bytes, "
                        r"this kernel's is 16384"):
         _bootstrap(task, blob, old)
-
-
-def test_more_than_one_thread_is_unsupported(blob: Blob) -> None:
-    task = build_plan(ImageSet.open(FIXTURES / "images" / "threads")).root
-    assert len(task.threads) == 5
-    with pytest.raises(BlobUnsupported, match="task 31200: 5 threads"):
-        _bootstrap(task, blob)
 
 
 def test_region_over_a_vma_is_a_caller_bug(task: Task, blob: Blob) -> None:

@@ -10,6 +10,7 @@ each restored item and exits with the number of the first that is wrong, or 42.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import importlib.util
@@ -28,8 +29,8 @@ from pycriu_restore.blob.forkrun import run_bootstrap_in_child
 from pycriu_restore.blob.loader import BLOB_FILE_NAME, Blob, load_blob
 from pycriu_restore.linux import ptrace
 from pycriu_restore.linux.procmaps import read_maps
-from pycriu_restore.plan.model import (ItimerValue, MappedFile, MmFields, PageRun, SigAction,
-                                       Task, Thread, Vma, VmaKind)
+from pycriu_restore.plan.model import (ItimerValue, MappedFile, MmFields, PageRun, Rseq,
+                                       SigAction, Task, Thread, Vma, VmaKind)
 from pycriu_restore.restore.task import ServiceFds
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -490,3 +491,360 @@ def test_signals_fixture_checks_its_own_signal_state(runtime: RuntimeLayout,
     assert log.startswith("A 31\n"), log
     t_line = next(line for line in log.splitlines() if line.startswith("T "))
     assert t_line.endswith("alt=ok mask=ok act=ok itv=ok pend=usr2,rt"), log
+
+
+# --- multi-threaded tasks (abi.h, "Threads") ----------------------------------------------
+#
+# A hand-made task of a leader and two threads runs tests/c/thread_payload.S: the blob
+# creates the threads with clone3(set_tid), each sets its own kernel state and leaves
+# through its own frame; the payload threads check fs base, TLS, comm, mask, tid and their
+# pending signals themselves and report in a slot the leader waits for (exit 42: all hold).
+
+THREAD_PAYLOAD_SRC = ROOT / "tests" / "c" / "thread_payload.S"
+THREAD_ENTRY_OFFSET = 0x400          # thread_payload.S: thread_start
+T_DATA_PAGES = 4
+SLOTS_ADDR = DATA_ADDR               # page 0: a u64 result slot per thread (index 0 unused)
+TLS_ADDR = DATA_ADDR + PAGE          # page 1: a 256-byte TLS block per thread, word 0 = itself
+RSEQ_ADDR = DATA_ADDR + PAGE + 0x800  # then a 64-byte rseq area per thread
+ROBUST_ADDR = DATA_ADDR + PAGE + 0xC00  # and a robust list head (24 bytes) per thread
+RSEQ_SIG = 0x53053053                # x86 RSEQ_SIG, what glibc registers with
+ROBUST_LIST_HEAD_BYTES = 24          # sizeof(struct robust_list_head) (linux/futex.h)
+SIGRTMIN = 34                        # glibc's SIGRTMIN (the kernel's is 32)
+SI_USER = 0                          # asm-generic/siginfo.h
+
+
+def _sigbit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+# Per other thread: comm, blocked mask, one pending signal (number, si_code). Thread 1's
+# signal is sigqueue()d (SI_QUEUE), thread 2's is kill()-like (SI_USER): a thread may queue
+# either kind to itself (kernel/signal.c: do_rt_tgsigqueueinfo).
+THREADS = (
+    ("t1", _sigbit(signal.SIGUSR2) | _sigbit(SIGRTMIN + 1), (signal.SIGUSR2, SI_QUEUE)),
+    ("t2", _sigbit(signal.SIGUSR1) | _sigbit(SIGRTMIN + 2), (signal.SIGUSR1, SI_USER)),
+)
+
+
+FIXTURE_PIDS = range(31100, 31900)   # the fixtures' pids and tids (README): never ours
+
+
+def _free_tids(count: int) -> list[int]:
+    """``count`` tids not in use now. Taken just below the last pid the kernel handed out
+    (ns_last_pid): it allocates upward, so these stay free until it wraps around pid_max,
+    while clone3(set_tid) claims them."""
+    last = int(pathlib.Path("/proc/sys/kernel/ns_last_pid").read_text())
+    found = [n for n in range(last - 1, 300, -1)
+             if n not in FIXTURE_PIDS and not os.path.exists(f"/proc/{n}")]
+    assert len(found) >= count, f"no {count} free tids below {last}"
+    return found[:count]
+
+
+@pytest.fixture(scope="module")
+def thread_payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    work = tmp_path_factory.mktemp("thread_payload")
+    obj, raw = work / "payload.o", work / "payload.bin"
+    subprocess.run(["gcc", "-c", "-o", str(obj), str(THREAD_PAYLOAD_SRC)],
+                   check=True, capture_output=True, text=True)
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(raw)], check=True)
+    code = raw.read_bytes()
+    assert THREAD_ENTRY_OFFSET < len(code) <= PAGE
+    return code
+
+
+def _thread_pages(tmp_path: pathlib.Path, code: bytes, nr_threads: int) -> pathlib.Path:
+    """Page 0: the code; then the data VMA: slots zero, each TLS block's self pointer."""
+    data = bytearray(T_DATA_PAGES * PAGE)
+    for index in range(nr_threads):
+        tls = TLS_ADDR + 0x100 * index
+        struct.pack_into("<Q", data, tls - DATA_ADDR, tls)
+    path = tmp_path / "pages-1.img"
+    path.write_bytes(code.ljust(PAGE, b"\xcc") + bytes(data))
+    return path
+
+
+def _thread_task(tids: list[int]) -> Task:
+    """The leader (this process's pid, as in _task) and one thread per tid."""
+    def gpregs(index: int, ip: int, **regs: int) -> dict[str, int]:
+        values = {name: 0 for name in GPREG_NAMES}
+        values.update(ip=ip, sp=DATA_ADDR + 2 * PAGE + 0x800 * (index + 1) - 128, flags=0x202,
+                      cs=0x33, ss=0x2B, orig_ax=(1 << 64) - 1, fs_base=TLS_ADDR + 0x100 * index)
+        values.update(regs)
+        return values
+
+    fpregs = {"cwd": 0x37F, "swd": 0, "twd": 0, "fop": 0, "rip": 0, "rdp": 0, "mxcsr": 0x1F80,
+              "mxcsr_mask": 0xFFFF, "st_space": [0] * 32, "xmm_space": [0] * 64}
+    leader = Thread(tid=os.getpid(), gpregs=gpregs(0, CODE_ADDR, r12=len(tids), r13=SLOTS_ADDR + 8),
+                    fpregs=fpregs, xsave=None, blk_sigset=0, sas=None, clear_tid_addr=0,
+                    futex_rla=0, futex_rla_len=0, rseq=None, comm="leader")
+    threads = [leader]
+    for index, (tid, (comm, mask, (sig, code))) in enumerate(zip(tids, THREADS), start=1):
+        siginfo = struct.pack("<iii", sig, 0, code).ljust(abi.BLOB_SIGINFO_BYTES, b"\0")
+        regs = gpregs(index, CODE_ADDR + THREAD_ENTRY_OFFSET, r12=TLS_ADDR + 0x100 * index,
+                      r13=SLOTS_ADDR + 8 * index,
+                      r14=int.from_bytes(comm.encode().ljust(8, b"\0"), "little"),
+                      r15=mask, bx=tid, bp=_sigbit(sig))
+        threads.append(Thread(
+            tid=tid, gpregs=regs, fpregs=fpregs, xsave=None, blk_sigset=mask, sas=None,
+            clear_tid_addr=SLOTS_ADDR + 0x100 + 8 * index,
+            futex_rla=ROBUST_ADDR + 0x40 * index, futex_rla_len=ROBUST_LIST_HEAD_BYTES,
+            rseq=Rseq(RSEQ_ADDR + 0x40 * index, 32, RSEQ_SIG), comm=comm,
+            pending_signals=(siginfo,)))
+    vmas = (
+        Vma(CODE_ADDR, CODE_ADDR + PAGE, prot=5, flags=0x22, kind=VmaKind.ANON_PRIVATE,
+            page_runs=(PageRun(CODE_ADDR, 1, 0),)),
+        Vma(DATA_ADDR, DATA_ADDR + T_DATA_PAGES * PAGE, prot=3, flags=0x22,
+            kind=VmaKind.ANON_PRIVATE, page_runs=(PageRun(DATA_ADDR, T_DATA_PAGES, PAGE),)),
+    )
+    limits = tuple((cur % (1 << 64), max_ % (1 << 64))
+                   for cur, max_ in (resource.getrlimit(n) for n in range(RLIM_NLIMITS)))
+    mm = MmFields(start_code=CODE_ADDR, end_code=CODE_ADDR + PAGE, start_data=DATA_ADDR,
+                  end_data=DATA_ADDR + PAGE, start_stack=DATA_ADDR + PAGE, start_brk=DATA_ADDR,
+                  brk=DATA_ADDR, arg_start=DATA_ADDR, arg_end=DATA_ADDR, env_start=DATA_ADDR,
+                  env_end=DATA_ADDR, auxv=(0, 0), exe=MappedFile(0, "/bin/true", os.O_RDONLY))
+    return Task(pid=os.getpid(), ppid=1, pgid=1, sid=1, comm="leader", threads=tuple(threads),
+                vmas=vmas, pages_path="pages-1.img", mm=mm, files=(), cwd="/", root="/",
+                umask=0o22, rlimits=limits, sigactions=(),
+                itimers=(ItimerValue(0, 0, 0, 0),) * 3, shared_pending_signals=())
+
+
+GPREG_NAMES = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "di", "si", "bp", "bx",
+               "dx", "ax", "cx", "fs", "gs", "ds", "es", "gs_base")
+
+
+def _run_threads(blob: Blob, runtime: RuntimeLayout, task: Task, pages: pathlib.Path,
+                 flags: int):
+    """build_bootstrap + run_bootstrap_in_child without a tracer; also the Bootstrap."""
+    fd = os.open(pages, os.O_RDONLY)
+    try:
+        boot = build_bootstrap(task, REGION_BASE, runtime, ServiceFds(pages=fd, exe=-1),
+                               blob=blob, extra_flags=flags, set_mm=False)
+        _check_free(boot.base, boot.size)
+        _check_free(CODE_ADDR, T_DATA_PAGES * PAGE + DATA_ADDR - CODE_ADDR)
+        return boot, run_bootstrap_in_child(boot)
+    finally:
+        os.close(fd)
+
+
+def test_threads_run_their_payload_without_a_tracer(blob: Blob, runtime: RuntimeLayout,
+                                                    thread_payload: bytes,
+                                                    tmp_path: pathlib.Path) -> None:
+    """BLOB_F_NO_TRAP: every thread goes straight from its record to its rt_sigreturn; both
+    threads find their own state (their slots say 42) and the leader exits with 42."""
+    task = _thread_task(_free_tids(2))
+    boot, outcome = _run_threads(blob, runtime, task, _thread_pages(tmp_path, thread_payload, 3),
+                                 abi.BLOB_F_NO_TRAP)
+    assert outcome.exit_code == SUCCESS, outcome.describe()
+    assert [s.describe() for s in outcome.thread_statuses] == ["ok", "ok", "ok"]
+    assert len(boot.thread_status_addrs) == 3 and outcome.thread_statuses[0] == outcome.status
+
+
+# Each per-thread item broken in the plan (the payload's registers still expect the good
+# value): the thread's check must fail, which shows the success above comes from the blob.
+THREAD_MUTATIONS = {
+    "fs base": (1, lambda t: dataclasses.replace(t, gpregs={**t.gpregs, "fs_base": TLS_ADDR})),
+    "comm": (3, lambda t: dataclasses.replace(t, comm="tX")),
+    "blocked mask": (4, lambda t: dataclasses.replace(t, blk_sigset=t.blk_sigset | 1)),
+    "pending signal": (6, lambda t: dataclasses.replace(t, pending_signals=())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(THREAD_MUTATIONS))
+def test_thread_payload_notices_each_item_missing(blob: Blob, runtime: RuntimeLayout,
+                                                  thread_payload: bytes, tmp_path: pathlib.Path,
+                                                  name: str) -> None:
+    code, mutate = THREAD_MUTATIONS[name]
+    task = _thread_task(_free_tids(2))
+    task = dataclasses.replace(task, threads=(task.threads[0], mutate(task.threads[1]), task.threads[2]))
+    _boot, outcome = _run_threads(blob, runtime, task, _thread_pages(tmp_path, thread_payload, 3),
+                                  abi.BLOB_F_NO_TRAP)
+    assert all(s.ok for s in outcome.thread_statuses), outcome.describe()
+    assert outcome.exit_code == code, outcome.describe()
+
+
+def test_exit_mode_waits_for_every_thread(blob: Blob, runtime: RuntimeLayout,
+                                          thread_payload: bytes, tmp_path: pathlib.Path) -> None:
+    """BLOB_F_EXIT: threads exit(0) after their steps, the leader exits once all report."""
+    task = _thread_task(_free_tids(2))
+    _boot, outcome = _run_threads(blob, runtime, task, _thread_pages(tmp_path, thread_payload, 3),
+                                  abi.BLOB_F_EXIT)
+    assert outcome.exit_code == 0, outcome.describe()
+    assert [s.describe() for s in outcome.thread_statuses] == ["ok", "ok", "ok"]
+
+
+def test_tid_in_use_fails_thread_creation(blob: Blob, runtime: RuntimeLayout,
+                                          thread_payload: bytes, tmp_path: pathlib.Path) -> None:
+    """clone3 set_tid of a tid that exists (this process's): EEXIST, thread 2 never starts."""
+    tids = _free_tids(1) + [os.getpid()]
+    task = _thread_task(tids)
+    _boot, outcome = _run_threads(blob, runtime, task, _thread_pages(tmp_path, thread_payload, 3),
+                                  abi.BLOB_F_EXIT)
+    assert outcome.exit_code == abi.BLOB_EXIT_STEP_FAILED, outcome.describe()
+    assert outcome.status.describe() == f"create thread 2 (tid {os.getpid()}): tid in use (EEXIST)"
+    assert not outcome.thread_statuses[2].started
+
+
+def test_failing_thread_reports_in_its_own_record(blob: Blob, runtime: RuntimeLayout,
+                                                  thread_payload: bytes,
+                                                  tmp_path: pathlib.Path) -> None:
+    """An rseq length the kernel refuses (16 < 32): thread 1's record names the call."""
+    task = _thread_task(_free_tids(2))
+    bad = dataclasses.replace(task.threads[1], rseq=Rseq(RSEQ_ADDR + 0x40, 16, RSEQ_SIG))
+    task = dataclasses.replace(task, threads=(task.threads[0], bad, task.threads[2]))
+    _boot, outcome = _run_threads(blob, runtime, task, _thread_pages(tmp_path, thread_payload, 3),
+                                  abi.BLOB_F_EXIT)
+    assert outcome.exit_code == abi.BLOB_EXIT_STEP_FAILED, outcome.describe()
+    record = outcome.thread_statuses[1]
+    assert (record.failed, record.step, record.err, record.index) == (
+        True, abi.BLOB_STEP_THREAD_STATE, errno.EINVAL, 3)
+    assert record.describe() == f"register rseq ({RSEQ_ADDR + 0x40:#x}): EINVAL"
+
+
+def test_bad_thread_descriptor_is_refused_before_anything(blob: Blob, runtime: RuntimeLayout,
+                                                          thread_payload: bytes,
+                                                          tmp_path: pathlib.Path) -> None:
+    """A thread stack top that is not 16-byte aligned: check_args names the descriptor."""
+    task = _thread_task(_free_tids(2))
+    pages = _thread_pages(tmp_path, thread_payload, 3)
+    fd = os.open(pages, os.O_RDONLY)
+    try:
+        boot = build_bootstrap(task, REGION_BASE, runtime, ServiceFds(pages=fd, exe=-1),
+                               blob=blob, extra_flags=abi.BLOB_F_EXIT, set_mm=False)
+        args = abi.BlobArgs.from_buffer_copy(boot.image, boot.args_addr - boot.base)
+        image = bytearray(boot.image)
+        stack_top_at = (args.threads - boot.base + 2 * ctypes.sizeof(abi.BlobThread)
+                        + abi.BlobThread.stack_top.offset)
+        struct.pack_into("<Q", image, stack_top_at, struct.unpack_from("<Q", image, stack_top_at)[0] - 8)
+        outcome = run_bootstrap_in_child(dataclasses.replace(boot, image=bytes(image)))
+    finally:
+        os.close(fd)
+    assert outcome.exit_code == abi.BLOB_EXIT_STEP_FAILED, outcome.describe()
+    assert outcome.status.describe() == "check arguments (thread descriptor 2): EINVAL"
+    assert not outcome.thread_statuses[1].started
+
+
+def _kill_traced(pid: int, traced: list[int]) -> None:
+    """SIGKILL the task and reap it. A traced thread other than the leader stays a zombie
+    until its tracer reaps it (waitpid with __WALL), and until then the leader's own exit is
+    not reported: reap the threads first, or waitpid(pid) never returns."""
+    from pycriu_restore.linux.waitstatus import WALL
+
+    os.kill(pid, signal.SIGKILL)
+    for tid in [t for t in traced if t != pid] + [pid]:
+        try:
+            while True:
+                status = os.waitpid(tid, WALL)[1]
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    break
+        except ChildProcessError:
+            pass                    # already reaped, or never attached
+
+
+def _proc_status(pid: int, tid: int) -> dict[str, str]:
+    """/proc/PID/task/TID/status as name -> value (proc(5))."""
+    text = pathlib.Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_threads_through_ptrace(blob: Blob, runtime: RuntimeLayout, thread_payload: bytes,
+                                tmp_path: pathlib.Path) -> None:
+    """The orchestrator's side of abi.h "Threads": a PTRACE_EVENT_CLONE stop of the leader per
+    thread with the wanted tid, each new thread's PTRACE_EVENT_STOP, an int3 and an OK
+    record per thread, then each thread through its own rt_sigreturn (frame + 8) into its
+    registers; /proc shows each thread's comm, blocked and pending signals; the region goes
+    through the leader's gadget, and after the detach the payload reports success."""
+    from pycriu_restore.blob.status import STATUS_BYTES, decode_status
+    from pycriu_restore.linux import memory
+    from pycriu_restore.linux.regs import signed, unsigned
+    from pycriu_restore.linux.syscalls import NR_MUNMAP, NR_RT_SIGRETURN
+    from pycriu_restore.linux.waitstatus import StopKind, wait_for
+
+    tids = _free_tids(2)
+    task = _thread_task(tids)
+    pages = _thread_pages(tmp_path, thread_payload, 3)
+    fd = os.open(pages, os.O_RDONLY)
+    try:
+        boot = build_bootstrap(task, REGION_BASE, runtime, ServiceFds(pages=fd, exe=-1),
+                               blob=blob, set_mm=False)
+        _check_free(boot.base, boot.size)
+        pid = _child_with_region(boot.base, boot.size)
+    finally:
+        os.close(fd)
+    traced = [pid]
+    try:
+        ptrace.seize(pid, ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
+                     | ptrace.PTRACE_O_TRACECLONE)
+        ptrace.interrupt(pid)
+        assert wait_for(pid).kind is StopKind.EVENT_STOP
+        memory.write(pid, boot.base, boot.image)
+        regs = ptrace.get_regs(pid)
+        regs.rip, regs.rsp, regs.rdi, regs.orig_rax = boot.entry, boot.stack_top, boot.args_addr, unsigned(-1)
+        ptrace.set_regs(pid, regs)
+        ptrace.cont(pid)
+
+        # The leader: one EVENT_CLONE stop per thread, in plan order, then its int3.
+        while True:
+            stop = wait_for(pid)
+            if stop.kind is StopKind.EVENT and stop.event == ptrace.PTRACE_EVENT_CLONE:
+                tid = ptrace.get_event_msg(pid)
+                traced.append(tid)
+                first = wait_for(tid)           # auto-attached: starts in PTRACE_EVENT_STOP
+                assert first.kind is StopKind.EVENT_STOP, first.describe()
+                ptrace.cont(tid)
+                ptrace.cont(pid)
+                continue
+            assert stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGTRAP, stop.describe()
+            break
+        assert traced[1:] == tids
+        for tid in tids:
+            stop = wait_for(tid)
+            assert stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGTRAP, stop.describe()
+        assert sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")) == sorted(traced)
+        for tid, addr in zip(traced, boot.thread_status_addrs):
+            status = decode_status(memory.read(pid, addr, STATUS_BYTES))
+            assert status.ok, f"thread {tid}: {status.describe()}"
+
+        # Each thread through its own rt_sigreturn.
+        restored = {}
+        for index, tid in enumerate(traced):
+            ptrace.syscall(tid)                     # suppresses the int3's SIGTRAP
+            assert wait_for(tid).kind is StopKind.SYSCALL
+            entry = ptrace.get_regs(tid)
+            assert entry.orig_rax == NR_RT_SIGRETURN and entry.rsp == boot.sigframes[index] + 8
+            ptrace.syscall(tid)
+            assert wait_for(tid).kind is StopKind.SYSCALL
+            restored[tid] = ptrace.get_regs(tid)
+            assert signed(restored[tid].orig_rax) == -1
+        for index, (tid, thread) in enumerate(zip(traced, task.threads)):
+            got = restored[tid]
+            assert (got.rip, got.rsp, got.r12, got.fs_base) == (
+                thread.gpregs["ip"], thread.gpregs["sp"], thread.gpregs["r12"], thread.gpregs["fs_base"])
+            assert pathlib.Path(f"/proc/{pid}/task/{tid}/comm").read_text() == thread.comm + "\n"
+            proc = _proc_status(pid, tid)
+            assert int(proc["SigBlk"], 16) == thread.blk_sigset, (tid, proc["SigBlk"])
+            assert int(proc["Pid"]) == tid and int(proc["Tgid"]) == pid
+            if index:
+                assert int(proc["SigPnd"], 16) == _sigbit(THREADS[index - 1][2][0]), proc["SigPnd"]
+                rseq = ptrace.get_rseq_configuration(tid)
+                assert (rseq.abi_pointer, rseq.abi_size, rseq.signature) == (
+                    thread.rseq.abi_pointer, thread.rseq.abi_size, thread.rseq.signature)
+
+        gadget = ptrace.get_regs(pid)
+        gadget.rip, gadget.rax, gadget.rdi, gadget.rsi = boot.syscall_gadget, NR_MUNMAP, boot.base, boot.size
+        ptrace.set_regs(pid, gadget)
+        ptrace.syscall(pid)
+        assert wait_for(pid).kind is StopKind.SYSCALL     # munmap entry
+        ptrace.syscall(pid)
+        assert wait_for(pid).kind is StopKind.SYSCALL     # munmap exit
+        assert ptrace.get_regs(pid).rax == 0
+        assert not [m for m in read_maps(pid) if m.start < boot.end and boot.base < m.end]
+        ptrace.set_regs(pid, restored[pid])
+        for tid in reversed(traced):
+            ptrace.detach(tid)
+        _pid, wstatus = os.waitpid(pid, 0)
+        assert os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) == SUCCESS, hex(wstatus)
+    except BaseException:
+        _kill_traced(pid, traced)
+        raise
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not any(os.path.exists(f"/proc/{tid}") for tid in tids)

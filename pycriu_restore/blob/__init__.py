@@ -4,8 +4,8 @@
 abi.py              ctypes mirror of ``restorer_blob/abi.h``: ``BlobArgs`` and the
                     structs it points to, flags, step ids, the status record
 bootstrap.py        plan + running task -> ``Bootstrap``: the whole region (blob,
-                    args, vdso park, signal frame, stack) as bytes, with its
-                    addresses; ``RuntimeLayout``; the region's diagram
+                    args, vdso park, one signal frame and one stack per thread)
+                    as bytes, with its addresses; ``RuntimeLayout``; the diagram
 sigframe.py         a thread's rt_sigframe (registers, mask, sigaltstack)
 xsave.py            the frame's XSAVE area (legacy region, header, components)
 sigframe_layout.py  ctypes mirrors of the kernel's sigcontext/ucontext/_fpstate
@@ -19,8 +19,9 @@ errors.py           this layer's errors (``BlobMissing``, ``VdsoMismatch`` ...)
 
 The orchestrator calls :func:`build_bootstrap` for a stopped task, maps
 ``bootstrap_size`` bytes at the chosen base, writes ``Bootstrap.image`` there and enters
-the blob; at the blob's int3 it reads ``Bootstrap.status_addr`` and decodes it with
-:func:`decode_status` (restorer_blob/abi.h, "status protocol").
+the blob; at each thread's int3 it reads that thread's record at
+``Bootstrap.thread_status_addrs[i]`` (entry 0: ``status_addr``, the leader's) and decodes it
+with :func:`decode_status` (restorer_blob/abi.h, "status protocol" and "Threads").
 """
 
 from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap

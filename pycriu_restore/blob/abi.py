@@ -17,16 +17,21 @@ from ctypes import c_int32, c_uint8, c_uint32, c_uint64
 
 BLOB_ARGS_MAGIC = 0x42435950  # "PYCB" in memory, little-endian
 BLOB_STATUS_MAGIC = 0x54535942  # "BYST": the blob has started writing status
-BLOB_ABI_VERSION = 2
+BLOB_ABI_VERSION = 3
 
 BLOB_PAGE_SIZE = 4096
-BLOB_STACK_BYTES = 32768
+BLOB_STACK_BYTES = 32768          # the leader's stack
+BLOB_THREAD_STACK_BYTES = 16384   # each other thread's stack
 BLOB_SIGFRAME_ALIGN = 64
 BLOB_SIGINFO_BYTES = 128
 BLOB_MAX_IOVS = 1024
 
 BLOB_ENTRY_RESTORE_TASK = "restore_task"
 BLOB_SYSCALL_GADGET = "blob_syscall_gadget"
+
+# clone3 flags of a restored thread: CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
+# CLONE_THREAD | CLONE_SYSVSEM (linux/sched.h).
+BLOB_THREAD_CLONE_FLAGS = 0x50F00
 
 # blob_args.flags
 BLOB_F_EXIT = 1 << 0
@@ -43,7 +48,8 @@ BLOB_STATE_RUNNING = 1
 BLOB_STATE_OK = 2
 BLOB_STATE_FAILED = 3
 
-# blob_status.step: the steps in the order they run.
+# blob_status.step (restorer.c's blob_steps[] gives the order). Threads other than the
+# leader run THREAD_STATE and PENDING_SIGNALS only.
 BLOB_STEP_CHECK_ARGS = 1
 BLOB_STEP_BLOCK_SIGNALS = 2
 BLOB_STEP_UNREGISTER_RSEQ = 3
@@ -60,6 +66,7 @@ BLOB_STEP_THREAD_STATE = 13
 BLOB_STEP_RLIMITS = 14
 BLOB_STEP_PENDING_SIGNALS = 15
 BLOB_STEP_ITIMERS = 16
+BLOB_STEP_CREATE_THREADS = 17     # runs between THREAD_STATE and RLIMITS
 
 
 class BlobStatus(ctypes.Structure):
@@ -198,9 +205,13 @@ class BlobMm(ctypes.Structure):
 
 
 class BlobThread(ctypes.Structure):
-    """struct blob_thread: per-thread state the blob sets from inside each thread."""
+    """struct blob_thread: per-thread state the blob sets from inside each thread.
+
+    ``status`` is written by threads[1..] themselves; the leader reports in BlobArgs.status.
+    """
 
     _fields_ = [
+        ("status", BlobStatus),
         ("tid", c_uint32),
         ("_pad", c_uint32),
         ("stack_top", c_uint64),

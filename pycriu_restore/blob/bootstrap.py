@@ -1,36 +1,47 @@
-"""A task's bootstrap region: the blob, its arguments, the vdso park, the signal frame, a stack.
+"""A task's bootstrap region: the blob, its arguments, the vdso park, signal frames, stacks.
 
 The orchestrator maps one anonymous RWX region in the stopped task, writes
-:attr:`Bootstrap.image` there and enters the blob (restorer_blob/abi.h, "Entry" and "status
-protocol"). Everything the blob needs lives in this region; every pointer in the arguments
-is an absolute address inside it::
+:attr:`Bootstrap.image` there and enters the blob (restorer_blob/abi.h, "Entry", "status
+protocol" and "Threads"). Everything the blob needs lives in this region; every pointer in
+the arguments is an absolute address inside it. For a task of n threads (thread 0 is the
+leader, ``Task.threads`` order)::
 
     base  (page-aligned; free in the task's current layout AND in the checkpointed one)
     +--------------------------------------+ base
     | blob image (restorer.elf, relocated) |  entry = restore_task, syscall_gadget
     +--------------------------------------+ base + blob.size_bytes     = args_addr
-    | struct blob_args                     |  status record at args_addr + 16 = status_addr
-    | arrays, each 8-byte aligned: vmas,   |
+    | struct blob_args                     |  leader's status record at args_addr + 16
+    | arrays, each 8-byte aligned: vmas,   |    = status_addr = thread_status_addrs[0]
     |   page reads, iovecs, vdso areas,    |
     |   fds to close, auxv, sigactions,    |
-    |   rlimits, siginfos, threads         |
+    |   rlimits, siginfos,                 |
+    |   threads: struct blob_thread[n]     |  threads[i].status (its first 32 bytes), i >= 1
+    |     (each thread's siginfos after)   |    = thread_status_addrs[i]
     +--------------------------------------+ page-aligned               = park
     | vdso park area                       |  the span [vvar] .. [vdso] of the running
     |   ([vvar][vvar_vclock][vdso])        |  kernel; zeros until the blob mremaps the areas
     |                                      |  here (and holes after it moves them on)
+    +--------------------------------------+ page-aligned               = sigframes[0]
+    | rt_sigframe + XSAVE area, thread 0   |  each sigframe_bytes(xstate_size) long, a
+    | rt_sigframe + XSAVE area, thread 1   |  multiple of 64: every frame stays 64-byte
+    | ...                                  |  aligned (sigframe.py)     = sigframes[i]
+    | rt_sigframe + XSAVE area, thread n-1 |
     +--------------------------------------+ page-aligned
-    | rt_sigframe + XSAVE area, thread 0   |  64-byte aligned (sigframe.py)
-    +--------------------------------------+ page-aligned
-    | stack, BLOB_STACK_BYTES              |  grows down
+    | stack of thread n-1                  |  BLOB_THREAD_STACK_BYTES each, grow down;
+    | ...                                  |  clone3 gets [top - BLOB_THREAD_STACK_BYTES, top)
+    | stack of thread 1                    |
+    +--------------------------------------+ base + size - BLOB_STACK_BYTES
+    | stack of thread 0 (the leader),      |  grows down
+    |   BLOB_STACK_BYTES                   |
     +--------------------------------------+ base + size                = stack_top
 
 The region stays mapped until the orchestrator removes it with munmap through
-``syscall_gadget``, after the thread has passed rt_sigreturn (the frame is read then).
+``syscall_gadget``, after every thread has passed rt_sigreturn (the frames are read then).
 
 Everything here is pure: :func:`build_bootstrap` reads the plan and the running task's
 :class:`RuntimeLayout` and returns bytes. Every check runs here, before the orchestrator
 writes anything: a vdso that does not fit (VdsoMismatch), FPU state this CPU cannot hold
-(FpuStateMismatch), more than one thread (BlobUnsupported).
+(FpuStateMismatch), malformed thread state (BadThreadState).
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ from dataclasses import dataclass
 
 from pycriu_restore.blob import abi
 from pycriu_restore.blob.cpuid import XsaveComponent, xsave_components
-from pycriu_restore.blob.errors import BadThreadState, BlobUnsupported, VdsoMismatch
+from pycriu_restore.blob.errors import BadThreadState, VdsoMismatch
 from pycriu_restore.blob.loader import Blob, load_blob
 from pycriu_restore.blob.sigframe import Sigframe, build_sigframe, sigframe_bytes
 from pycriu_restore.linux.procmaps import MapEntry
@@ -117,7 +128,10 @@ class RuntimeLayout:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """One task's bootstrap region, ready to write at ``base`` (see the module docstring)."""
+    """One task's bootstrap region, ready to write at ``base`` (see the module docstring).
+
+    The tuples are index-aligned with ``Task.threads`` (entry 0: the leader).
+    """
 
     base: int
     size: int                    # bytes, page multiple: the mmap length
@@ -125,9 +139,12 @@ class Bootstrap:
     entry: int                   # RIP: restore_task
     stack_top: int               # RSP at entry
     args_addr: int               # RDI at entry
-    status_addr: int             # where decode_status reads (abi.STATUS_OFFSET into the args)
+    status_addr: int             # the leader's record (abi.STATUS_OFFSET into the args)
     syscall_gadget: int          # a `syscall` instruction, for the final munmap
     sigframes: tuple[int, ...]   # each thread's rt_sigframe; rt_sigreturn RSP = frame + 8
+    # Each thread's status record (status.STATUS_BYTES, decode_status): entry 0 is
+    # status_addr, entry i the status field of struct blob_thread i.
+    thread_status_addrs: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what was accepted but not restored exactly (for the log)
 
     @property
@@ -198,20 +215,22 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     current and the checkpointed layout (the orchestrator picks it); ``service`` names the
     fds the task holds open for the blob. ``extra_flags`` (abi.BLOB_F_NO_TRAP, BLOB_F_EXIT)
     and ``set_mm=False`` exist for running the blob without a tracer in tests.
-    Raises BlobUnsupported, VdsoMismatch, FpuStateMismatch or BadThreadState (nothing has
-    been written anywhere then); AssertionError if ``base`` breaks its precondition.
+    Raises VdsoMismatch, FpuStateMismatch or BadThreadState (nothing has been written
+    anywhere then); AssertionError if ``base`` breaks its precondition or the plan has no
+    thread (plan/ guarantees a main thread).
     """
     blob = blob or default_blob()
-    if len(task.threads) != 1:
-        raise BlobUnsupported(f"task {task.pid}: {len(task.threads)} threads, this blob restores "
-                              "single-threaded tasks only", pid=task.pid)
+    if not task.threads:
+        raise AssertionError(f"build_bootstrap: task {task.pid} has no thread")
     contents = _Contents.of(task, service)
     layout = _Layout.of(contents, runtime, blob)
     _check_region(task, runtime, base, layout.size)
 
-    thread = task.main_thread
-    frame = build_sigframe(thread, base + layout.sigframe_off, xstate_size=runtime.xstate_size,
-                           xcr0=runtime.xcr0, components=_components(runtime))
+    components = _components(runtime)
+    frames = [build_sigframe(thread, base + layout.sigframe_off + i * layout.sigframe_stride,
+                             xstate_size=runtime.xstate_size, xcr0=runtime.xcr0,
+                             components=components)
+              for i, thread in enumerate(task.threads)]
     args_addr = base + layout.args_off
     writer = _ArgsWriter(args_addr)
     args = abi.BlobArgs.new()
@@ -234,15 +253,15 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     auxv_addr, nr_auxv = writer.array(ctypes.c_uint64, contents.auxv)
     _fill_mm(args.mm, task, auxv_addr, nr_auxv, service.exe)
     notes = list(_prctl_fields(args, task))
-    if frame.dropped_xfeatures:
-        notes.append(f"thread {thread.tid}: xsave components {frame.dropped_xfeatures:#x} of the "
-                     f"image are not enabled on this machine (XCR0 {runtime.xcr0:#x}): left out")
+    notes += _dropped_xfeature_notes(task.threads, frames, runtime.xcr0)
 
     args.sigactions, args.nr_sigactions = writer.array(abi.BlobSigaction, contents.sigactions)
     args.rlimits, args.nr_rlimits = writer.array(abi.BlobRlimit, contents.rlimits)
     args.siginfos, args.nr_siginfos = writer.array(abi.BlobSiginfo, contents.shared_siginfos)
-    blob_thread = _blob_thread(thread, writer, stack_top=base + layout.size, frame=frame)
-    args.threads, args.nr_threads = writer.array(abi.BlobThread, [blob_thread])
+    blob_threads = [_blob_thread(thread, writer, stack_top=base + layout.stack_top_off(i),
+                                 frame=frame)
+                    for i, (thread, frame) in enumerate(zip(task.threads, frames))]
+    args.threads, args.nr_threads = writer.array(abi.BlobThread, blob_threads)
     for slot, timer in zip(args.itimers, task.itimers):
         slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
         slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
@@ -254,14 +273,33 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     image = bytearray(layout.size)
     image[:blob.size_bytes] = blob.image_at(base)
     image[layout.args_off:layout.args_off + len(args_bytes)] = args_bytes
-    image[layout.sigframe_off:layout.sigframe_off + len(frame.data)] = frame.data
+    for frame in frames:
+        offset = frame.addr - base
+        image[offset:offset + len(frame.data)] = frame.data
+    status_addr = args_addr + abi.STATUS_OFFSET
+    # threads[i].status of struct blob_thread i, for every thread but the leader.
+    thread_records = tuple(args.threads + i * ctypes.sizeof(abi.BlobThread) + abi.BlobThread.status.offset
+                           for i in range(1, len(blob_threads)))
     return Bootstrap(
         base=base, size=layout.size, image=bytes(image),
         entry=base + blob.entry_offset(abi.BLOB_ENTRY_RESTORE_TASK),
-        stack_top=base + layout.size, args_addr=args_addr,
-        status_addr=args_addr + abi.STATUS_OFFSET,
+        stack_top=base + layout.stack_top_off(0), args_addr=args_addr, status_addr=status_addr,
         syscall_gadget=base + blob.entry_offset(abi.BLOB_SYSCALL_GADGET),
-        sigframes=(frame.addr,), notes=tuple(notes))
+        sigframes=tuple(frame.addr for frame in frames),
+        thread_status_addrs=(status_addr, *thread_records), notes=tuple(notes))
+
+
+def _dropped_xfeature_notes(threads: Sequence[Thread], frames: Sequence[Sigframe],
+                            xcr0: int) -> list[str]:
+    """One note per distinct set of image XSAVE components this machine lacks, naming the
+    threads whose frames left them out (usually every thread: they ran on one CPU)."""
+    by_mask: dict[int, list[int]] = {}
+    for thread, frame in zip(threads, frames):
+        if frame.dropped_xfeatures:
+            by_mask.setdefault(frame.dropped_xfeatures, []).append(thread.tid)
+    return [f"thread{'s' if len(tids) > 1 else ''} {', '.join(map(str, tids))}: xsave components "
+            f"{mask:#x} of the image are not enabled on this machine (XCR0 {xcr0:#x}): left out"
+            for mask, tids in by_mask.items()]
 
 
 def _components(runtime: RuntimeLayout) -> dict[int, XsaveComponent]:
@@ -287,6 +325,7 @@ class _Contents:
     sigactions: list[abi.BlobSigaction]
     rlimits: list[abi.BlobRlimit]
     shared_siginfos: list[abi.BlobSiginfo]
+    nr_threads: int
     thread_siginfos: int           # count, for sizing
 
     @classmethod
@@ -309,6 +348,7 @@ class _Contents:
             rlimits=[abi.BlobRlimit(resource=number, cur=cur, max=max_)
                      for number, (cur, max_) in enumerate(task.rlimits)],
             shared_siginfos=[_siginfo(f"task {task.pid}", raw) for raw in task.shared_pending_signals],
+            nr_threads=len(task.threads),
             thread_siginfos=sum(len(t.pending_signals) for t in task.threads),
         )
 
@@ -320,9 +360,17 @@ class _Layout:
     args_off: int
     args_bytes: int
     park_off: int
-    sigframe_off: int
-    stack_off: int
+    sigframe_off: int              # thread 0's frame; thread i's is sigframe_stride further
+    sigframe_stride: int           # sigframe_bytes(xstate_size): a multiple of 64
+    stack_off: int                 # the lowest thread stack
     size: int
+
+    def stack_top_off(self, index: int) -> int:
+        """Offset of the top of thread ``index``'s stack: the leader's at the region's end,
+        thread i >= 1's BLOB_STACK_BYTES + (i - 1) * BLOB_THREAD_STACK_BYTES below it."""
+        if index == 0:
+            return self.size
+        return self.size - abi.BLOB_STACK_BYTES - (index - 1) * abi.BLOB_THREAD_STACK_BYTES
 
     @classmethod
     def of(cls, contents: _Contents, runtime: RuntimeLayout, blob: Blob) -> _Layout:
@@ -336,7 +384,7 @@ class _Layout:
             (ctypes.sizeof(abi.BlobSigaction), len(contents.sigactions)),
             (ctypes.sizeof(abi.BlobRlimit), len(contents.rlimits)),
             (ctypes.sizeof(abi.BlobSiginfo), len(contents.shared_siginfos)),
-            (ctypes.sizeof(abi.BlobThread), 1),
+            (ctypes.sizeof(abi.BlobThread), contents.nr_threads),
             (ctypes.sizeof(abi.BlobSiginfo), contents.thread_siginfos),
         ]
         args_bytes = ctypes.sizeof(abi.BlobArgs) + sum(
@@ -344,10 +392,13 @@ class _Layout:
         args_off = blob.size_bytes
         park_off = args_off + _round_up(args_bytes, PAGE_SIZE)
         sigframe_off = park_off + _round_up(runtime.park_bytes, PAGE_SIZE)
-        stack_off = sigframe_off + _round_up(sigframe_bytes(runtime.xstate_size), PAGE_SIZE)
-        size = stack_off + abi.BLOB_STACK_BYTES
+        stride = sigframe_bytes(runtime.xstate_size)
+        stack_off = sigframe_off + _round_up(stride * contents.nr_threads, PAGE_SIZE)
+        size = (stack_off + max(contents.nr_threads - 1, 0) * abi.BLOB_THREAD_STACK_BYTES
+                + abi.BLOB_STACK_BYTES)
         return cls(args_off=args_off, args_bytes=_round_up(args_bytes, PAGE_SIZE),
-                   park_off=park_off, sigframe_off=sigframe_off, stack_off=stack_off, size=size)
+                   park_off=park_off, sigframe_off=sigframe_off, sigframe_stride=stride,
+                   stack_off=stack_off, size=size)
 
 
 class _ArgsWriter:

@@ -21,6 +21,7 @@ an int3 would kill the child with SIGTRAP.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import faulthandler
 import mmap
 import os
@@ -35,7 +36,7 @@ from pycriu_restore.blob import abi
 from pycriu_restore.blob.bootstrap import TASK_SIZE, Bootstrap
 from pycriu_restore.blob.errors import BlobRunError
 from pycriu_restore.blob.loader import Blob
-from pycriu_restore.blob.status import BlobStatus, decode_status
+from pycriu_restore.blob.status import STATUS_BYTES, BlobStatus, decode_status
 from pycriu_restore.linux.libc import libc_function
 
 # Exit statuses of the child itself, above the blob's own (abi.BLOB_EXIT_*, 240..245).
@@ -82,12 +83,14 @@ def this_thread_rseq() -> abi.BlobRseq:
 @dataclass(frozen=True)
 class ChildExit:
     """How the child ended: ``exit_code`` if it exited, ``signal`` if a signal killed it;
-    ``status`` is the blob's record as the child left it."""
+    ``status`` is the blob's record as the child left it, ``thread_statuses`` every
+    thread's (Bootstrap.thread_status_addrs order: entry 0 is ``status``)."""
 
     pid: int
     exit_code: int | None
     signal: int | None
     status: BlobStatus | None = None
+    thread_statuses: tuple[BlobStatus, ...] = ()
 
     def describe(self) -> str:
         """``"pid 412 exited with status 7 (blob: ok)"`` or ``"... killed by SIGSEGV ..."``."""
@@ -168,15 +171,19 @@ def run_bootstrap_in_child(bootstrap: Bootstrap, *, timeout_s: float = 10.0) -> 
     """Fork; in the child, enter ``bootstrap`` at its own address, as the tracer would.
 
     The region is mapped at ``bootstrap.base`` (which must be free here: the child is a
-    copy of this process) before the fork, so that the parent reads the status back.
-    The bootstrap must have been built with BLOB_F_EXIT or BLOB_F_NO_TRAP.
+    copy of this process) before the fork, so that the parent reads every thread's status
+    back. The bootstrap must have been built with BLOB_F_EXIT or BLOB_F_NO_TRAP. The tids
+    of a multi-threaded plan must be free here (the blob creates its threads with them).
     """
     region = _SharedRegion(bootstrap.size, bootstrap.base)
     try:
         region.write(0, bootstrap.image)
         offset = bootstrap.status_addr - bootstrap.base
-        return _fork_and_wait(bootstrap.entry, bootstrap.args_addr, timeout_s,
-                              lambda: region.read(offset, ctypes.sizeof(abi.BlobStatus)))
+        outcome = _fork_and_wait(bootstrap.entry, bootstrap.args_addr, timeout_s,
+                                 lambda: region.read(offset, ctypes.sizeof(abi.BlobStatus)))
+        records = tuple(decode_status(region.read(addr - bootstrap.base, STATUS_BYTES))
+                        for addr in bootstrap.thread_status_addrs)
+        return dataclasses.replace(outcome, thread_statuses=records)
     finally:
         region.close()
 

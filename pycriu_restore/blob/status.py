@@ -1,12 +1,16 @@
 """The blob's status record (``struct blob_status`` in ``args->status``), decoded and worded.
 
 The blob writes the record before it stops at int3 (abi.h, "status protocol"); the tracer
-reads ``sizeof(struct blob_status)`` bytes at ``Bootstrap.status_addr`` and calls
-:func:`decode_status`. :meth:`BlobStatus.describe` gives one line for logs and errors::
+reads ``STATUS_BYTES`` bytes at ``Bootstrap.status_addr`` and calls :func:`decode_status`.
+Every other thread of the task writes a record of its own, in its ``struct blob_thread``:
+the tracer reads it the same way at ``Bootstrap.thread_status_addrs[i]`` (entry 0 is
+``status_addr``, the leader's). :meth:`BlobStatus.describe` gives one line for logs and
+errors::
 
     ok
     map VMA 7 at 0x7f3de6f89000: EACCES
     read pages batch 3 into 0x7f3de6f86000: pages image ended early (ENODATA)
+    create thread 2 (tid 31202): tid in use (EEXIST)
     the blob did not start (no status record)
 
 ``index`` and ``addr`` mean what each step says in restorer.c; the phrases below follow it.
@@ -41,10 +45,13 @@ STEP_NAMES: dict[int, str] = {
     abi.BLOB_STEP_RLIMITS: "rlimits",
     abi.BLOB_STEP_PENDING_SIGNALS: "pending_signals",
     abi.BLOB_STEP_ITIMERS: "itimers",
+    abi.BLOB_STEP_CREATE_THREADS: "create_threads",
 }
 
 # What status.index selects in steps that do several different things (restorer.c).
-_CHECK_ARGS_FIELDS = ("flags", "exit_code", "bootstrap region", "thread count", "page read batch")
+_CHECK_ARGS_FIELDS = ("flags", "exit_code", "bootstrap region", "thread count",
+                      "page read batch", "thread descriptor")
+_CHECK_THREAD = 5                  # status.index of a bad thread descriptor; addr: its index
 _UNMAP_PARTS = ("below the bootstrap region", "above the bootstrap region")
 _SET_MM_CALLS = ("PR_SET_MM_MAP", "close the exe fd", "PR_SET_THP_DISABLE", "PR_SET_DUMPABLE")
 _THREAD_CALLS = ("set_robust_list", "ARCH_SET_FS", "ARCH_SET_GS", "register rseq", "PR_SET_NAME")
@@ -86,7 +93,8 @@ class BlobStatus:
         """The object the step was working on, in words ("map VMA 7 at 0x7f...")."""
         i, a = self.index, self.addr
         phrases = {
-            abi.BLOB_STEP_CHECK_ARGS: lambda: f"check arguments ({_pick(_CHECK_ARGS_FIELDS, i)})",
+            abi.BLOB_STEP_CHECK_ARGS: lambda: f"check arguments ({_pick(_CHECK_ARGS_FIELDS, i)}"
+                                              + (f" {a})" if i == _CHECK_THREAD else ")"),
             abi.BLOB_STEP_BLOCK_SIGNALS: lambda: "block signals",
             abi.BLOB_STEP_UNREGISTER_RSEQ: lambda: f"unregister the old rseq area at {a:#x}",
             abi.BLOB_STEP_PARK_VDSO: lambda: f"park vdso area {i} from {a:#x}",
@@ -102,6 +110,7 @@ class BlobStatus:
             abi.BLOB_STEP_RLIMITS: lambda: f"set {_RLIMIT_NAMES.get(i, f'rlimit {i}')}",
             abi.BLOB_STEP_PENDING_SIGNALS: lambda: f"queue pending signal {i} (signal {a})",
             abi.BLOB_STEP_ITIMERS: lambda: f"arm {_pick(_ITIMERS, i)}",
+            abi.BLOB_STEP_CREATE_THREADS: lambda: f"create thread {i} (tid {a})",
         }
         phrase = phrases.get(self.step)
         return phrase() if phrase else f"step {self.step} (object {i} at {a:#x})"
@@ -122,6 +131,10 @@ class BlobStatus:
         elif self.step == abi.BLOB_STEP_CHECK_ARGS and self.err == errno.EPROTO:
             what = "check arguments"
             name = f"args written for another ABI version (EPROTO; this blob is {abi.BLOB_ABI_VERSION})"
+        elif self.step == abi.BLOB_STEP_CREATE_THREADS and self.err == errno.EEXIST:
+            name = "tid in use (EEXIST)"
+        elif self.step == abi.BLOB_STEP_CREATE_THREADS and self.err == errno.ESRCH:
+            name = "clone3 gave another tid (ESRCH)"
         elif self.step == abi.BLOB_STEP_CHECK_ARGS and self.err == errno.EBADMSG:
             what = "check arguments"
             name = "args size differs from the blob's (EBADMSG)"

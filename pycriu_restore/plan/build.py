@@ -27,6 +27,7 @@ from pycriu_restore.plan.model import (
     MappedFile,
     MmFields,
     OpenFile,
+    ExtFileEnd,
     PageRun,
     PipeBuffer,
     PipeEnd,
@@ -347,16 +348,19 @@ def _build_mm(pid: int, mm, files: dict) -> MmFields:
     )
 
 
-def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd | UnixSocketEnd, ...]:
+def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd, ...]:
     """The fd table (fdinfo-N.img): each fd with the regular file or pipe end it holds."""
     name = f"fdinfo-{files_id}.img"
-    out: list[OpenFile | PipeEnd | UnixSocketEnd] = []
+    out: list[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd] = []
     for fdinfo in images.fdinfo(files_id):
         entry = files.get(fdinfo.id)
         if entry is None:
             raise InconsistentImages(name, f"fd {fdinfo.fd}: file id {fdinfo.id} is not in files.img")
         if entry.HasField("pipe"):
             out.append(PipeEnd(fd=fdinfo.fd, pipe_id=entry.pipe.pipe_id, flags=entry.pipe.flags, cloexec=bool(fdinfo.flags & 1)))
+            continue
+        if entry.HasField("ext"):
+            out.append(ExtFileEnd(fd=fdinfo.fd, file_id=entry.ext.id, flags=0, cloexec=bool(fdinfo.flags & 1)))
             continue
         if entry.HasField("usk"):
             out.append(UnixSocketEnd(fd=fdinfo.fd, socket_id=entry.usk.ino, flags=entry.usk.flags, cloexec=bool(fdinfo.flags & 1)))

@@ -112,6 +112,16 @@ class PipeBuffer:
 
 
 @dataclass(frozen=True)
+class ExtFileEnd:
+    """An fd of a kind only a plugin can restore (files.img type EXT: /dev/kfd, ...)."""
+
+    fd: int
+    file_id: int  # ExtFileEntry id: names the plugin's images (amdgpu-kfd-<id>.img)
+    flags: int
+    cloexec: bool
+
+
+@dataclass(frozen=True)
 class UnixSocketEnd:
     """An fd holding a unix socket (``socket_id`` is its inode number in the images)."""
 
@@ -230,7 +240,7 @@ class Task:
     vmas: tuple[Vma, ...]  # sorted by address, vsyscall left out
     pages_path: str  # pages-N.img for this task's page runs
     mm: MmFields
-    files: tuple[OpenFile | PipeEnd | UnixSocketEnd, ...]  # sorted by fd
+    files: tuple[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd, ...]  # sorted by fd
     cwd: str
     root: str
     umask: int

@@ -26,22 +26,23 @@ import ctypes
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
 from pycriu_restore.blob import abi
+from pycriu_restore.blob.cpuid import supported_xfeatures
 from pycriu_restore.blob.status import decode_status
 from pycriu_restore.images import ImageSet
-from pycriu_restore.linux import syscalls
+from pycriu_restore.linux import ptrace, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
-from pycriu_restore.plan.errors import UnsupportedFeature
 from pycriu_restore.plan.model import RestorePlan
+from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
 from pycriu_restore.restore.pidns import PidNamespace
-from pycriu_restore.restore.preflight import check_plan
+from pycriu_restore.restore.preflight import check_plan, cpu_warnings
 from pycriu_restore.restore.timeline import Stage, Timeline
 from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_tree
 from pycriu_restore.tracee import Tracee
@@ -67,6 +68,10 @@ class RestoreOptions:
     # Called as each stage after FORK begins, with the pids made so far (ours). For watching
     # a restore from outside, and for tests that break one in the middle.
     on_stage: Callable[[Stage, list[int]], None] | None = None
+    # Plugins (plugins/api.py): None loads every installed one (entry points).
+    plugins: tuple[Plugin, ...] | None = None
+    gpu_backend: str = "kfd"  # amdgpu plugin: "kfd" (real /dev/kfd) or "sim" (simgpu)
+    parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
 
 
 @dataclass
@@ -77,7 +82,7 @@ class Restored:
     pids: dict[int, int]  # checkpointed pid -> pid in the caller's namespace
     timeline: Timeline
     init_pid: int | None = None  # --pid-ns: the namespace's init, in the caller's namespace
-    notes: list[str] = field(default_factory=list)
+    plugins: tuple[Plugin, ...] = ()  # as they ended (e.g. the simgpu device, for checks)
 
     @property
     def root_pid(self) -> int:
@@ -93,18 +98,31 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
     """
     timeline = Timeline()
     with timeline.stage(Stage.PLAN, images_dir):
-        plan = build_plan(ImageSet.open(images_dir))
-        _refuse_what_is_not_restored_yet(plan)
+        images = ImageSet.open(images_dir)
+        plan = build_plan(images)
     with timeline.stage(Stage.PREFLIGHT):
         check_plan(plan, new_pid_ns=options.pid_ns)
+        for warning in cpu_warnings(plan, supported_xfeatures()):
+            log.warning("%s", warning)
+    plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
+    ctx = RestoreContext(images=images, plan=plan,
+                         options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu})
 
     rollback = Rollback()
     pidns: PidNamespace | None = None
+    failed = True
     try:
+        for plugin in plugins:  # RESTORE_INIT: before any fork, so the tasks inherit its IPC
+            plugin.restore_init(ctx)
         with timeline.stage(Stage.FORK, f"{len(plan.tasks)} task(s)"):
             if options.pid_ns:
                 pidns = rollback.pidns = PidNamespace.create()
-            spawned = spawn_tree(plan, rollback, pidns)
+
+            def post_forking() -> None:  # the orchestrator forks nothing after the root
+                for plugin in plugins:
+                    plugin.post_forking(ctx)
+
+            spawned = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
         _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
             bootstraps = [_enter_blob(s) for s in spawned]
@@ -124,30 +142,33 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         with timeline.stage(Stage.RESUME):
             for s, b in zip(spawned, bootstraps):
                 _leave_blob(s, b)
+                # RESUME_DEVICES_LATE: the task's memory is final; devices may start now
+                # (amdgpu: wait for the VRAM fill, then resume the GPU queues).
+                for plugin in plugins:
+                    plugin.resume_devices_late(ctx, s.pid)
                 if options.before_detach is not None:
                     options.before_detach(s.tracee)
-            for s in spawned:
+            for s in spawned:  # all together, at the very end
+                for thread in s.threads:
+                    thread.detach()
                 s.tracee.detach()
+        failed = False
     except BaseException:
         rollback.kill_all()
         raise
+    finally:
+        for plugin in plugins:
+            plugin.cleanup(ctx, failed)
     if pidns is not None:
         pidns.watch(plan.root.pid)
     rollback.forget()
     return Restored(plan=plan, pids={s.task.pid: s.pid for s in spawned}, timeline=timeline,
-                    init_pid=pidns.init_pid if pidns else None)
+                    init_pid=pidns.init_pid if pidns else None, plugins=plugins)
 
 
 def _notify(options: RestoreOptions, stage: Stage, spawned: list[SpawnedTask]) -> None:
     if options.on_stage is not None:
         options.on_stage(stage, [s.pid for s in spawned])
-
-
-def _refuse_what_is_not_restored_yet(plan: RestorePlan) -> None:
-    """Single-threaded tasks only, for now (named, never silently wrong)."""
-    for task in plan.tasks:
-        if len(task.threads) > 1:
-            raise UnsupportedFeature(f"core-{task.pid}.img", f"multi-threaded task ({len(task.threads)} threads)")
 
 
 def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
@@ -172,23 +193,58 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
 
 
 def _wait_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
-    """Wait for a running blob's int3 and check the status it left."""
-    tracee = spawned.tracee
-    stop = tracee.wait_stop()
+    """Wait until every thread of a running blob reached its int3; check each status.
+
+    The leader creates the other threads with clone3 inside the blob. It was seized with
+    PTRACE_O_TRACECLONE, so each clone gives it a PTRACE_EVENT_CLONE stop and the new thread
+    starts traced (its first stop is a PTRACE_EVENT_STOP). Threads are created in plan order.
+    """
+    leader = spawned.tracee
     pid = spawned.task.pid
+    while True:
+        stop = leader.wait_stop()
+        if not stop.alive:
+            raise RestoreFailed(pid, "memory", f"the task ended inside the restorer blob: {stop.describe()}")
+        if stop.kind is StopKind.EVENT and stop.event == ptrace.PTRACE_EVENT_CLONE:
+            spawned.threads.append(_adopt_thread(ptrace.get_event_msg(leader.pid), pid))
+            leader.cont()
+            continue
+        break
+    _check_blob_stop(pid, leader, stop, bootstrap.status_addr, "")
+    if len(spawned.threads) != len(spawned.task.threads) - 1:
+        raise RestoreFailed(pid, "memory", f"the blob made {len(spawned.threads)} threads, the images have {len(spawned.task.threads) - 1} more")
+    for thread, plan_thread, status_addr in zip(spawned.threads, spawned.task.threads[1:], bootstrap.thread_status_addrs[1:]):
+        stop = thread.wait_stop()
+        if not stop.alive:
+            raise RestoreFailed(pid, "memory", f"thread {plan_thread.tid} ended inside the restorer blob: {stop.describe()}")
+        _check_blob_stop(pid, thread, stop, status_addr, f"thread {plan_thread.tid}: ")
+
+
+def _adopt_thread(tid: int, pid: int) -> Tracee:
+    """Take a thread the blob just cloned (auto-attached): wait for its first stop, let it run."""
+    thread = Tracee(tid)
+    thread.seized = True
+    stop = thread.wait_stop()
     if not stop.alive:
-        raise RestoreFailed(pid, "memory", f"the task ended inside the restorer blob: {stop.describe()}")
-    raw = tracee.read_memory(bootstrap.status_addr, ctypes.sizeof(abi.BlobStatus))
+        raise RestoreFailed(pid, "memory", f"thread {tid} ended as it was created: {stop.describe()}")
+    thread.cont()
+    return thread
+
+
+def _check_blob_stop(pid: int, tracee: Tracee, stop, status_addr: int, who: str) -> None:
+    raw = tracee.read_memory(status_addr, ctypes.sizeof(abi.BlobStatus))
     status = decode_status(raw)
     if not (stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGTRAP):
         where = status.describe() if not status.ok else "after its last step"
-        raise RestoreFailed(pid, "memory", f"unexpected {stop.describe()} in the restorer blob ({where})")
+        raise RestoreFailed(pid, "memory", f"{who}unexpected {stop.describe()} in the restorer blob ({where})")
     if not status.ok:
-        raise RestoreFailed(pid, "memory", status.describe())
+        raise RestoreFailed(pid, "memory", who + status.describe())
 
 
 def _leave_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
-    """Step through rt_sigreturn and unmap the bootstrap region; the task stays stopped."""
+    """Step every thread through rt_sigreturn, then unmap the bootstrap region; all stay stopped."""
+    for thread in spawned.threads:  # their sigframes are in the region: unmap only after
+        thread.run_until_syscall_exit(syscalls.NR_RT_SIGRETURN, max_syscalls=1)
     tracee = spawned.tracee
     # The SIGTRAP of the int3 is not delivered (syscall(0)): the blob's next syscall is
     # rt_sigreturn, and at its exit the registers are the application's.

@@ -35,7 +35,8 @@ from typing import NoReturn
 from pycriu_restore.files import install, park, pipe, regular
 from pycriu_restore.linux import namespaces
 from pycriu_restore.linux.clone3 import clone3
-from pycriu_restore.plan.model import OpenFile, PipeEnd, RestorePlan, Task, TimeOffsets, UnixSocketEnd
+from pycriu_restore.plan.model import ExtFileEnd, OpenFile, PipeEnd, RestorePlan, Task, TimeOffsets, UnixSocketEnd
+from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
 from pycriu_restore.restore.shared import SHARED_FD_BASE, SharedFds, close_parked, create_shared_objects
 
 READY = b"R"
@@ -103,6 +104,9 @@ class TreeSetup:
     links: dict[int, TaskLink]  # checkpointed pid -> its pipes
     parked: SharedFds
     mntns_fd: int | None = None  # --pid-ns: the mount namespace with the new /proc (root joins)
+    # Plugins and their context, inherited through fork: their task-side hooks run here.
+    plugins: tuple[Plugin, ...] = ()
+    plugin_ctx: RestoreContext | None = None
 
 
 class ChildStepFailed(Exception):
@@ -143,7 +147,9 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
             os.close(tree.links[pid].go_fd)
             os.close(tree.links[pid].status_fd)
         _restore_fs(task)
-        _install_fds(task, tree.parked)
+        _install_fds(task, tree)
+        for plugin in tree.plugins:  # e.g. the amdgpu channel: never left in the restored task
+            plugin.close_inherited_fds()
         _open_service_files(task, link.service, tree.parked)
         close_parked(tree.parked)
         os.write(status_fd, READY)
@@ -188,6 +194,8 @@ def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bo
     if keep_mntns and tree.mntns_fd is not None:
         keep.add(os.dup2(tree.mntns_fd, _HIGH_MNTNS_FD, inheritable=False))
     keep.update(tree.parked.all)
+    for plugin in tree.plugins:
+        keep.update(plugin.inherited_fds())
     for pid in below:
         keep.update((tree.links[pid].go_fd, tree.links[pid].status_fd))
     for name in os.listdir("/proc/self/fd"):
@@ -238,8 +246,9 @@ def _restore_fs(task: Task) -> None:
     os.umask(task.umask)
 
 
-def _install_fds(task: Task, parked: SharedFds) -> None:
+def _install_fds(task: Task, tree: TreeSetup) -> None:
     """Install each fd of the image at its number (files/: one module per kind of file)."""
+    parked = tree.parked
     for f in task.files:
         if isinstance(f, PipeEnd):
             read_fd, write_fd = parked.pipes[f.pipe_id]
@@ -250,8 +259,21 @@ def _install_fds(task: Task, parked: SharedFds) -> None:
             _step(f"fd {f.fd} ({f.path})", lambda f=f: install(park(os.dup(parked.files[f.file_id])), f.fd, f.cloexec))
         elif isinstance(f, OpenFile):
             _step(f"open fd {f.fd} ({f.path})", lambda f=f: regular.restore(f))
+        elif isinstance(f, ExtFileEnd):
+            _step(f"plugin file fd {f.fd} (id {f.file_id})", lambda f=f: _restore_ext_file(task, f, tree))
         else:
             raise AssertionError(f"_install_fds: unknown fd kind {f!r}")
+
+
+def _restore_ext_file(task: Task, f: ExtFileEnd, tree: TreeSetup) -> None:
+    """RESTORE_EXT_FILE: the first plugin that claims the file gives the fd to install."""
+    for plugin in tree.plugins:
+        fd = plugin.restore_ext_file(tree.plugin_ctx, task, ExtFile(file_id=f.file_id, fd=f.fd, flags=f.flags))
+        if fd is not None:
+            install(park(fd), f.fd, f.cloexec)
+            return
+    names = ", ".join(p.name for p in tree.plugins) or "none installed"
+    raise ChildStepFailed(f"fd {f.fd}", f"no plugin restores EXT file id {f.file_id} (plugins: {names})")
 
 
 def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:

@@ -22,16 +22,18 @@ import os
 import select
 import signal
 from dataclasses import dataclass, field
+from typing import Callable
 
-from pycriu_restore.linux import namespaces
+from pycriu_restore.linux import namespaces, ptrace
 from pycriu_restore.linux.clone3 import clone3
 from pycriu_restore.linux.waitstatus import WALL, StopKind
 from pycriu_restore.plan.model import RestorePlan, Task
+from pycriu_restore.plugins.api import Plugin, RestoreContext
 from pycriu_restore.restore.errors import FileMismatch, RestoreFailed
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.shared import SharedFds
 from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
-from pycriu_restore.tracee import Tracee
+from pycriu_restore.tracee import DEFAULT_OPTIONS, Tracee
 
 # How long a child may take to prepare itself (open files, enter namespaces).
 PREPARE_TIMEOUT_S = 30.0
@@ -55,16 +57,20 @@ class Rollback:
         # Tasks forked by a task but not yet seized are found through /proc (proc(5):
         # task/TID/children), so none is missed.
         victims = _with_descendants(self.pids)
+        # A traced thread other than the leader stays a zombie until its tracer reaps it,
+        # and until then the leader cannot be reaped either: so list the threads first.
+        threads = {pid: _threads_of(pid) for pid in victims}
         for pid in reversed(victims):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for pid in victims:
-            try:  # __WALL: as their tracer we may reap tasks that are not our children
-                os.waitpid(pid, WALL)
-            except ChildProcessError:
-                pass
+            for tid in [t for t in threads[pid] if t != pid] + [pid]:
+                try:  # __WALL: as their tracer we may reap tasks that are not our children
+                    os.waitpid(tid, WALL)
+                except ChildProcessError:
+                    pass
         self.pids.clear()
         if self.pidns is not None:
             self.pidns.kill()
@@ -72,6 +78,13 @@ class Rollback:
     def forget(self) -> None:
         self.pids.clear()
         self.pidns = None
+
+
+def _threads_of(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
 
 
 def _with_descendants(pids: list[int]) -> list[int]:
@@ -97,18 +110,22 @@ class SpawnedTask:
 
     task: Task
     pid: int  # in the orchestrator's pid namespace (differs from task.pid under --pid-ns)
-    tracee: Tracee
+    tracee: Tracee  # the main thread
     service: ServiceFds
+    threads: list[Tracee] = field(default_factory=list)  # the others, once the blob made them
 
 
-def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None) -> list[SpawnedTask]:
+def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None,
+               plugins: tuple[Plugin, ...] = (), plugin_ctx: RestoreContext | None = None,
+               after_root_fork: Callable[[], None] | None = None) -> list[SpawnedTask]:
     """Create every task of the plan with its pid, let each prepare itself, hold all stopped.
 
     The orchestrator forks only the root; each task forks its own children during its
     preparation (so parents are right), and waits on its go pipe until the orchestrator has
     seized it. Tasks are taken over parents first. Precondition: the orchestrator has no
     other threads (clone3 copies only the caller). On failure the error names the task and
-    the step; the caller's ``rollback`` kills what was made.
+    the step; the caller's ``rollback`` kills what was made. ``after_root_fork`` runs in the
+    orchestrator as soon as the root exists (POST_FORKING: threads may start from then on).
     """
     links: dict[int, TaskLink] = {}
     ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
@@ -118,7 +135,8 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
         links[task.pid] = TaskLink(go_fd=go_r, status_fd=status_w, service=ServiceFds.for_task(task))
         ours[task.pid] = (go_w, status_r)
     mntns_fd = pidns.ns_fd("mnt") if pidns is not None else None
-    tree = TreeSetup(plan=plan, links=links, parked=SharedFds.layout(plan), mntns_fd=mntns_fd)
+    tree = TreeSetup(plan=plan, links=links, parked=SharedFds.layout(plan), mntns_fd=mntns_fd,
+                     plugins=plugins, plugin_ctx=plugin_ctx)
     try:
         pid = _clone_with_pid(plan.root.pid, pidns)
         if pid == 0:
@@ -130,6 +148,8 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
             os.close(link.status_fd)
         if mntns_fd is not None:
             os.close(mntns_fd)
+    if after_root_fork is not None:
+        after_root_fork()
     spawned: list[SpawnedTask] = []
     outer = {plan.root.pid: pid}
     try:
@@ -149,7 +169,8 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
 
 def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds) -> SpawnedTask:
     """Seize a task that waits on its go pipe, let it prepare, and wait for its SIGSTOP."""
-    tracee = Tracee.seize(pid)
+    # TRACECLONE: the threads the blob creates are traced from their first instruction.
+    tracee = Tracee.seize(pid, DEFAULT_OPTIONS | ptrace.PTRACE_O_TRACECLONE)
     os.write(go_w, b"g")
     report = _read_status(status_r, task.pid)
     if report != READY:

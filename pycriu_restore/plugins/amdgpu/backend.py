@@ -1,0 +1,135 @@
+"""The GPU backend protocol: the few device operations the amdgpu plugin needs.
+
+The plugin's logic (which BOs to re-create, who fills them, when the GPU resumes) is the
+same on a real AMD GPU and on the simulated one; only these operations differ:
+
+    operation      runs in                      real GPU (kfd_backend.py)         simgpu (sim.py)
+    -------------  ---------------------------  --------------------------------  ---------------------------
+    map_gpus       the restored task            topology match: checkpoint gpu    identity (the image's minor)
+                                                -> local gpu_id + render minor
+    open_device    the restored task            open /dev/kfd, check its version  a memfd "simgpu-kfd"
+    restore_bos    the restored task            AMDKFD_IOC_CRIU_OP(RESTORE):      one memfd per VRAM/GTT BO
+                                                BOs back at their VAs, dma-bufs
+    fill           a fill-pool thread (or the   SDMA copy from a staging buffer   pread/pwrite, GIL released
+                   task itself, serial mode),
+                   once per chunk of a BO
+    release_bo     the same thread, after the   free the imported BO handle       nothing
+                   BO's last chunk
+    prepare_fill   the GPU's fill thread in     open renderD<minor>, init SDMA    nothing
+                   the orchestrator (or the
+                   task, serial mode), per GPU
+    resume         the orchestrator             AMDKFD_IOC_CRIU_OP(RESUME, pid)   record the pid
+    close          the orchestrator, cleanup    close render fds, SDMA contexts   nothing
+
+A backend object is created in the orchestrator (restore_init) and inherited by the forked
+task, so it must not hold threads or locks at fork time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pycriu_restore.images.proto.amdgpu_pb2 import CriuKfd
+
+
+@dataclass(frozen=True)
+class LocalGpu:
+    """Where a checkpointed GPU lives on this machine: its KFD gpu_id and DRM render minor."""
+
+    gpu_id: int
+    minor: int
+
+
+@dataclass(frozen=True)
+class RestoredBo:
+    """One VRAM/GTT buffer object re-created in the task by ``restore_bos``.
+
+    ``index`` is the BO's position in the kfd image's ``bo_entries``; ``gpu_id`` is the
+    checkpoint-time gpu_id (the key of the pages file); ``dmabuf_fd`` is owned by the task
+    and closed by the plugin once the fill command is sent (or the serial fill is done).
+    ``restored_offset`` is the mmap offset the kernel gave the BO on restore: the VMA that
+    mapped it at ``addr`` with the image's ``offset`` must now use this one.
+    """
+
+    index: int
+    gpu_id: int
+    size: int
+    dmabuf_fd: int
+    restored_offset: int
+    addr: int
+    old_offset: int = 0  # the image's mmap offset (KfdBoEntry.offset), for UPDATE_VMA_MAP
+    local_gpu_id: int = 0  # the gpu_id on this machine (gpu_map[gpu_id]); 0 if unknown
+    minor: int = 0  # the destination render minor (real GPU), 0 for simgpu
+
+
+@runtime_checkable
+class GpuBackend(Protocol):
+    """What a GPU backend provides. See the module docstring for which process calls what."""
+
+    name: str
+
+    def map_gpus(self, kfd: CriuKfd) -> dict[int, LocalGpu]:
+        """In the task: map every checkpoint gpu_id of ``kfd.device_entries`` to a local GPU.
+
+        Raises a PycrestoreError subclass naming the GPU when no local GPU matches.
+        """
+        ...
+
+    def open_device(self) -> int:
+        """In the task: open the device and return the fd to install for the kfd EXT file."""
+        ...
+
+    def restore_bos(self, device_fd: int, kfd: CriuKfd, gpu_map: dict[int, int]) -> list[RestoredBo]:
+        """In the task: re-create the image's BOs and return the VRAM/GTT ones with dma-buf fds.
+
+        ``gpu_map`` maps checkpoint gpu_id -> local gpu_id. The returned list is in image
+        order; BOs that are neither VRAM nor GTT (doorbell, MMIO) are re-created but have no
+        contents to fill and are not returned.
+        """
+        ...
+
+    def fill(self, bo_fd: int, size: int, src_fd: int, src_offset: int, gpu_id: int,
+             bo_offset: int = 0) -> None:
+        """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` into the BO behind ``bo_fd``,
+        starting ``bo_offset`` bytes into the BO.
+
+        Called from a fill-pool thread in the orchestrator (parallel) or in the task
+        (serial); must release the GIL while it copies. ``gpu_id`` is the checkpoint id.
+        The caller splits a BO into chunks (fillpool.copy_bo): ``fill`` is called many times
+        for one ``bo_fd`` with increasing ``bo_offset``, never twice for the same bytes, and
+        never for one ``bo_fd`` from two threads at once; a backend may cache per-BO state
+        (an imported handle) keyed by ``bo_fd`` until ``release_bo(bo_fd)``. ``src_fd`` is
+        shared by the threads of one GPU: read it with pread, never through its position.
+        """
+        ...
+
+    def release_bo(self, bo_fd: int) -> None:
+        """The last ``fill`` for ``bo_fd`` is done (or abandoned): drop what was cached for it.
+
+        The caller closes ``bo_fd`` itself right after.
+        """
+        ...
+
+    def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
+        """Before the first ``fill`` for ``gpu_id``, in the thread that will fill it.
+
+        Runs in the orchestrator's worker thread for that GPU (or in the task, serial
+        mode). Workers of different GPUs call it at the same time: a backend guards what
+        it shares. ``local`` is what the task's ``map_gpus`` chose, sent over the channel;
+        a real backend opens /dev/dri/renderD<minor> here. Called again for every command
+        that names the GPU: it must be idempotent.
+        """
+        ...
+
+    def resume(self, pid: int) -> None:
+        """In the orchestrator, after every BO is filled and the blob is gone: start the GPU."""
+        ...
+
+    def close(self) -> None:
+        """Orchestrator, at cleanup (success or not): release what prepare_fill opened.
+
+        Idempotent. The fill threads have all ended when this is called.
+        """
+        ...

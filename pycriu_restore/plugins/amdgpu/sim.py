@@ -1,0 +1,207 @@
+"""simgpu: a GPU backend without a GPU, so that the amdgpu plugin's whole path runs here.
+
+No AMD GPU exists on the machines pycrestore is built on. simgpu stands in for one with
+memfds, and runs the very same plugin code (images, channel, fill pool, hooks) as the real
+backend:
+
+    real GPU                                   simgpu
+    -----------------------------------------  ------------------------------------------
+    /dev/kfd fd                                memfd "simgpu-kfd"
+    a VRAM/GTT BO, exported as a dma-buf fd    memfd "simgpu-bo-<gpu %04x>-<index>" of the
+                                               BO's size (reads as zeros, as a new BO)
+    SDMA copy from a staging buffer            pread/pwrite through a reused buffer, GIL
+                                               released; holes of the pages file skipped
+    KFD_CRIU_OP_RESUME(pid)                    the pid is recorded in ``resumed``
+    VRAM, checked after the restore            :class:`SimDevice`: the orchestrator keeps a
+                                               dup of every BO fd the tasks send, in both
+                                               the parallel and the serial mode
+
+The bandwidth of a real link is modelled by the fill pool's per-GPU Throttle, not here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import zlib
+
+from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
+from pycriu_restore.images.schemas import amdgpu_pb2
+from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo
+from pycriu_restore.plugins.amdgpu.channel import Command
+from pycriu_restore.plugins.amdgpu.images import has_contents
+
+SIM_KFD_NAME = "simgpu-kfd"
+SIM_BO_NAME = "simgpu-bo-{gpu_id:04x}-{index}"
+# New mmap offsets the simulated kernel hands out (the real one makes fresh ones too):
+# SIM_MMAP_OFFSET_BASE + the BO's index in pages, well apart from any image's offsets.
+SIM_MMAP_OFFSET_BASE = 0x5133 << 36
+_PAGE_BYTES = 4096
+# Size of each thread's copy buffer and of the reads that checksum a BO.
+COPY_BUFFER_BYTES = 4 << 20
+
+
+class SimGpuError(PycrestoreError):
+    """The simulated GPU could not do what a real one would have done."""
+
+    exit_code = EXIT_RESTORE
+
+
+class SimBackend:
+    """The simgpu GpuBackend (see backend.py for who calls what, and where)."""
+
+    name = "sim"
+
+    def __init__(self) -> None:
+        # orchestrator only: what the tasks handed over, and whom we resumed.
+        self.device = SimDevice()
+        self.resumed: list[int] = []
+        self._buffers = threading.local()  # one copy buffer per filling thread
+
+    def map_gpus(self, kfd: amdgpu_pb2.CriuKfd) -> dict[int, LocalGpu]:
+        """Each checkpointed GPU is restored on itself (same gpu_id and render minor)."""
+        return {d.gpu_id: LocalGpu(d.gpu_id, d.drm_render_minor) for d in kfd.device_entries}
+
+    def open_device(self) -> int:
+        """A memfd named "simgpu-kfd", in the task's fd table where /dev/kfd was."""
+        return os.memfd_create(SIM_KFD_NAME, os.MFD_CLOEXEC)
+
+    def restore_bos(self, device_fd: int, kfd: amdgpu_pb2.CriuKfd, gpu_map: dict[int, int]) -> list[RestoredBo]:
+        """One zero-filled memfd of the BO's size per VRAM/GTT BO of ``kfd``, in image order.
+
+        On failure the memfds made so far are closed and SimGpuError names the BO.
+        """
+        out: list[RestoredBo] = []
+        try:
+            for index, bo in enumerate(kfd.bo_entries):
+                if not has_contents(bo.alloc_flags):
+                    continue
+                name = SIM_BO_NAME.format(gpu_id=bo.gpu_id, index=index)
+                try:
+                    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+                except OSError as err:
+                    raise SimGpuError(f"simgpu: BO {index} (gpu_id {bo.gpu_id:#x}): memfd_create: "
+                                      f"{err.strerror}") from err
+                out.append(RestoredBo(index=index, gpu_id=bo.gpu_id, size=bo.size, dmabuf_fd=fd,
+                                      restored_offset=SIM_MMAP_OFFSET_BASE + index * _PAGE_BYTES, addr=bo.addr,
+                                      old_offset=bo.offset, local_gpu_id=gpu_map.get(bo.gpu_id, 0)))
+                try:
+                    os.ftruncate(fd, bo.size)
+                except OSError as err:
+                    raise SimGpuError(f"simgpu: BO {index} (gpu_id {bo.gpu_id:#x}): cannot make {bo.size} "
+                                      f"bytes: {err.strerror}") from err
+        except BaseException:
+            for restored in out:
+                os.close(restored.dmabuf_fd)
+            raise
+        return out
+
+    def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
+        """Nothing to open: a memfd needs no render node."""
+
+    def fill(self, bo_fd: int, size: int, src_fd: int, src_offset: int, gpu_id: int, bo_offset: int = 0) -> None:
+        """Copy ``size`` bytes of the pages file into the BO memfd, skipping the file's holes.
+
+        Holes read as zeros and the BO memfd starts as zeros (restore_bos made it), so a
+        hole needs no write: the generator's all-zero BOs cost nothing to restore. The
+        reads and writes are os.preadv/os.pwrite, which release the GIL.
+        """
+        buf = getattr(self._buffers, "view", None)
+        if buf is None:
+            buf = self._buffers.view = memoryview(bytearray(COPY_BUFFER_BYTES))
+        pos = 0
+        while pos < size:
+            data_at = _next_data(src_fd, src_offset + pos)
+            if data_at is None or data_at >= src_offset + size:
+                return  # the rest of the range is a hole
+            pos = data_at - src_offset
+            hole_at = os.lseek(src_fd, data_at, os.SEEK_HOLE)
+            end = min(size, hole_at - src_offset)
+            while pos < end:
+                n = os.preadv(src_fd, [buf[:min(COPY_BUFFER_BYTES, end - pos)]], src_offset + pos)
+                if n == 0:
+                    raise SimGpuError(f"simgpu: gpu_id {gpu_id:#x}: pages file ends at byte {src_offset + pos}, "
+                                      f"{size - pos} bytes short")
+                written = 0
+                while written < n:
+                    written += os.pwrite(bo_fd, buf[written:n], bo_offset + pos + written)
+                pos += n
+
+    def release_bo(self, bo_fd: int) -> None:
+        """Nothing is cached per BO."""
+
+    def resume(self, pid: int) -> None:
+        """Record that the GPU state of ``pid`` would start now."""
+        self.resumed.append(pid)
+
+    def close(self) -> None:
+        """Nothing to release: the device's BOs outlive the restore (see SimDevice.close)."""
+
+
+def _next_data(fd: int, offset: int) -> int | None:
+    """The first offset at or after ``offset`` that holds data, or None if only a hole follows."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as err:
+        if err.errno == errno.ENXIO:  # lseek(2): no data at or after offset
+            return None
+        raise
+
+
+class SimDevice:
+    """The simulated GPU's memory, in the orchestrator: a dup of every BO the tasks sent.
+
+    Filled from the fill pool's ``on_filled`` (worker threads), read by the caller after
+    the restore; it outlives the restore so that its contents can be checked, and the
+    caller releases it with :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # guarded by _lock: (checkpoint gpu_id, BO index) -> (fd, size in bytes)
+        self._bos: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def adopt(self, command: Command) -> None:
+        """Keep a dup of each BO fd of ``command``, keyed by its GPU and image index."""
+        with self._lock:
+            for entry in command.entries:
+                key = (entry.gpu_id, entry.bo_index)
+                if key in self._bos:
+                    continue  # another entry of the same BO
+                fd = os.dup(command.fds[entry.fd_index])
+                self._bos[key] = (fd, os.fstat(fd).st_size)
+
+    def keys(self) -> list[tuple[int, int]]:
+        """The (gpu_id, BO index) of every BO held, sorted."""
+        with self._lock:
+            return sorted(self._bos)
+
+    def read(self, gpu_id: int, index: int, offset: int = 0, size: int | None = None) -> bytes:
+        """Bytes of one BO (for tests and inspection)."""
+        with self._lock:
+            fd, bo_bytes = self._bos[(gpu_id, index)]
+        return os.pread(fd, bo_bytes - offset if size is None else size, offset)
+
+    def checksums(self) -> dict[tuple[int, int], int]:
+        """zlib.crc32 of every BO held, read in COPY_BUFFER_BYTES chunks."""
+        with self._lock:
+            bos = dict(self._bos)
+        out = {}
+        for key, (fd, bo_bytes) in bos.items():
+            crc = 0
+            for offset in range(0, bo_bytes, COPY_BUFFER_BYTES):
+                crc = zlib.crc32(os.pread(fd, min(COPY_BUFFER_BYTES, bo_bytes - offset), offset), crc)
+            out[key] = crc
+        return out
+
+    def close(self) -> None:
+        """Close every BO fd held."""
+        with self._lock:
+            bos, self._bos = self._bos, {}
+        for fd, _ in bos.values():
+            os.close(fd)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._bos)

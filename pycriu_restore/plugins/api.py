@@ -1,0 +1,122 @@
+"""The plugin API: CRIU's restore hooks, with the same meaning, for Python plugins.
+
+A plugin restores what the core does not know: a device's state (the amdgpu plugin: GPU
+buffer objects and their contents). Like CRIU (criu/include/criu-plugin.h), each hook runs
+at a fixed point of the restore and in a fixed process -- and that process decides what a
+plugin can share between its hooks:
+
+    hook                 runs in            when
+    -------------------  -----------------  ------------------------------------------------
+    restore_init         the orchestrator   after the plan, before any fork
+    post_forking         the orchestrator   right after the root task is forked; may start
+                                            threads (every fork of the orchestrator is done)
+    restore_ext_file     the restored task  while it installs its fds (still Python): an
+                                            EXT file of the images, e.g. /dev/kfd; returns
+                                            the fd to install, or None ("not mine")
+    update_vma_map       the restored task  while it prepares its mapped files: a device
+                                            VMA whose mmap offset changed; returns the new
+                                            (pgoff, fd) or None
+    resume_devices_late  the orchestrator   after the task's blob is gone, before detach,
+                                            once per task: finish the device, start it
+    cleanup              the orchestrator   always at the end; ``failed`` says how it ended
+
+State kept in ``restore_ext_file`` lives in a forked task and is invisible to the
+orchestrator, and the other way round: whatever must cross (the amdgpu plugin's dma-buf fds
+and copy commands) crosses through IPC set up in ``restore_init``, before the fork, so both
+sides inherit it. docs/plugins.md says more.
+
+Plugins are found through the ``pycrestore.plugins`` entry point group: each entry point
+names a class (or factory) that takes no argument and returns a :class:`Plugin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pycriu_restore.images import ImageSet
+    from pycriu_restore.plan.model import RestorePlan, Task
+
+ENTRY_POINT_GROUP = "pycrestore.plugins"
+
+
+@dataclass
+class RestoreContext:
+    """What the orchestrator-side hooks see: the plan, the images and the user's options."""
+
+    images: ImageSet
+    plan: RestorePlan
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. gpu_backend, parallel_gpu
+
+
+@dataclass(frozen=True)
+class ExtFile:
+    """An EXT file (``files.img`` type EXT) a task holds at ``fd``: only a plugin can open it."""
+
+    file_id: int
+    fd: int
+    flags: int
+
+
+class Plugin:
+    """Base class: every hook does nothing, so a plugin overrides only what it needs."""
+
+    name = "plugin"
+    description = ""
+
+    def restore_init(self, ctx: RestoreContext) -> None:
+        """Orchestrator, before any fork: read images, set up IPC the tasks will inherit."""
+
+    def post_forking(self, ctx: RestoreContext) -> None:
+        """Orchestrator, right after the root fork: start background work (threads are fine now)."""
+
+    def restore_ext_file(self, ctx: RestoreContext, task: Task, ext: ExtFile) -> int | None:
+        """Restored task, before the blob: open ``ext`` and return its fd, or None if not ours."""
+        return None
+
+    def update_vma_map(self, ctx: RestoreContext, task: Task, path: str, start: int, pgoff: int) -> tuple[int, int | None] | None:
+        """Restored task: the new (pgoff, fd or None) for a device VMA, or None if unchanged."""
+        return None
+
+    def resume_devices_late(self, ctx: RestoreContext, pid: int) -> None:
+        """Orchestrator, after the blob is gone and before detach: finish and start devices."""
+
+    def cleanup(self, ctx: RestoreContext, failed: bool) -> None:
+        """Orchestrator, at the very end: release what the plugin holds (threads, fds)."""
+
+    def inherited_fds(self) -> tuple[int, ...]:
+        """Fds made in restore_init that the tasks must keep while they install their files
+        (every other inherited fd is closed first thing in a new task)."""
+        return ()
+
+    def close_inherited_fds(self) -> None:
+        """Restored task, after its fds are installed: close what inherited_fds() kept."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One installed plugin, as `pycrestore plugins` lists it."""
+
+    name: str
+    target: str  # module:object of the entry point
+    description: str
+
+
+def installed_plugins() -> list[PluginInfo]:
+    """Every plugin registered under the entry point group, without loading it."""
+    out = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        description = ""
+        try:
+            description = getattr(ep.load(), "description", "")
+        except Exception as err:  # noqa: BLE001 - a broken plugin is listed, with why
+            description = f"(cannot be loaded: {type(err).__name__}: {err})"
+        out.append(PluginInfo(name=ep.name, target=ep.value, description=description))
+    return sorted(out, key=lambda p: p.name)
+
+
+def load_plugins() -> list[Plugin]:
+    """Instantiate every installed plugin, in name order."""
+    return [ep.load()() for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]
