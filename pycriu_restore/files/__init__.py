@@ -26,3 +26,14 @@ def install(temp_fd: int, fd: int, cloexec: bool) -> None:
     """Put a parked temporary at its final number with its FD_CLOEXEC, and close the temporary."""
     os.dup2(temp_fd, fd, inheritable=not cloexec)
     os.close(temp_fd)
+
+
+def close_all_except(keep: set[int]) -> None:
+    """Close every open fd of this process whose number is not in ``keep`` (proc(5): /proc/self/fd)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory fd of the listing itself, already closed

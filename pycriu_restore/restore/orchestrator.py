@@ -72,6 +72,7 @@ class RestoreOptions:
     plugins: tuple[Plugin, ...] | None = None
     gpu_backend: str = "kfd"  # amdgpu plugin: "kfd" (real /dev/kfd) or "sim" (simgpu)
     parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
+    gpu_bytes_per_s: float | None = None  # simgpu: per-GPU copy bandwidth cap (models PCIe/SDMA)
 
 
 @dataclass
@@ -106,7 +107,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             log.warning("%s", warning)
     plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
     ctx = RestoreContext(images=images, plan=plan,
-                         options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu})
+                         options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
+                                  "gpu_bytes_per_s": options.gpu_bytes_per_s})
 
     rollback = Rollback()
     pidns: PidNamespace | None = None

@@ -18,6 +18,7 @@ import select
 from dataclasses import dataclass
 from typing import NoReturn
 
+from pycriu_restore.files import close_all_except
 from pycriu_restore.linux import mount, namespaces
 from pycriu_restore.linux.clone3 import clone3
 from pycriu_restore.linux.errors import LinuxError
@@ -112,13 +113,7 @@ def _init_main(go_fd: int, ready_fd: int) -> NoReturn:
 def _detach_from_caller_fds(keep: set[int]) -> None:
     """Hold no fd of the orchestrator's caller: the init outlives the orchestrator, and a
     caller reading our stdout/stderr pipe to EOF would otherwise wait as long as it lives."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the listing's own fd
+    close_all_except(keep)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         if fd != null:

@@ -32,7 +32,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from pycriu_restore.files import install, park, pipe, regular
+from pycriu_restore.files import close_all_except, install, park, pipe, regular
 from pycriu_restore.linux import namespaces
 from pycriu_restore.linux.clone3 import clone3
 from pycriu_restore.plan.model import ExtFileEnd, OpenFile, PipeEnd, RestorePlan, Task, TimeOffsets, UnixSocketEnd
@@ -198,13 +198,7 @@ def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bo
         keep.update(plugin.inherited_fds())
     for pid in below:
         keep.update((tree.links[pid].go_fd, tree.links[pid].status_fd))
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory fd of listdir itself, already closed
+    close_all_except(keep)
     return _HIGH_STATUS_FD
 
 
