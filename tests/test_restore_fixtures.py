@@ -455,3 +455,14 @@ def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path
     text = log_file.read_text()
     for stage in ("PLAN", "PREFLIGHT", "FORK", "BOOTSTRAP", "MEMORY", "RESUME"):
         assert f" {stage} " in text and " ms] " in text, text
+
+
+def test_relative_images_dir(tmp_path):
+    """The task changes its cwd before it opens the pages image: paths must not be relative."""
+    install("counter")
+    pidfile = tmp_path / "pid"
+    result = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D",
+                             os.path.relpath(IMAGES / "counter", tmp_path), "-d", "--pidfile", str(pidfile)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    kill_and_wait(int(pidfile.read_text()))

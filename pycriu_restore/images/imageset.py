@@ -78,7 +78,8 @@ class ImageSet:
             accepted = ", ".join(str(v) for v in ACCEPTED_IMG_VERSIONS)
             raise UnsupportedVersion(str(inventory_path),
                                      f"img_version is {inventory.img_version}, pycrestore reads {accepted}")
-        return cls(path, inventory)
+        # Absolute, so paths derived from it stay right after a restored task's chdir.
+        return cls(Path(os.path.abspath(path)), inventory)
 
     # --- generic access ------------------------------------------------------------------
 
