@@ -59,9 +59,6 @@ class RestoreOptions:
     """What the caller may choose (the CLI's flags)."""
 
     pid_ns: bool = False  # restore in a new pid namespace under a small init
-    # Time the blob may take before the restore is declared hung (a big image on a slow disk
-    # takes seconds; a wedged blob would otherwise hold the orchestrator forever).
-    blob_timeout_s: float = 300.0
     # Called with each task's Tracee after the blob is gone and before the task runs: the
     # registers and memory are the application's. For inspection (tests, teaching, debugging).
     before_detach: Callable[[Tracee], None] | None = None
@@ -179,10 +176,11 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     runtime: RuntimeLayout = runtime_layout(tracee)
     size = bootstrap_size(spawned.task, runtime)
     base = choose_bootstrap_base(tracee.maps(), spawned.task.vmas, size)
+    # Built (and so checked: vdso fit, FPU state) before the task is touched.
+    bootstrap = build_bootstrap(spawned.task, base, runtime, spawned.service)
     got = tracee.inject_syscall(syscalls.NR_MMAP, base, size, PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE, -1 & 0xFFFFFFFFFFFFFFFF, 0)
     if got != base:
         raise RestoreFailed(spawned.task.pid, "bootstrap", f"mmap of the bootstrap region at {base:#x} returned {got:#x}")
-    bootstrap = build_bootstrap(spawned.task, base, runtime, spawned.service)
     tracee.write_memory(base, bootstrap.image)
     regs = tracee.regs
     regs.rip = bootstrap.entry
