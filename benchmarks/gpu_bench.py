@@ -10,6 +10,11 @@ For each G in --gpu-gib, four restores of checkpoints built from the counter fix
   parallel    H host + G GPU, the fill pool copies while the blob restores host memory
 all in the same run, best of --repeat. Targets (issue 5): parallel <= 1.10 x max(T_host,
 T_gpu); at G ~ H a saving of at least 34.3% against serial. Needs root; kills what it restores.
+
+--cap-gbps models the copy engine: on a real GPU, SDMA fills VRAM without the CPU, at PCIe
+speed. Without a cap simgpu copies with the CPU, and on a 2-core machine the two GPU workers
+and the blob compete for the cores, so parallel cannot reach max(T_host, T_gpu) there.
+Results of 2026-11-25 (2 cores): benchmarks/results/gpu-*.json.
 """
 
 from __future__ import annotations
