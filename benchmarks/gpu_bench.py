@@ -20,7 +20,6 @@ Results of 2026-11-25 (2 cores): benchmarks/results/gpu-*.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from restore_bench import FIXTURES, make_big_images, warm  # noqa: E402
+from restore_bench import FIXTURES, emit_json, make_big_images, warm  # noqa: E402
 
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state  # noqa: E402
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin  # noqa: E402
@@ -97,10 +96,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['host_gib']:>6g}{r['gpu_gib']:>7g}{r['T_host_s']:>10.3f}{r['T_gpu_s']:>9.3f}{r['serial_s']:>10.3f}"
               f"{r['parallel_s']:>12.3f}{r['parallel_over_max']:>9.2f}{r['saving_vs_serial']:>8.1%}")
-    out = json.dumps(rows, indent=2)
-    print(out)
-    if args.json:
-        args.json.write_text(out)
+    emit_json(rows, args.json)
     return 0
 
 

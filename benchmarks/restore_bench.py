@@ -123,6 +123,14 @@ def restore_once(images: Path, install_name: str) -> dict:
             **{s.name.lower() + "_ms": d[s] for s in d}}
 
 
+def emit_json(rows: list[dict], path: Path | None) -> None:
+    """Print the rows as JSON after the table, and write them to ``path`` if given."""
+    out = json.dumps(rows, indent=2)
+    print(out)
+    if path:
+        path.write_text(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--big-gib", type=float, default=2.0)
@@ -152,10 +160,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['image']:<18}{r['total_ms']:>10.1f}{r['memory_ms']:>11.1f}{r['pages_bytes'] / 2**20:>11.1f}"
               f"{r['fill_GBps']:>11.2f}{r['preadv_GBps']:>13.2f}{r['ratio']:>8.2f}")
-    out = json.dumps(rows, indent=2)
-    print(out)
-    if args.json:
-        args.json.write_text(out)
+    emit_json(rows, args.json)
     return 0
 
 

@@ -32,6 +32,7 @@ from pycriu_restore.linux.procmaps import read_maps
 from pycriu_restore.plan.model import (ItimerValue, MappedFile, MmFields, PageRun, Rseq,
                                        SigAction, Task, Thread, Vma, VmaKind)
 from pycriu_restore.restore.task import ServiceFds
+from conftest import seized_fork
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAYLOAD_SRC = ROOT / "tests" / "c" / "blob_payload.S"
@@ -74,20 +75,9 @@ def blob(tmp_path_factory: pytest.TempPathFactory) -> Blob:
 @pytest.fixture(scope="module")
 def runtime() -> RuntimeLayout:
     """This process's layout as the orchestrator would read it from a stopped fork of it."""
-    pid = os.fork()
-    if pid == 0:
-        os.kill(os.getpid(), signal.SIGSTOP)
-        os._exit(0)
-    try:
-        os.waitpid(pid, os.WUNTRACED)
-        ptrace.seize(pid)
-        ptrace.interrupt(pid)
-        os.waitpid(pid, 0)
+    with seized_fork() as pid:
         return RuntimeLayout.from_task(read_maps(pid), ptrace.get_rseq_configuration(pid),
                                        ptrace.get_xstate(pid))
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 def _vdso_addr(runtime: RuntimeLayout) -> int:

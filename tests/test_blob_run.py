@@ -21,6 +21,7 @@ import pytest
 from pycriu_restore.blob import abi
 from pycriu_restore.blob.forkrun import ChildExit, run_in_child, this_thread_rseq
 from pycriu_restore.blob.loader import BLOB_FILE_NAME, Blob, load_blob
+from conftest import seized_fork
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -120,23 +121,10 @@ def _glibc_rseq() -> abi.BlobRseq:
 
 def test_rseq_of_the_forked_child_matches_the_kernel_view(blob: Blob) -> None:
     """this_thread_rseq() (used for every run_in_child) is what ptrace reports for a fork."""
-    import os
-
     from pycriu_restore.linux import ptrace
 
-    pid = os.fork()
-    if pid == 0:
-        os.kill(os.getpid(), signal.SIGSTOP)
-        os._exit(0)
-    try:
-        os.waitpid(pid, os.WUNTRACED)
-        ptrace.seize(pid)
-        ptrace.interrupt(pid)
-        os.waitpid(pid, 0)
+    with seized_fork() as pid:
         conf = ptrace.get_rseq_configuration(pid)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
     mine = this_thread_rseq()
     assert (mine.addr, mine.len, mine.sig) == (conf.abi_pointer, conf.abi_size, conf.signature)
 

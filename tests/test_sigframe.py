@@ -6,8 +6,6 @@ shown end to end by tests/test_blob_e2e.py; the fixtures' frames by test_blob_bo
 from __future__ import annotations
 
 import ctypes
-import os
-import signal
 import struct
 import subprocess
 
@@ -24,6 +22,7 @@ from pycriu_restore.blob.xsave import build_xsave_area
 from pycriu_restore.linux import ptrace
 from pycriu_restore.linux.xstate import regset_xcr0
 from pycriu_restore.plan.model import Thread
+from conftest import seized_fork
 
 YMM = {2: XsaveComponent(2, 576, 256)}
 REG_NAMES = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "di", "si", "bp", "bx", "dx",
@@ -72,19 +71,8 @@ def test_cpuid_answers_like_the_kernel() -> None:
 
 
 def _xcr0_of_a_child() -> int:
-    pid = os.fork()
-    if pid == 0:
-        os.kill(os.getpid(), signal.SIGSTOP)
-        os._exit(0)
-    try:
-        os.waitpid(pid, os.WUNTRACED)
-        ptrace.seize(pid)
-        ptrace.interrupt(pid)
-        os.waitpid(pid, 0)
+    with seized_fork() as pid:
         return regset_xcr0(ptrace.get_xstate(pid))
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 # --- the XSAVE area ----------------------------------------------------------------------
