@@ -1,7 +1,8 @@
-"""Shared test set-up: where the real CRIU fixture pack lives.
+"""Shared test set-up: where the real CRIU fixture packs live, and the kernel's pid_max.
 
-The pack is ../shared/fixtures/criu-4.2 beside the repository (CI lays shared/ there too);
-PYCRESTORE_FIXTURES overrides it. A missing pack fails the tests that need it: never a skip.
+The packs are ../shared/fixtures/criu-4.2 (AMD-dumped) and ../shared/fixtures/criu-4.2-more
+(Intel-dumped, pids 40100-40907) beside the repository (CI lays shared/ there too);
+PYCRESTORE_FIXTURES and PYCRESTORE_FIXTURES_MORE override them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,24 @@ from pathlib import Path
 from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("PYCRESTORE_FIXTURES", REPO.parent / "shared" / "fixtures" / "criu-4.2"))
+SHARED = REPO.parent / "shared"
+FIXTURES = Path(os.environ.get("PYCRESTORE_FIXTURES", SHARED / "fixtures" / "criu-4.2"))
+FIXTURES_MORE = Path(os.environ.get("PYCRESTORE_FIXTURES_MORE", SHARED / "fixtures" / "criu-4.2-more"))
+PID_MAX = Path("/proc/sys/kernel/pid_max")
+
+
+@contextlib.contextmanager
+def pid_max_at_least(wanted: int) -> Iterator[None]:
+    """Raise kernel.pid_max to ``wanted`` for the block if it is lower (criu-4.2-more's pids
+    are above the default 32768), and put the old value back after."""
+    old = int(PID_MAX.read_text())
+    if old < wanted:
+        PID_MAX.write_text(str(wanted))
+    try:
+        yield
+    finally:
+        if old < wanted:
+            PID_MAX.write_text(str(old))
 
 
 @contextlib.contextmanager
