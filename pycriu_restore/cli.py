@@ -126,21 +126,30 @@ def info(directory: str, section: str) -> None:
               help="amdgpu plugin: the real /dev/kfd, or the simulated device (simgpu).")
 @click.option("--no-parallel-gpu-restore", is_flag=True,
               help="amdgpu plugin: fill GPU memory in the task, before its host memory (the serial, pre-gCROP way).")
+@click.option("--cpu-cap", "cpu_cap", default="fpu", show_default=True, metavar="CAP[,CAP]",
+              help="What the CPU check compares, as CRIU's: fpu (refuse XSAVE state this CPU cannot hold), "
+                   "ins and cpu (also the dump CPU's capability words, from cpuinfo.img), all, none (no check).")
 @_reports_errors
 def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None,
-            gpu_backend: str, no_parallel_gpu_restore: bool) -> None:
+            gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str) -> None:
     """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
 
     Needs root. Without -d, pycrestore stays the parent of the restored root task and
     exits with its exit status, as `criu restore` does.
     """
+    from pycriu_restore.restore.cpucap import parse_cpu_cap
     from pycriu_restore.restore.orchestrator import RestoreOptions
     from pycriu_restore.restore.orchestrator import restore as do_restore
 
+    try:
+        caps = parse_cpu_cap(cpu_cap)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--cpu-cap") from err
     verbose = click.get_current_context().find_root().params.get("verbose", 0)
     _setup_logging(verbose, log_file)
     restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns, gpu_backend=gpu_backend,
-                                                     parallel_gpu=not no_parallel_gpu_restore))
+                                                     parallel_gpu=not no_parallel_gpu_restore,
+                                                     cpu_cap=caps))
     root = restored.root_pid
     if pidfile:
         with open(pidfile, "w") as f:

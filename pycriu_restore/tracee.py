@@ -20,7 +20,9 @@ it stopped, and say so; they check, and a call in the wrong state is a bug in th
 All calls for one tracee must come from the thread that seized it (ptrace's rule).
 Signals that arrive while we hold the task (signal-delivery stops we did not cause) are
 kept in ``deferred_signals`` and handed back at :meth:`Tracee.detach`, so a restore does
-not eat a signal meant for the application.
+not eat a signal meant for the application. Where the task must run a few steps with its
+own mask already live, :meth:`Tracee.block_signals` / :meth:`Tracee.unblock_signals` keep
+every signal pending in the kernel instead, as compel does around its parasite.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ NO_SYSCALL = unsigned(-1)
 # die with us if the orchestrator dies half-way, instead of running half-restored.
 DEFAULT_OPTIONS = ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_EXITKILL
 
+# Every signal, for PTRACE_SETSIGMASK (the kernel leaves SIGKILL and SIGSTOP unblocked).
+ALL_SIGNALS = (1 << 64) - 1
+
 # Bounds on loops that wait for a particular stop, so that a misbehaving task cannot keep
 # us here forever: signals deferred while stepping one instruction or halting.
 _MAX_DEFERRED_STOPS = 64
@@ -73,6 +78,8 @@ class Tracee:
         self.stopped = False
         self.last_stop: Stop | None = None
         self.deferred_signals: list[int] = []
+        # The task's own mask while block_signals() holds every signal blocked, else None.
+        self.held_sigmask: int | None = None
 
     def __repr__(self) -> str:
         state = "stopped" if self.stopped else "running" if self.seized else "not seized"
@@ -96,8 +103,9 @@ class Tracee:
         """Let the task go (PTRACE_DETACH), handing back signals deferred while we held it.
 
         Stops the task first if it is running (DETACH needs a ptrace-stop). Registers and
-        memory stay as they are now: restore them before, if they must be. Safe to call
-        twice; does nothing for a task that is gone.
+        memory stay as they are now: restore them before, if they must be. A signal mask
+        still held by :meth:`block_signals` is put back. Safe to call twice; does nothing
+        for a task that is gone.
         """
         if not self.seized:
             return
@@ -105,6 +113,8 @@ class Tracee:
             self.halt()
             if not self.seized:   # it died while we stopped it
                 return
+        if self.held_sigmask is not None:
+            self.unblock_signals()
         signals, self.deferred_signals = self.deferred_signals, []
         for sig in signals:
             # Queued while the task is still stopped, delivered once it runs untraced.
@@ -196,8 +206,15 @@ class Tracee:
         self.stopped = False
 
     def singlestep(self, sig: int = 0) -> None:
-        """Resume the stopped task for one instruction (PTRACE_SINGLESTEP)."""
+        """Resume the stopped task for one instruction (PTRACE_SINGLESTEP).
+
+        Not while :meth:`block_signals` holds SIGTRAP blocked: the step ends in a forced
+        SIGTRAP, and forcing a blocked signal resets its handler to SIG_DFL
+        (kernel/signal.c: force_sig_info_to_task), which would lose the application's.
+        """
         self._require_stopped("singlestep")
+        if self.held_sigmask is not None:
+            raise AssertionError(f"singlestep: {self!r} has every signal blocked (block_signals)")
         ptrace.singlestep(self.pid, sig)
         self.stopped = False
 
@@ -238,6 +255,35 @@ class Tracee:
         """Set the task's blocked-signal mask. Needs a stop."""
         self._require_stopped("set_sigmask")
         ptrace.set_sigmask(self.pid, mask)
+
+    def block_signals(self) -> None:
+        """Block every signal in the stopped task, keeping its own mask to put back later.
+
+        For the steps a task takes after its own mask is live but before it is its own again
+        (the orchestrator's munmap of the bootstrap region after the blob's rt_sigreturn):
+        a signal it would let through would otherwise stop or enter a handler there. What
+        is sent meanwhile stays pending in the kernel, in the thread's queue or the
+        process's (a process-wide signal finds no thread that takes it: the others are
+        stopped or block it too), and is delivered once :meth:`unblock_signals` has put
+        the mask back and the task runs: ptrace_stop() re-checks pending signals when the
+        task leaves the stop (kernel/signal.c). SIGKILL and SIGSTOP cannot be blocked.
+        Nothing may single-step or trap the task until then (see :meth:`singlestep`).
+        Needs a stop; pairs with :meth:`unblock_signals` (or :meth:`detach`).
+        """
+        self._require_stopped("block_signals")
+        if self.held_sigmask is not None:
+            raise AssertionError(f"block_signals: {self!r} has every signal blocked already")
+        mask = ptrace.get_sigmask(self.pid)
+        ptrace.set_sigmask(self.pid, ALL_SIGNALS)
+        self.held_sigmask = mask
+
+    def unblock_signals(self) -> None:
+        """Put back the mask :meth:`block_signals` kept. Needs a stop."""
+        self._require_stopped("unblock_signals")
+        if self.held_sigmask is None:
+            raise AssertionError(f"unblock_signals: {self!r} has no mask held by block_signals")
+        ptrace.set_sigmask(self.pid, self.held_sigmask)
+        self.held_sigmask = None
 
     def siginfo(self) -> Siginfo:
         """The siginfo of the signal behind the current signal-delivery stop."""
@@ -358,7 +404,8 @@ class Tracee:
 
     def run_until_syscall_exit(self, nr: int,
                                pass_signals: Collection[int] = frozenset(),
-                               max_syscalls: int | None = None) -> UserRegs:
+                               max_syscalls: int | None = None,
+                               defer_signals: Collection[int] = frozenset()) -> UserRegs:
         """Resume the stopped task with PTRACE_SYSCALL until it leaves syscall ``nr``.
 
         Returns the registers at that syscall-exit stop, where the task is left stopped.
@@ -367,9 +414,10 @@ class Tracee:
         PTRACE_GET_SYSCALL_INFO and the next exit is the one wanted (an exit does not name
         its syscall; rt_sigreturn even resets orig_rax).
 
-        Signals in ``pass_signals`` are delivered to the task; any other signal-delivery
-        stop raises :class:`UnexpectedStop` (naming signal, si_code, fault address and rip)
-        and leaves the task stopped there, for inspection. ``max_syscalls`` bounds the
+        Signals in ``pass_signals`` are delivered to the task; those in ``defer_signals``
+        are held back and sent again at :meth:`detach` (``deferred_signals``); any other
+        signal-delivery stop raises :class:`UnexpectedStop` (naming signal, si_code, fault
+        address and rip) and leaves the task stopped there, for inspection. ``max_syscalls`` bounds the
         number of syscall entries seen before giving up. Preconditions: the task is in a
         ptrace-stop and was seized with PTRACE_O_TRACESYSGOOD.
         """
@@ -397,6 +445,9 @@ class Tracee:
                 continue
             if stop.kind is StopKind.SIGNAL and stop.signal in pass_signals:
                 deliver = stop.signal
+                continue
+            if stop.kind is StopKind.SIGNAL and stop.signal in defer_signals:
+                self.deferred_signals.append(stop.signal)   # resumed without it
                 continue
             if stop.kind is StopKind.EVENT_STOP:
                 continue   # a PTRACE_INTERRUPT from elsewhere: keep going

@@ -36,7 +36,8 @@
  * stop of the leader for each, and the new thread, auto-attached, first reports a
  * PTRACE_EVENT_STOP.  The new thread starts in entry.S on its own stack, with every signal
  * but SIGTRAP blocked (the leader's mask), and runs restore_thread: its own steps
- * THREAD_STATE and PENDING_SIGNALS, each thread on its own.  It follows the same protocol
+ * THREAD_STATE, PENDING_SIGNALS, SECCOMP, CREDS and LATE_PRCTLS, each thread on its own
+ * (credentials and seccomp filters are per thread in Linux).  It follows the same protocol
  * with its OWN record, threads[i].status: (1) write it, (2) int3, (3) rt_sigreturn with
  * RSP = threads[i].sigframe + 8, or exit_group(BLOB_EXIT_STEP_FAILED) after a failure.
  * The leader does not wait for its threads: the tracer waits for the int3 of every thread
@@ -59,7 +60,7 @@
 
 #define BLOB_ARGS_MAGIC		0x42435950u	/* "PYCB" in memory, little-endian */
 #define BLOB_STATUS_MAGIC	0x54535942u	/* "BYST": the blob has started writing status */
-#define BLOB_ABI_VERSION	3u
+#define BLOB_ABI_VERSION	4u
 
 #define BLOB_PAGE_SIZE		4096u		/* x86-64 base page (asm/page_types.h) */
 #define BLOB_STACK_BYTES	32768u		/* the leader's stack in the bootstrap region */
@@ -67,6 +68,11 @@
 #define BLOB_SIGFRAME_ALIGN	64u		/* XSAVE areas are 64-byte aligned (Intel SDM 13.4) */
 #define BLOB_SIGINFO_BYTES	128u		/* sizeof(siginfo_t) (asm-generic/siginfo.h) */
 #define BLOB_MAX_IOVS		1024u		/* iovecs per preadv batch: UIO_MAXIOV (linux/uio.h) */
+#define BLOB_CAP_WORDS		2u		/* u32 words per capability set: _LINUX_CAPABILITY_U32S_3 */
+#define BLOB_MAX_GROUPS		65536u		/* supplementary groups: NGROUPS_MAX (linux/limits.h) */
+#define BLOB_MAX_BPF_INSNS	4096u		/* instructions per BPF program: BPF_MAXINSNS (linux/bpf_common.h) */
+#define BLOB_BPF_INSN_BYTES	8u		/* sizeof(struct sock_filter) (linux/filter.h) */
+#define BLOB_SIGEVENT_BYTES	64u		/* sizeof(struct sigevent) (asm-generic/siginfo.h: SIGEV_MAX_SIZE) */
 
 /* Names of the blob's entry points and gadgets (symbols in restorer.elf's .symtab). */
 #define BLOB_ENTRY_RESTORE_TASK	"restore_task"
@@ -92,7 +98,8 @@
 #define BLOB_STATE_FAILED	3u	/* status.step failed with status.err */
 
 /* Steps (restorer.c's blob_steps[] gives the order and explains it).  blob_status.step.
- * A thread other than the leader runs THREAD_STATE and PENDING_SIGNALS only. */
+ * A thread other than the leader runs THREAD_STATE, PENDING_SIGNALS, SECCOMP, CREDS and
+ * LATE_PRCTLS only.  Steps 18.. were added in ABI 4; the numbers do not give the order. */
 #define BLOB_STEP_CHECK_ARGS		1u
 #define BLOB_STEP_BLOCK_SIGNALS		2u
 #define BLOB_STEP_UNREGISTER_RSEQ	3u
@@ -110,6 +117,17 @@
 #define BLOB_STEP_PENDING_SIGNALS	15u
 #define BLOB_STEP_ITIMERS		16u
 #define BLOB_STEP_CREATE_THREADS	17u	/* runs between THREAD_STATE and RLIMITS */
+#define BLOB_STEP_PERSONALITY		18u	/* after PROTECT_VMAS, before CREATE_THREADS */
+#define BLOB_STEP_POSIX_TIMERS		19u	/* create (disarmed), after RLIMITS */
+#define BLOB_STEP_SECCOMP		20u	/* every thread, after PENDING_SIGNALS */
+#define BLOB_STEP_CREDS			21u	/* every thread, after SECCOMP */
+#define BLOB_STEP_LATE_PRCTLS		22u	/* every thread, after CREDS */
+#define BLOB_STEP_ARM_POSIX_TIMERS	23u	/* last, after ITIMERS */
+
+/* blob_thread.seccomp_mode: SECCOMP_MODE_* (linux/seccomp.h). */
+#define BLOB_SECCOMP_DISABLED	0u
+#define BLOB_SECCOMP_STRICT	1u
+#define BLOB_SECCOMP_FILTER	2u
 
 /* Where the task is and what went wrong; written by the blob only. */
 struct blob_status {
@@ -218,6 +236,48 @@ struct blob_mm {
 	uint32_t exe_fd;	/* fd of the checkpointed executable; (uint32_t)-1: keep */
 };
 
+/*
+ * One thread's credentials (CRIU's thread_core.creds), applied by the thread itself in
+ * step CREDS in the order of CRIU's restore_creds (criu/pie/restorer.c).  Capability sets
+ * are BLOB_CAP_WORDS u32 words, low word first, as capset(2) and the image hold them.
+ */
+struct blob_creds {
+	uint32_t uid, euid, suid, fsuid;
+	uint32_t gid, egid, sgid, fsgid;
+	uint32_t cap_inh[BLOB_CAP_WORDS];
+	uint32_t cap_prm[BLOB_CAP_WORDS];
+	uint32_t cap_eff[BLOB_CAP_WORDS];
+	uint32_t cap_bnd[BLOB_CAP_WORDS];	/* every capability not in it is dropped */
+	uint32_t cap_amb[BLOB_CAP_WORDS];
+	uint32_t secbits;	/* PR_SET_SECUREBITS value (linux/securebits.h) */
+	uint32_t no_new_privs;	/* 1: PR_SET_NO_NEW_PRIVS at the end */
+	uint32_t nr_groups;	/* <= BLOB_MAX_GROUPS */
+	uint32_t _pad;
+	uint64_t groups;	/* uint32_t[nr_groups]: setgroups(2) */
+};
+
+/* One seccomp filter program: seccomp(SECCOMP_SET_MODE_FILTER, flags, {nr_insns, insns}). */
+struct blob_seccomp_filter {
+	uint64_t insns;		/* struct sock_filter[nr_insns] (BLOB_BPF_INSN_BYTES each) */
+	uint32_t nr_insns;	/* 1 .. BLOB_MAX_BPF_INSNS */
+	uint32_t flags;		/* SECCOMP_FILTER_FLAG_* as dumped (TSYNC, LOG, SPEC_ALLOW) */
+};
+
+/* One POSIX timer (timer_create(2), then timer_settime(2)), task-wide. */
+struct blob_posix_timer {
+	uint32_t timer_id;	/* the id it must get (PR_TIMER_CREATE_RESTORE_IDS) */
+	uint32_t clock_id;	/* CLOCK_* */
+	int32_t sigev_notify;	/* SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID (| SIGEV_SIGNAL) */
+	int32_t sigev_signo;
+	uint64_t sival;		/* sigev_value.sival_ptr */
+	int32_t notify_tid;	/* sigev_notify_thread_id for SIGEV_THREAD_ID */
+	uint32_t _pad;
+	uint64_t interval_sec;	/* struct itimerspec: it_interval */
+	uint64_t interval_nsec;
+	uint64_t value_sec;	/* it_value: time left; never both 0 for an armed timer */
+	uint64_t value_nsec;
+};
+
 /* Per-thread state the blob sets from inside each thread (threads[0] runs restore_task,
  * threads[1..] are created by it and run restore_thread). */
 struct blob_thread {
@@ -238,6 +298,14 @@ struct blob_thread {
 	uint64_t siginfos;	/* struct blob_siginfo[nr_siginfos]: pending for this thread */
 	uint32_t nr_siginfos;
 	uint32_t _pad1;
+	uint64_t creds;		/* struct blob_creds *; 0: keep the creds it has (tests only) */
+	uint64_t seccomp_filters;	/* struct blob_seccomp_filter[nr_seccomp_filters],
+					 * in install order: the chain's root first */
+	uint32_t nr_seccomp_filters;
+	uint32_t seccomp_mode;	/* BLOB_SECCOMP_*; FILTER needs nr_seccomp_filters >= 1 */
+	uint32_t pdeath_sig;	/* PR_SET_PDEATHSIG after the creds; 0: none */
+	int32_t dumpable;	/* blob_args.dumpable again: set again after this thread's creds,
+				 * which reset it (kernel/cred.c: commit_creds); -1: leave */
 };
 
 /* Everything restore_task needs; written by the orchestrator, status updated by the blob. */
@@ -297,6 +365,13 @@ struct blob_args {
 
 	/* ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF: armed last. */
 	struct blob_itimer itimers[3];
+
+	/* POSIX timers: created after RLIMITS, armed after the itimers. */
+	uint64_t posix_timers;	/* struct blob_posix_timer[nr_posix_timers] */
+	uint32_t nr_posix_timers;
+	uint32_t personality;	/* personality(2) value; 0xffffffff: leave (it only queries) */
+	uint32_t child_subreaper;	/* 1: PR_SET_CHILD_SUBREAPER after the creds */
+	uint32_t _pad2;
 };
 
 _Static_assert(sizeof(struct blob_status) == 32, "blob_status layout");
@@ -310,9 +385,12 @@ _Static_assert(sizeof(struct blob_rlimit) == 24, "blob_rlimit layout");
 _Static_assert(sizeof(struct blob_siginfo) == 128, "blob_siginfo layout");
 _Static_assert(sizeof(struct blob_itimer) == 32, "blob_itimer layout");
 _Static_assert(sizeof(struct blob_mm) == 104, "blob_mm layout (struct prctl_mm_map)");
-_Static_assert(sizeof(struct blob_thread) == 144, "blob_thread layout");
+_Static_assert(sizeof(struct blob_creds) == 96, "blob_creds layout");
+_Static_assert(sizeof(struct blob_seccomp_filter) == 16, "blob_seccomp_filter layout");
+_Static_assert(sizeof(struct blob_posix_timer) == 64, "blob_posix_timer layout");
+_Static_assert(sizeof(struct blob_thread) == 176, "blob_thread layout");
 _Static_assert(__builtin_offsetof(struct blob_thread, status) == 0, "thread status first");
-_Static_assert(sizeof(struct blob_args) == 424, "blob_args layout");
+_Static_assert(sizeof(struct blob_args) == 448, "blob_args layout");
 _Static_assert(__builtin_offsetof(struct blob_args, status) == 16, "status offset is fixed");
 
 #endif /* PYCRESTORE_RESTORER_ABI_H */

@@ -27,6 +27,9 @@
 #include <linux/prctl.h>
 #include <linux/sched.h>
 #include <linux/time.h>
+#include <linux/capability.h>
+#include <linux/seccomp.h>
+#include <linux/securebits.h>
 #include <asm/prctl.h>
 #include <asm/signal.h>
 
@@ -58,6 +61,18 @@ static long failed_at(struct blob_status *status, uint32_t index, uint64_t addr,
 	return err;
 }
 
+/* Linux 6.15+ (include/uapi/linux/prctl.h): timer_create() takes the id to create from
+ * *created_timer_id while it is on.  linux-libc-dev of this build host may predate it. */
+#ifndef PR_TIMER_CREATE_RESTORE_IDS
+#define PR_TIMER_CREATE_RESTORE_IDS	77
+#define PR_TIMER_CREATE_RESTORE_IDS_OFF	0
+#define PR_TIMER_CREATE_RESTORE_IDS_ON	1
+#endif
+
+_Static_assert(BLOB_CAP_WORDS == _LINUX_CAPABILITY_U32S_3, "capability words");
+_Static_assert(BLOB_SECCOMP_STRICT == SECCOMP_MODE_STRICT &&
+	       BLOB_SECCOMP_FILTER == SECCOMP_MODE_FILTER, "seccomp modes");
+
 #define PAGE_MASK ((uint64_t)BLOB_PAGE_SIZE - 1)
 #define MAX_TID 0x3fffffffu	/* PID_MAX_LIMIT (linux/threads.h): the largest pid there is */
 
@@ -82,6 +97,42 @@ static int thread_usable(const struct blob_args *args, const struct blob_thread 
 	return frame_ok && t->tid && t->tid <= MAX_TID && !(t->stack_top & 15) &&
 	       t->stack_top >= BLOB_THREAD_STACK_BYTES &&
 	       in_region(args, t->stack_top - BLOB_THREAD_STACK_BYTES, BLOB_THREAD_STACK_BYTES);
+}
+
+/* A thread's creds: none, or a descriptor and its groups inside the region. */
+static int creds_usable(const struct blob_args *args, const struct blob_thread *t)
+{
+	const struct blob_creds *c = (const void *)t->creds;
+
+	if (!t->creds)
+		return 1;
+	if (!in_region(args, t->creds, sizeof(*c)))
+		return 0;
+	return c->nr_groups <= BLOB_MAX_GROUPS &&
+	       (!c->nr_groups ||
+		in_region(args, c->groups, (uint64_t)c->nr_groups * sizeof(uint32_t)));
+}
+
+/* A thread's seccomp state: a known mode; for FILTER, 1.. programs of 1..BPF_MAXINSNS
+ * instructions each, all inside the region. */
+static int seccomp_usable(const struct blob_args *args, const struct blob_thread *t)
+{
+	const struct blob_seccomp_filter *f = (const void *)t->seccomp_filters;
+	uint32_t i;
+
+	if (t->seccomp_mode > BLOB_SECCOMP_FILTER)
+		return 0;
+	if (t->seccomp_mode != BLOB_SECCOMP_FILTER)
+		return !t->nr_seccomp_filters;
+	if (!t->nr_seccomp_filters ||
+	    !in_region(args, t->seccomp_filters, (uint64_t)t->nr_seccomp_filters * sizeof(*f)))
+		return 0;
+	for (i = 0; i < t->nr_seccomp_filters; i++) {
+		if (!f[i].nr_insns || f[i].nr_insns > BLOB_MAX_BPF_INSNS ||
+		    !in_region(args, f[i].insns, (uint64_t)f[i].nr_insns * BLOB_BPF_INSN_BYTES))
+			return 0;
+	}
+	return 1;
 }
 
 /* Check the fields the steps trust: flags, the region, threads, read batches. */
@@ -109,7 +160,15 @@ static long step_check_args(struct blob_args *args, struct blob_status *status)
 	for (i = 0; i < args->nr_threads; i++) {
 		if (!thread_usable(args, &threads[i], i))
 			return failed_at(status, 5, i, -EINVAL);
+		if (!creds_usable(args, &threads[i]))
+			return failed_at(status, 6, i, -EINVAL);
+		if (!seccomp_usable(args, &threads[i]))
+			return failed_at(status, 7, i, -EINVAL);
 	}
+	if (args->nr_posix_timers &&
+	    !in_region(args, args->posix_timers,
+		       (uint64_t)args->nr_posix_timers * sizeof(struct blob_posix_timer)))
+		return failed_at(status, 8, args->posix_timers, -EINVAL);
 	for (i = 0; i < args->nr_page_reads; i++) {
 		if (!reads[i].nr_iovs || reads[i].nr_iovs > BLOB_MAX_IOVS ||
 		    reads[i].first_iov > args->nr_iovs ||
@@ -528,8 +587,248 @@ static long step_pending_signals(struct blob_args *args, struct blob_status *sta
 	return queue_thread_signals((const void *)args->threads, status, args->nr_siginfos);
 }
 
-/* ITIMER_REAL, VIRTUAL, PROF.  Last, so that the clocks start as late as possible.
- * status.index: which timer. */
+/*
+ * personality(2) of the task (tc.personality).  After the last mmap and mprotect of the
+ * blob: READ_IMPLIES_EXEC would add PROT_EXEC to them, while the checkpointed VMAs must
+ * keep their own protections; before CREATE_THREADS, because a thread inherits the
+ * persona of the thread that clones it (task_struct.personality is per thread).  CRIU 4.2
+ * dumps the field but does not restore it.  status.addr: the persona.
+ */
+static long step_personality(struct blob_args *args, struct blob_status *status)
+{
+	if (args->personality == 0xffffffffu)
+		return 0;
+	sys_personality(args->personality);		/* returns the old persona */
+	if ((uint32_t)sys_personality(0xffffffffu) != args->personality)
+		return failed_at(status, 0, args->personality, -EINVAL);
+	return 0;
+}
+
+/*
+ * Create the POSIX timers, disarmed, with their checkpointed ids: with
+ * PR_TIMER_CREATE_RESTORE_IDS on, timer_create() reads the id to use from
+ * *created_timer_id (Linux 6.15+), as CRIU's create_posix_timers() does.  After
+ * CREATE_THREADS (a SIGEV_THREAD_ID timer names one of the threads) and RLIMITS (each
+ * timer is charged to RLIMIT_SIGPENDING); armed only in ARM_POSIX_TIMERS, last.
+ * status.index: the timer's index, or 0xffffffff / 0xfffffffe for turning the prctl
+ * on / off; status.addr: the timer id.
+ */
+static long step_posix_timers(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_posix_timer *timers = (const void *)args->posix_timers;
+	uint8_t sev[BLOB_SIGEVENT_BYTES];
+	uint32_t i;
+	int32_t id;
+	long ret;
+
+	if (!args->nr_posix_timers)
+		return 0;
+	ret = sys_prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_ON, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 0xffffffffu, 0, ret);
+	for (i = 0; i < args->nr_posix_timers; i++) {
+		const struct blob_posix_timer *t = &timers[i];
+
+		/* struct sigevent (asm-generic/siginfo.h): sigev_value, sigev_signo,
+		 * sigev_notify, then the union whose first int is the thread id. */
+		__builtin_memset(sev, 0, sizeof(sev));
+		__builtin_memcpy(sev, &t->sival, 8);
+		__builtin_memcpy(sev + 8, &t->sigev_signo, 4);
+		__builtin_memcpy(sev + 12, &t->sigev_notify, 4);
+		__builtin_memcpy(sev + 16, &t->notify_tid, 4);
+		id = (int32_t)t->timer_id;
+		ret = sys_timer_create(t->clock_id, sev, &id);
+		if (ret >= 0 && (uint32_t)id != t->timer_id)
+			ret = -ESRCH;	/* a kernel that ignored the wanted id */
+		if (ret < 0) {
+			sys_prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0);
+			return failed_at(status, i, t->timer_id, ret);
+		}
+	}
+	ret = sys_prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_OFF, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 0xfffffffeu, 0, ret);
+	return 0;
+}
+
+/*
+ * The calling thread's seccomp mode and filters (CRIU: restore_seccomp).  Before CREDS, as
+ * CRIU does: installing a filter needs CAP_SYS_ADMIN unless no_new_privs is set, and the
+ * creds may drop both.  A filter may forbid what the blob and the tracer still do after it
+ * (creds, timers, rt_sigreturn, munmap): the tracer seized this task with
+ * PTRACE_O_SUSPEND_SECCOMP (restore/tree.py), which the threads inherit, so nothing is
+ * filtered until it detaches.  Filters go in in array order: the chain's root first.
+ * status.index: the filter's index; status.addr: its instructions.
+ */
+static long set_thread_seccomp(const struct blob_thread *t, struct blob_status *status)
+{
+	const struct blob_seccomp_filter *f = (const void *)t->seccomp_filters;
+	struct {
+		uint16_t len;
+		uint16_t _pad[3];
+		uint64_t filter;
+	} prog;		/* struct sock_fprog (linux/filter.h) */
+	uint32_t i;
+	long ret;
+
+	if (t->seccomp_mode == BLOB_SECCOMP_STRICT) {
+		ret = sys_prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT, 0, 0, 0);
+		return ret < 0 ? failed_at(status, 0, 0, ret) : 0;
+	}
+	if (t->seccomp_mode != BLOB_SECCOMP_FILTER)
+		return 0;
+	for (i = 0; i < t->nr_seccomp_filters; i++) {
+		prog.len = (uint16_t)f[i].nr_insns;
+		prog._pad[0] = prog._pad[1] = prog._pad[2] = 0;
+		prog.filter = f[i].insns;
+		ret = sys_seccomp(SECCOMP_SET_MODE_FILTER, f[i].flags, &prog);
+		if (ret < 0)
+			return failed_at(status, i, f[i].insns, ret);
+	}
+	return 0;
+}
+
+static long step_seccomp(struct blob_args *args, struct blob_status *status)
+{
+	if (!args->nr_threads)
+		return 0;
+	return set_thread_seccomp((const void *)args->threads, status);
+}
+
+/* True if capability `cap` is in the BLOB_CAP_WORDS-word set `set`. */
+static int has_cap(const uint32_t *set, uint32_t cap)
+{
+	return cap / 32 < BLOB_CAP_WORDS && (set[cap / 32] >> (cap % 32)) & 1;
+}
+
+/*
+ * The calling thread's credentials, in the order of CRIU's restore_creds():
+ *   0 setgroups; 1 securebits = SECBIT_NO_SETUID_FIXUP, so that leaving uid 0 keeps the
+ *   capabilities the next calls need; 2 setresuid; 3 setfsuid (after setresuid, which
+ *   would set fsuid to euid); 4 setresgid; 5 setfsgid; 6 the checkpointed securebits;
+ *   7 drop every capability not in the bounding set (PR_CAPBSET_DROP needs CAP_SETPCAP,
+ *   so before capset); 8 capset; 9 ambient set: clear, then raise each (needs the cap in
+ *   permitted and inheritable, so after capset); 10 PR_SET_NO_NEW_PRIVS (last: it cannot
+ *   be undone, and nothing after it execs).
+ * After every privileged step of the task (threads, rlimits, timers, seccomp) and before
+ * rt_sigreturn; each thread runs it for itself, since creds are per thread.
+ * status.index: the call above; status.addr: the id or capability concerned.
+ */
+static long set_thread_creds(const struct blob_thread *t, struct blob_status *status)
+{
+	const struct blob_creds *c = (const void *)t->creds;
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct data[BLOB_CAP_WORDS];
+	uint32_t cap, i;
+	long ret;
+
+	if (!c)
+		return 0;
+	ret = sys_setgroups(c->nr_groups, (const uint32_t *)c->groups);
+	if (ret < 0)
+		return failed_at(status, 0, c->nr_groups, ret);
+	ret = sys_prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 1, SECBIT_NO_SETUID_FIXUP, ret);
+	ret = sys_setresuid(c->uid, c->euid, c->suid);
+	if (ret < 0)
+		return failed_at(status, 2, c->uid, ret);
+	sys_setfsuid(c->fsuid);
+	if ((uint32_t)sys_setfsuid(0xffffffffu) != c->fsuid)
+		return failed_at(status, 3, c->fsuid, -EPERM);
+	ret = sys_setresgid(c->gid, c->egid, c->sgid);
+	if (ret < 0)
+		return failed_at(status, 4, c->gid, ret);
+	sys_setfsgid(c->fsgid);
+	if ((uint32_t)sys_setfsgid(0xffffffffu) != c->fsgid)
+		return failed_at(status, 5, c->fsgid, -EPERM);
+	ret = sys_prctl(PR_SET_SECUREBITS, c->secbits, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 6, c->secbits, ret);
+	/* PR_CAPBSET_READ fails with EINVAL past the kernel's last capability. */
+	for (cap = 0; sys_prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++) {
+		if (has_cap(c->cap_bnd, cap))
+			continue;
+		ret = sys_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 7, cap, ret);
+	}
+	for (i = 0; i < BLOB_CAP_WORDS; i++) {
+		data[i].effective = c->cap_eff[i];
+		data[i].permitted = c->cap_prm[i];
+		data[i].inheritable = c->cap_inh[i];
+	}
+	ret = sys_capset(&hdr, data);
+	if (ret < 0)
+		return failed_at(status, 8, 0, ret);
+	ret = sys_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+	if (ret < 0)
+		return failed_at(status, 9, 0, ret);
+	for (cap = 0; cap < 32 * BLOB_CAP_WORDS; cap++) {
+		if (!has_cap(c->cap_amb, cap))
+			continue;
+		ret = sys_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 9, cap, ret);
+	}
+	if (c->no_new_privs) {
+		ret = sys_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 10, 1, ret);
+	}
+	return 0;
+}
+
+static long step_creds(struct blob_args *args, struct blob_status *status)
+{
+	if (!args->nr_threads)
+		return 0;
+	return set_thread_creds((const void *)args->threads, status);
+}
+
+/*
+ * What a change of credentials resets (kernel/cred.c: commit_creds clears pdeath_signal
+ * and sets dumpable to fs.suid_dumpable when euid, fsuid, egid or fsgid change), set after
+ * the creds as CRIU does: 0 PR_SET_DUMPABLE again (per mm: every thread sets it after its
+ * own creds, so the last word is right), 1 PR_SET_PDEATHSIG (per thread).
+ */
+static long set_late_prctls(const struct blob_thread *t, struct blob_status *status)
+{
+	long ret;
+
+	if (t->dumpable >= 0) {
+		ret = sys_prctl(PR_SET_DUMPABLE, (uint64_t)t->dumpable, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 0, (uint64_t)t->dumpable, ret);
+	}
+	if (t->pdeath_sig) {
+		ret = sys_prctl(PR_SET_PDEATHSIG, t->pdeath_sig, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 1, t->pdeath_sig, ret);
+	}
+	return 0;
+}
+
+/* The leader's late prctls, then the task-wide 2 PR_SET_CHILD_SUBREAPER (signal_struct). */
+static long step_late_prctls(struct blob_args *args, struct blob_status *status)
+{
+	long ret;
+
+	if (args->nr_threads) {
+		ret = set_late_prctls((const void *)args->threads, status);
+		if (ret < 0)
+			return ret;
+	}
+	if (args->child_subreaper) {
+		ret = sys_prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+		if (ret < 0)
+			return failed_at(status, 2, 1, ret);
+	}
+	return 0;
+}
+
+/* ITIMER_REAL, VIRTUAL, PROF.  Late, so that the clocks start as late as possible (after
+ * the creds, as CRIU: nothing after this may fail for long).  status.index: which timer. */
 static long step_itimers(struct blob_args *args, struct blob_status *status)
 {
 	uint32_t which;
@@ -539,6 +838,24 @@ static long step_itimers(struct blob_args *args, struct blob_status *status)
 		ret = sys_setitimer((int)which, &args->itimers[which], NULL);
 		if (ret < 0)
 			return failed_at(status, which, 0, ret);
+	}
+	return 0;
+}
+
+/* Arm the POSIX timers created in POSIX_TIMERS (timer_settime, relative).  Last, with the
+ * itimers, so that they start counting as late as possible, as CRIU's
+ * restore_posix_timers().  status.index: the timer's index; status.addr: its id. */
+static long step_arm_posix_timers(struct blob_args *args, struct blob_status *status)
+{
+	const struct blob_posix_timer *timers = (const void *)args->posix_timers;
+	uint32_t i;
+	long ret;
+
+	for (i = 0; i < args->nr_posix_timers; i++) {
+		/* interval_sec .. value_nsec are a struct itimerspec, in its order. */
+		ret = sys_timer_settime((int32_t)timers[i].timer_id, 0, &timers[i].interval_sec, NULL);
+		if (ret < 0)
+			return failed_at(status, i, timers[i].timer_id, ret);
 	}
 	return 0;
 }
@@ -562,11 +879,21 @@ struct blob_step blob_steps[] = {
 	{ BLOB_STEP_CLOSE_FDS, "close_fds", step_close_fds },
 	{ BLOB_STEP_SET_MM, "set_mm", step_set_mm },
 	{ BLOB_STEP_SIGACTIONS, "sigactions", step_sigactions },
+	/* After every mmap/mprotect (READ_IMPLIES_EXEC), before the threads (inherited). */
+	{ BLOB_STEP_PERSONALITY, "personality", step_personality },
 	{ BLOB_STEP_THREAD_STATE, "thread_state", step_thread_state },
 	{ BLOB_STEP_CREATE_THREADS, "create_threads", step_create_threads },
 	{ BLOB_STEP_RLIMITS, "rlimits", step_rlimits },
+	/* After the threads (SIGEV_THREAD_ID targets) and rlimits (RLIMIT_SIGPENDING). */
+	{ BLOB_STEP_POSIX_TIMERS, "posix_timers", step_posix_timers },
 	{ BLOB_STEP_PENDING_SIGNALS, "pending_signals", step_pending_signals },
+	/* CRIU's order from here: seccomp while still privileged, then the creds, then what
+	 * a change of creds resets; every privileged step of the leader is done by now. */
+	{ BLOB_STEP_SECCOMP, "seccomp", step_seccomp },
+	{ BLOB_STEP_CREDS, "creds", step_creds },
+	{ BLOB_STEP_LATE_PRCTLS, "late_prctls", step_late_prctls },
 	{ BLOB_STEP_ITIMERS, "itimers", step_itimers },
+	{ BLOB_STEP_ARM_POSIX_TIMERS, "arm_posix_timers", step_arm_posix_timers },
 };
 
 #define NR_STEPS (sizeof(blob_steps) / sizeof(blob_steps[0]))
@@ -675,8 +1002,8 @@ void restore_task_main(struct blob_args *args)
 
 /*
  * Called by entry.S (blob_clone_thread) in a new thread, on its own stack, with every
- * signal but SIGTRAP blocked.  Sets the thread's own state and pending signals, writes its
- * record and leaves like the leader: int3, then rt_sigreturn through its own frame.
+ * signal but SIGTRAP blocked.  Sets the thread's own state, pending signals, seccomp
+ * filters and credentials, writes its record and leaves like the leader: int3, then rt_sigreturn through its own frame.
  * flags: the leader's blob_args.flags.  Never returns.
  */
 void restore_thread_main(struct blob_thread *thread, uint32_t flags)
@@ -690,6 +1017,19 @@ void restore_thread_main(struct blob_thread *thread, uint32_t flags)
 		fail(status, flags, (uint32_t)-err);
 	status->step = BLOB_STEP_PENDING_SIGNALS;
 	err = queue_thread_signals(thread, status, 0);
+	if (err < 0)
+		fail(status, flags, (uint32_t)-err);
+	/* The leader's order (blob_steps[]): seccomp, creds, what the creds reset. */
+	status->step = BLOB_STEP_SECCOMP;
+	err = set_thread_seccomp(thread, status);
+	if (err < 0)
+		fail(status, flags, (uint32_t)-err);
+	status->step = BLOB_STEP_CREDS;
+	err = set_thread_creds(thread, status);
+	if (err < 0)
+		fail(status, flags, (uint32_t)-err);
+	status->step = BLOB_STEP_LATE_PRCTLS;
+	err = set_late_prctls(thread, status);
 	if (err < 0)
 		fail(status, flags, (uint32_t)-err);
 	status_end(status, BLOB_STATE_OK);

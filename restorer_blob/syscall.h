@@ -165,4 +165,59 @@ static inline long sys_setitimer(int which, const void *value, void *old)
 	return SYSCALL3(__NR_setitimer, which, value, old);
 }
 
+/* Credentials: each call changes the calling thread only (the kernel's creds are per
+ * thread; glibc's broadcast to all threads is a libc feature the blob does not have). */
+static inline long sys_setgroups(uint32_t n, const uint32_t *groups)
+{
+	return SYSCALL2(__NR_setgroups, n, groups);
+}
+
+static inline long sys_setresuid(uint32_t r, uint32_t e, uint32_t s)
+{
+	return SYSCALL3(__NR_setresuid, r, e, s);
+}
+
+static inline long sys_setresgid(uint32_t r, uint32_t e, uint32_t s)
+{
+	return SYSCALL3(__NR_setresgid, r, e, s);
+}
+
+/* setfsuid/setfsgid never fail: they return the previous id; (uint32_t)-1 only queries. */
+static inline long sys_setfsuid(uint32_t id)
+{
+	return SYSCALL1(__NR_setfsuid, id);
+}
+
+static inline long sys_setfsgid(uint32_t id)
+{
+	return SYSCALL1(__NR_setfsgid, id);
+}
+
+/* capset(2): hdr is struct __user_cap_header_struct, data __user_cap_data_struct[2]. */
+static inline long sys_capset(const void *hdr, const void *data)
+{
+	return SYSCALL2(__NR_capset, hdr, data);
+}
+
+static inline long sys_seccomp(uint32_t op, uint32_t flags, const void *args)
+{
+	return SYSCALL3(__NR_seccomp, op, flags, args);
+}
+
+static inline long sys_timer_create(uint32_t clock_id, const void *sigevent, int32_t *timer_id)
+{
+	return SYSCALL3(__NR_timer_create, clock_id, sigevent, timer_id);
+}
+
+static inline long sys_timer_settime(int32_t timer_id, int flags, const void *value, void *old)
+{
+	return SYSCALL4(__NR_timer_settime, timer_id, flags, value, old);
+}
+
+/* personality(2): returns the previous persona; 0xffffffff only queries. */
+static inline long sys_personality(uint32_t persona)
+{
+	return SYSCALL1(__NR_personality, persona);
+}
+
 #endif /* PYCRESTORE_RESTORER_SYSCALL_H */

@@ -19,6 +19,23 @@ FIXTURES = Path(os.environ.get("PYCRESTORE_FIXTURES", SHARED / "fixtures" / "cri
 FIXTURES_MORE = Path(os.environ.get("PYCRESTORE_FIXTURES_MORE", SHARED / "fixtures" / "criu-4.2-more"))
 PID_MAX = Path("/proc/sys/kernel/pid_max")
 
+# The XSAVE features of the CPU that dumped criu-4.2 (an AMD EPYC: x87, SSE, AVX, PKRU; its
+# README). On a CPU with AVX-512 the default CPU policy refuses these checkpoints (glibc's
+# lazy-binding save area was sized without AVX-512: restore/cpucap.py), and on one without
+# PKU it refuses fpu (which set PKRU itself). test_restore_fixtures.py checks those refusals;
+# tests about something else restore the pack with PACK_CPU_CAP.
+AMD_PACK_XFEATURES = 0x207
+AVX512_XFEATURES = 0b111 << 5
+
+
+def _pack_cpu_cap() -> str:
+    from pycriu_restore.blob.kernel_frame import fresh_task_frame
+
+    return "none" if fresh_task_frame().xfeatures & AVX512_XFEATURES & ~AMD_PACK_XFEATURES else "fpu"
+
+
+PACK_CPU_CAP = _pack_cpu_cap()
+
 
 @contextlib.contextmanager
 def pid_max_at_least(wanted: int) -> Iterator[None]:

@@ -15,10 +15,11 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import PACK_CPU_CAP, FIXTURES
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
+from pycriu_restore.restore.cpucap import parse_cpu_cap
 
 TOTAL_BYTES = (4 << 30) + (512 << 20)  # > 4 GiB of BO content: 64-bit sizes and offsets
 N_GPUS, N_BOS = 2, 64
@@ -42,7 +43,7 @@ def test_restore_with_simulated_gpu_state(gpu_images, parallel):
     assert len(state.gpu_ids) == N_GPUS and len(state.checksums) >= N_BOS and state.total_bytes > 4 << 30
     subprocess.run([str(FIXTURES / "install.sh"), "counter"], check=True, capture_output=True)
     plugin = AmdgpuPlugin()
-    restored = restore(str(images), RestoreOptions(plugins=(plugin,), gpu_backend="sim", parallel_gpu=parallel))
+    restored = restore(str(images), RestoreOptions(cpu_cap=parse_cpu_cap(PACK_CPU_CAP), plugins=(plugin,), gpu_backend="sim", parallel_gpu=parallel))
     pid = restored.root_pid
     try:
         device = plugin.sim_device

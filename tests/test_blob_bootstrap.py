@@ -35,9 +35,9 @@ from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.model import Task, VmaKind
 from pycriu_restore.restore.task import ServiceFds
+from conftest import FIXTURES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FIXTURES = pathlib.Path("/work/shared/fixtures/criu-4.2")
 PAGE = 4096
 BASE = 0x1000_0000_0000
 
@@ -48,7 +48,7 @@ FIXTURE_RUNTIME = RuntimeLayout(
     vvar=(0x7F00_0000_0000, 0x7F00_0000_4000),
     vvar_vclock=(0x7F00_0000_4000, 0x7F00_0000_6000),
     vdso=(0x7F00_0000_6000, 0x7F00_0000_8000),
-    rseq=None, xstate_size=2440, xcr0=0x207,
+    rseq=None, xstate_size=2440, xfeatures=0x207,
     xsave_layout=(XsaveComponent(2, 576, 256), XsaveComponent(9, 2432, 8)))
 
 
@@ -391,7 +391,7 @@ def test_components_this_machine_lacks_are_dropped_with_a_note(blob: Blob) -> No
     """An image with PKRU restored where XCR0 has none (like the AVX-512 test machines)."""
     task = build_plan(ImageSet.open(FIXTURES / "images" / "fpu")).root
     no_pkru = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
-                            vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2432, xcr0=0xE7,
+                            vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2432, xfeatures=0xE7,
                             xsave_layout=(XsaveComponent(2, 576, 256), XsaveComponent(5, 832, 64),
                                           XsaveComponent(6, 896, 512), XsaveComponent(7, 1408, 1024)))
     boot = _bootstrap(task, blob, no_pkru)
@@ -403,7 +403,7 @@ def test_components_this_machine_lacks_are_dropped_with_a_note(blob: Blob) -> No
 
 def test_dropped_components_are_one_note_for_all_threads(blob: Blob) -> None:
     no_pkru = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
-                            vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2432, xcr0=0xE7,
+                            vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2432, xfeatures=0xE7,
                             xsave_layout=(XsaveComponent(2, 576, 256), XsaveComponent(5, 832, 64),
                                           XsaveComponent(6, 896, 512), XsaveComponent(7, 1408, 1024)))
     boot = _bootstrap(_threads_task(), blob, no_pkru)
@@ -415,7 +415,7 @@ def test_dropped_components_are_one_note_for_all_threads(blob: Blob) -> None:
 def test_component_of_another_size_is_refused(blob: Blob) -> None:
     task = build_plan(ImageSet.open(FIXTURES / "images" / "fpu")).root
     odd = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
-                        vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2440, xcr0=0x207,
+                        vdso=FIXTURE_RUNTIME.vdso, rseq=None, xstate_size=2440, xfeatures=0x207,
                         xsave_layout=(XsaveComponent(2, 576, 512), XsaveComponent(9, 2432, 8)))
     with pytest.raises(FpuStateMismatch, match=r"thread 31600: xsave component 2 \(ymmh_space\) "
                        r"holds 256 bytes, this CPU's is 512"):
@@ -425,7 +425,7 @@ def test_component_of_another_size_is_refused(blob: Blob) -> None:
 def test_vdso_of_another_size_is_refused(task: Task, blob: Blob) -> None:
     big = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=FIXTURE_RUNTIME.vvar_vclock,
                         vdso=(FIXTURE_RUNTIME.vdso[0], FIXTURE_RUNTIME.vdso[1] + PAGE), rseq=None,
-                        xstate_size=2440, xcr0=0x207, xsave_layout=FIXTURE_RUNTIME.xsave_layout)
+                        xstate_size=2440, xfeatures=0x207, xsave_layout=FIXTURE_RUNTIME.xsave_layout)
     with pytest.raises(VdsoMismatch, match=rf"task {task.pid}: image \[vdso\] at 0x[0-9a-f]+ is "
                        r"8192 bytes, this kernel's is 12288"):
         _bootstrap(task, blob, big)
@@ -434,7 +434,7 @@ def test_vdso_of_another_size_is_refused(task: Task, blob: Blob) -> None:
 def test_vvar_without_vclock_of_another_size_is_refused(task: Task, blob: Blob) -> None:
     """An older kernel with a single 4-page [vvar]: the image's 6-page VVAR does not fit."""
     old = RuntimeLayout(vvar=FIXTURE_RUNTIME.vvar, vvar_vclock=None, vdso=FIXTURE_RUNTIME.vdso,
-                        rseq=None, xstate_size=2440, xcr0=0x207,
+                        rseq=None, xstate_size=2440, xfeatures=0x207,
                         xsave_layout=FIXTURE_RUNTIME.xsave_layout)
     with pytest.raises(VdsoMismatch, match=r"image \[vvar\] at 0x[0-9a-f]+ is 24576 bytes, "
                        r"this kernel's is 16384"):

@@ -26,13 +26,14 @@ import pytest
 from pycriu_restore.blob import abi
 from pycriu_restore.blob.bootstrap import RuntimeLayout, bootstrap_size, build_bootstrap
 from pycriu_restore.blob.forkrun import run_bootstrap_in_child
+from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.blob.loader import BLOB_FILE_NAME, Blob, load_blob
 from pycriu_restore.linux import ptrace
 from pycriu_restore.linux.procmaps import read_maps
 from pycriu_restore.plan.model import (ItimerValue, MappedFile, MmFields, PageRun, Rseq,
                                        SigAction, Task, Thread, Vma, VmaKind)
 from pycriu_restore.restore.task import ServiceFds
-from conftest import seized_fork
+from conftest import FIXTURES, seized_fork
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAYLOAD_SRC = ROOT / "tests" / "c" / "blob_payload.S"
@@ -77,7 +78,7 @@ def runtime() -> RuntimeLayout:
     """This process's layout as the orchestrator would read it from a stopped fork of it."""
     with seized_fork() as pid:
         return RuntimeLayout.from_task(read_maps(pid), ptrace.get_rseq_configuration(pid),
-                                       ptrace.get_xstate(pid))
+                                       fresh_task_frame())
 
 
 def _vdso_addr(runtime: RuntimeLayout) -> int:
@@ -360,7 +361,6 @@ def test_orchestrator_protocol_through_ptrace(blob: Blob, runtime: RuntimeLayout
 
 # --- real CRIU images: the blob alone turns a forked Python into the dumped workload ------
 
-FIXTURES = pathlib.Path("/work/shared/fixtures/criu-4.2")
 FIXTURE_BASE = 0x6000_0000_0000       # free in this process and in every fixture's layout
 
 

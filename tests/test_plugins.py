@@ -14,11 +14,12 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import PACK_CPU_CAP, FIXTURES
 from pycriu_restore.images import dump_image, load_image
 from pycriu_restore.images.image import Image
 from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
+from pycriu_restore.restore.cpucap import parse_cpu_cap
 
 EXT_ID = 4242
 EXT_FD = 50
@@ -75,7 +76,7 @@ def test_hooks_run_in_order_and_in_the_right_process(tmp_path):
     subprocess.run([str(FIXTURES / "install.sh"), "counter"], check=True, capture_output=True)
     images = counter_with_ext_file(tmp_path / "counter")
     log_path = tmp_path / "hooks.log"
-    restored = restore(str(images), RestoreOptions(plugins=(Recorder(log_path),)))
+    restored = restore(str(images), RestoreOptions(cpu_cap=parse_cpu_cap(PACK_CPU_CAP), plugins=(Recorder(log_path),)))
     pid = restored.root_pid
     try:
         assert os.readlink(f"/proc/{pid}/fd/{EXT_FD}") == "/dev/null"
@@ -93,7 +94,7 @@ def test_ext_file_without_a_plugin_fails_cleanly(tmp_path):
     subprocess.run([str(FIXTURES / "install.sh"), "counter"], check=True, capture_output=True)
     images = counter_with_ext_file(tmp_path / "counter")
     with pytest.raises(Exception) as info:
-        restore(str(images), RestoreOptions(plugins=()))
+        restore(str(images), RestoreOptions(cpu_cap=parse_cpu_cap(PACK_CPU_CAP), plugins=()))
     assert f"no plugin restores EXT file id {EXT_ID}" in str(info.value)
     assert not os.path.exists("/proc/31100")
 

@@ -79,7 +79,7 @@ def _xcr0_of_a_child() -> int:
 
 
 def test_xsave_area_layout() -> None:
-    area = build_xsave_area(_thread(), xstate_size=832, xcr0=0x7, components=YMM)
+    area = build_xsave_area(_thread(), xstate_size=832, xfeatures=0x7, components=YMM)
     assert len(area.data) == 836 and area.xstate_bv == 7 and area.dropped == 0
     legacy = Fpstate64.from_buffer_copy(area.data)
     assert (legacy.cwd, legacy.mxcsr, list(legacy.xmm_space)) == (0x37F, 0x1F80, list(range(64)))
@@ -92,19 +92,19 @@ def test_xsave_area_layout() -> None:
 
 
 def test_fxsave_only_thread_gets_the_legacy_features() -> None:
-    area = build_xsave_area(_thread(xsave=None), xstate_size=832, xcr0=0x7, components=YMM)
+    area = build_xsave_area(_thread(xsave=None), xstate_size=832, xfeatures=0x7, components=YMM)
     assert area.xstate_bv == 0x3
     assert area.data[576:832] == bytes(256)
 
 
 def test_component_past_the_kernel_area_is_refused() -> None:
     with pytest.raises(FpuStateMismatch, match="ends at byte 832, past this kernel's 700-byte area"):
-        build_xsave_area(_thread(), xstate_size=700, xcr0=0x7, components=YMM)
+        build_xsave_area(_thread(), xstate_size=700, xfeatures=0x7, components=YMM)
 
 
 def test_kernel_without_xsave_is_refused() -> None:
-    with pytest.raises(FpuStateMismatch, match="512 bytes with XCR0 0x3"):
-        build_xsave_area(_thread(), xstate_size=512, xcr0=0x3, components=YMM)
+    with pytest.raises(FpuStateMismatch, match="512 bytes with features 0x3"):
+        build_xsave_area(_thread(), xstate_size=512, xfeatures=0x3, components=YMM)
 
 
 @pytest.mark.parametrize("fpregs, message", [
@@ -113,7 +113,7 @@ def test_kernel_without_xsave_is_refused() -> None:
 ])
 def test_malformed_fpregs_are_bad_thread_state(fpregs: dict, message: str) -> None:
     with pytest.raises(BadThreadState, match=message):
-        build_xsave_area(_thread(fpregs=fpregs), xstate_size=832, xcr0=0x7, components=YMM)
+        build_xsave_area(_thread(fpregs=fpregs), xstate_size=832, xfeatures=0x7, components=YMM)
 
 
 # --- the frame ---------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_malformed_fpregs_are_bad_thread_state(fpregs: dict, message: str) -> No
 
 def test_frame_of_a_hand_made_thread() -> None:
     addr = 0x7000_0000_0040
-    frame = build_sigframe(_thread(), addr, xstate_size=832, xcr0=0x7, components=YMM)
+    frame = build_sigframe(_thread(), addr, xstate_size=832, xfeatures=0x7, components=YMM)
     assert len(frame.data) == sigframe_bytes(832) and len(frame.data) % 64 == 0
     assert frame.sigreturn_rsp == addr + 8 == addr + SIGRETURN_RSP_OFFSET
     rt = RtSigframe.from_buffer_copy(frame.data)
@@ -132,15 +132,15 @@ def test_frame_of_a_hand_made_thread() -> None:
     assert rt.uc.uc_sigmask == 0x1234 and rt.pretcode == 0 and bytes(rt.info) == bytes(128)
     assert frame.data[ctypes.sizeof(RtSigframe):SIGFRAME_XSAVE_OFFSET] == bytes(8)
     assert frame.data[SIGFRAME_XSAVE_OFFSET:SIGFRAME_XSAVE_OFFSET + 836] == build_xsave_area(
-        _thread(), xstate_size=832, xcr0=0x7, components=YMM).data
+        _thread(), xstate_size=832, xfeatures=0x7, components=YMM).data
 
 
 def test_missing_register_is_bad_thread_state() -> None:
     regs = {name: 0 for name in REG_NAMES if name != "ip"}
     with pytest.raises(BadThreadState, match="thread 77: register ip missing from gpregs"):
-        build_sigframe(_thread(gpregs=regs), 0x1000, xstate_size=832, xcr0=0x7, components=YMM)
+        build_sigframe(_thread(gpregs=regs), 0x1000, xstate_size=832, xfeatures=0x7, components=YMM)
 
 
 def test_unaligned_frame_is_a_caller_bug() -> None:
     with pytest.raises(AssertionError, match="build_sigframe: frame at 0x1008"):
-        build_sigframe(_thread(), 0x1008, xstate_size=832, xcr0=0x7, components=YMM)
+        build_sigframe(_thread(), 0x1008, xstate_size=832, xfeatures=0x7, components=YMM)

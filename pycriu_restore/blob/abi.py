@@ -17,7 +17,7 @@ from ctypes import c_int32, c_uint8, c_uint32, c_uint64
 
 BLOB_ARGS_MAGIC = 0x42435950  # "PYCB" in memory, little-endian
 BLOB_STATUS_MAGIC = 0x54535942  # "BYST": the blob has started writing status
-BLOB_ABI_VERSION = 3
+BLOB_ABI_VERSION = 4
 
 BLOB_PAGE_SIZE = 4096
 BLOB_STACK_BYTES = 32768          # the leader's stack
@@ -25,6 +25,11 @@ BLOB_THREAD_STACK_BYTES = 16384   # each other thread's stack
 BLOB_SIGFRAME_ALIGN = 64
 BLOB_SIGINFO_BYTES = 128
 BLOB_MAX_IOVS = 1024
+BLOB_CAP_WORDS = 2                # _LINUX_CAPABILITY_U32S_3 (linux/capability.h)
+BLOB_MAX_GROUPS = 65536           # NGROUPS_MAX (linux/limits.h)
+BLOB_MAX_BPF_INSNS = 4096         # BPF_MAXINSNS (linux/bpf_common.h)
+BLOB_BPF_INSN_BYTES = 8           # sizeof(struct sock_filter) (linux/filter.h)
+BLOB_SIGEVENT_BYTES = 64          # sizeof(struct sigevent) (asm-generic/siginfo.h)
 
 BLOB_ENTRY_RESTORE_TASK = "restore_task"
 BLOB_SYSCALL_GADGET = "blob_syscall_gadget"
@@ -67,6 +72,17 @@ BLOB_STEP_RLIMITS = 14
 BLOB_STEP_PENDING_SIGNALS = 15
 BLOB_STEP_ITIMERS = 16
 BLOB_STEP_CREATE_THREADS = 17     # runs between THREAD_STATE and RLIMITS
+BLOB_STEP_PERSONALITY = 18        # after PROTECT_VMAS, before CREATE_THREADS
+BLOB_STEP_POSIX_TIMERS = 19       # create (disarmed), after RLIMITS
+BLOB_STEP_SECCOMP = 20            # every thread, after PENDING_SIGNALS
+BLOB_STEP_CREDS = 21              # every thread, after SECCOMP
+BLOB_STEP_LATE_PRCTLS = 22        # every thread, after CREDS
+BLOB_STEP_ARM_POSIX_TIMERS = 23   # last, after ITIMERS
+
+# blob_thread.seccomp_mode: SECCOMP_MODE_* (linux/seccomp.h)
+BLOB_SECCOMP_DISABLED = 0
+BLOB_SECCOMP_STRICT = 1
+BLOB_SECCOMP_FILTER = 2
 
 
 class BlobStatus(ctypes.Structure):
@@ -204,6 +220,59 @@ class BlobMm(ctypes.Structure):
     ]
 
 
+class BlobCreds(ctypes.Structure):
+    """struct blob_creds: one thread's credentials (capability sets: 2 u32 words, low first)."""
+
+    _fields_ = [
+        ("uid", c_uint32),
+        ("euid", c_uint32),
+        ("suid", c_uint32),
+        ("fsuid", c_uint32),
+        ("gid", c_uint32),
+        ("egid", c_uint32),
+        ("sgid", c_uint32),
+        ("fsgid", c_uint32),
+        ("cap_inh", c_uint32 * BLOB_CAP_WORDS),
+        ("cap_prm", c_uint32 * BLOB_CAP_WORDS),
+        ("cap_eff", c_uint32 * BLOB_CAP_WORDS),
+        ("cap_bnd", c_uint32 * BLOB_CAP_WORDS),
+        ("cap_amb", c_uint32 * BLOB_CAP_WORDS),
+        ("secbits", c_uint32),
+        ("no_new_privs", c_uint32),
+        ("nr_groups", c_uint32),
+        ("_pad", c_uint32),
+        ("groups", c_uint64),
+    ]
+
+
+class BlobSeccompFilter(ctypes.Structure):
+    """struct blob_seccomp_filter: one BPF program for seccomp(SECCOMP_SET_MODE_FILTER)."""
+
+    _fields_ = [
+        ("insns", c_uint64),
+        ("nr_insns", c_uint32),
+        ("flags", c_uint32),
+    ]
+
+
+class BlobPosixTimer(ctypes.Structure):
+    """struct blob_posix_timer: timer_create() arguments and the itimerspec to arm it with."""
+
+    _fields_ = [
+        ("timer_id", c_uint32),
+        ("clock_id", c_uint32),
+        ("sigev_notify", c_int32),
+        ("sigev_signo", c_int32),
+        ("sival", c_uint64),
+        ("notify_tid", c_int32),
+        ("_pad", c_uint32),
+        ("interval_sec", c_uint64),
+        ("interval_nsec", c_uint64),
+        ("value_sec", c_uint64),
+        ("value_nsec", c_uint64),
+    ]
+
+
 class BlobThread(ctypes.Structure):
     """struct blob_thread: per-thread state the blob sets from inside each thread.
 
@@ -226,6 +295,12 @@ class BlobThread(ctypes.Structure):
         ("siginfos", c_uint64),
         ("nr_siginfos", c_uint32),
         ("_pad1", c_uint32),
+        ("creds", c_uint64),
+        ("seccomp_filters", c_uint64),
+        ("nr_seccomp_filters", c_uint32),
+        ("seccomp_mode", c_uint32),
+        ("pdeath_sig", c_uint32),
+        ("dumpable", c_int32),
     ]
 
 
@@ -268,12 +343,18 @@ class BlobArgs(ctypes.Structure):
         ("nr_threads", c_uint32),
         ("threads", c_uint64),
         ("itimers", BlobItimer * 3),
+        ("posix_timers", c_uint64),
+        ("nr_posix_timers", c_uint32),
+        ("personality", c_uint32),
+        ("child_subreaper", c_uint32),
+        ("_pad2", c_uint32),
     ]
 
     @classmethod
     def new(cls) -> BlobArgs:
         """Zeroed args with a valid header (magic, version, size), no pages fd, no exe fd
-        and the task-wide prctls left alone (dumpable, thp_disabled = -1).
+        and the task-wide prctls left alone (dumpable, thp_disabled = -1, personality
+        0xffffffff).
 
         Every array is empty, no flag is set and the status is zero (the blob sets its
         magic when it starts): the caller fills in what it needs.
@@ -286,6 +367,7 @@ class BlobArgs(ctypes.Structure):
         args.mm.exe_fd = 0xFFFF_FFFF
         args.dumpable = -1
         args.thp_disabled = -1
+        args.personality = 0xFFFF_FFFF
         return args
 
 
@@ -302,6 +384,9 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "blob_siginfo": BlobSiginfo,
     "blob_itimer": BlobItimer,
     "blob_mm": BlobMm,
+    "blob_creds": BlobCreds,
+    "blob_seccomp_filter": BlobSeccompFilter,
+    "blob_posix_timer": BlobPosixTimer,
     "blob_thread": BlobThread,
     "blob_args": BlobArgs,
 }

@@ -14,9 +14,11 @@ leader, ``Task.threads`` order)::
     | arrays, each 8-byte aligned: vmas,   |    = status_addr = thread_status_addrs[0]
     |   page reads, iovecs, vdso areas,    |
     |   fds to close, auxv, sigactions,    |
-    |   rlimits, siginfos,                 |
+    |   rlimits, siginfos, then per thread |
+    |   its siginfos, groups, creds,       |
+    |   seccomp programs and filters,      |
     |   threads: struct blob_thread[n]     |  threads[i].status (its first 32 bytes), i >= 1
-    |     (each thread's siginfos after)   |    = thread_status_addrs[i]
+    |   posix timers                       |    = thread_status_addrs[i]
     +--------------------------------------+ page-aligned               = park
     | vdso park area                       |  the span [vvar] .. [vdso] of the running
     |   ([vvar][vvar_vclock][vdso])        |  kernel; zeros until the blob mremaps the areas
@@ -59,9 +61,9 @@ from pycriu_restore.blob.loader import Blob, load_blob
 from pycriu_restore.blob.sigframe import Sigframe, build_sigframe, sigframe_bytes
 from pycriu_restore.linux.procmaps import MapEntry
 from pycriu_restore.linux.ptrace import RseqConfig
-from pycriu_restore.linux.xstate import regset_xcr0
+from pycriu_restore.blob.kernel_frame import KernelFrame
 from pycriu_restore.plan.build import TASK_SIZE
-from pycriu_restore.plan.model import Task, Thread, Vma, VmaKind
+from pycriu_restore.plan.model import PosixTimer, Task, Thread, Vma, VmaKind
 from pycriu_restore.restore.task import ServiceFds
 
 PAGE_SIZE = abi.BLOB_PAGE_SIZE
@@ -90,28 +92,29 @@ class RuntimeLayout:
     from /proc/PID/maps (``(start, end)``, None if absent), glibc's rseq registration from
     PTRACE_GET_RSEQ_CONFIGURATION (None if nothing is registered; take its length from
     there: glibc 2.36's ``__rseq_size`` says 20 where 32 bytes are registered), and the
-    XSAVE area size and XCR0 from PTRACE_GETREGSET(NT_X86_XSTATE). ``xsave_layout`` is
-    this CPU's component offsets; None (the default) asks CPUID (cpuid.xsave_components),
-    tests pin another machine's.
+    signal frame's XSAVE size and features from a frame this kernel made for a fresh task
+    (kernel_frame.py; the restored task is one). ``xsave_layout`` is this CPU's component
+    offsets; None (the default) asks CPUID (cpuid.xsave_components), tests pin another
+    machine's.
     """
 
     vvar: tuple[int, int] | None
     vvar_vclock: tuple[int, int] | None
     vdso: tuple[int, int] | None
     rseq: RseqConfig | None
-    xstate_size: int
-    xcr0: int
+    xstate_size: int             # sw_bytes.xstate_size: fpstate->user_size
+    xfeatures: int               # sw_bytes.xfeatures: fpstate->user_xfeatures
     xsave_layout: tuple[XsaveComponent, ...] | None = None
 
     @classmethod
     def from_task(cls, maps: Iterable[MapEntry], rseq: RseqConfig | None,
-                  xstate: bytes) -> RuntimeLayout:
-        """Build from the task's maps, its rseq configuration and its xstate regset."""
+                  frame: KernelFrame) -> RuntimeLayout:
+        """Build from the task's maps, its rseq configuration and the kernel's frame layout."""
         found = {m.path: (m.start, m.end) for m in maps if m.path in KERNEL_AREAS}
         if rseq is not None and not rseq.abi_pointer:
             rseq = None
         return cls(vvar=found.get(VVAR), vvar_vclock=found.get(VVAR_VCLOCK), vdso=found.get(VDSO),
-                   rseq=rseq, xstate_size=len(xstate), xcr0=regset_xcr0(xstate))
+                   rseq=rseq, xstate_size=frame.xstate_size, xfeatures=frame.xfeatures)
 
     def kernel_areas(self) -> list[tuple[str, int, int]]:
         """The kernel's areas that exist, as (name, start, end), lowest first."""
@@ -228,7 +231,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
 
     components = _components(runtime)
     frames = [build_sigframe(thread, base + layout.sigframe_off + i * layout.sigframe_stride,
-                             xstate_size=runtime.xstate_size, xcr0=runtime.xcr0,
+                             xstate_size=runtime.xstate_size, xfeatures=runtime.xfeatures,
                              components=components)
               for i, thread in enumerate(task.threads)]
     args_addr = base + layout.args_off
@@ -253,7 +256,6 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     auxv_addr, nr_auxv = writer.array(ctypes.c_uint64, contents.auxv)
     _fill_mm(args.mm, task, auxv_addr, nr_auxv, service.exe)
     notes = list(_prctl_fields(args, task))
-    notes += _dropped_xfeature_notes(task.threads, frames, runtime.xcr0)
 
     args.sigactions, args.nr_sigactions = writer.array(abi.BlobSigaction, contents.sigactions)
     args.rlimits, args.nr_rlimits = writer.array(abi.BlobRlimit, contents.rlimits)
@@ -261,7 +263,14 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     blob_threads = [_blob_thread(thread, writer, stack_top=base + layout.stack_top_off(i),
                                  frame=frame)
                     for i, (thread, frame) in enumerate(zip(task.threads, frames))]
+    for bt in blob_threads:  # each thread sets it again after its own creds (abi.h)
+        bt.dumpable = args.dumpable
     args.threads, args.nr_threads = writer.array(abi.BlobThread, blob_threads)
+    args.posix_timers, args.nr_posix_timers = writer.array(
+        abi.BlobPosixTimer, [_blob_posix_timer(t) for t in task.posix_timers])
+    notes += _overrun_notes(task)
+    args.personality = task.personality
+    args.child_subreaper = int(task.child_subreaper)
     for slot, timer in zip(args.itimers, task.itimers):
         slot.interval_sec, slot.interval_usec = timer.interval_sec, timer.interval_usec
         slot.value_sec, slot.value_usec = timer.value_sec, timer.value_usec
@@ -289,19 +298,6 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
         thread_status_addrs=(status_addr, *thread_records), notes=tuple(notes))
 
 
-def _dropped_xfeature_notes(threads: Sequence[Thread], frames: Sequence[Sigframe],
-                            xcr0: int) -> list[str]:
-    """One note per distinct set of image XSAVE components this machine lacks, naming the
-    threads whose frames left them out (usually every thread: they ran on one CPU)."""
-    by_mask: dict[int, list[int]] = {}
-    for thread, frame in zip(threads, frames):
-        if frame.dropped_xfeatures:
-            by_mask.setdefault(frame.dropped_xfeatures, []).append(thread.tid)
-    return [f"thread{'s' if len(tids) > 1 else ''} {', '.join(map(str, tids))}: xsave components "
-            f"{mask:#x} of the image are not enabled on this machine (XCR0 {xcr0:#x}): left out"
-            for mask, tids in by_mask.items()]
-
-
 def _components(runtime: RuntimeLayout) -> dict[int, XsaveComponent]:
     """The XSAVE layout to build frames with: the runtime's if pinned, else this CPU's."""
     if runtime.xsave_layout is None:
@@ -327,6 +323,8 @@ class _Contents:
     shared_siginfos: list[abi.BlobSiginfo]
     nr_threads: int
     thread_siginfos: int           # count, for sizing
+    thread_extra_bytes: int        # creds, groups, seccomp filters of every thread, rounded
+    nr_posix_timers: int
 
     @classmethod
     def of(cls, task: Task, service: ServiceFds) -> _Contents:
@@ -350,6 +348,8 @@ class _Contents:
             shared_siginfos=[_siginfo(f"task {task.pid}", raw) for raw in task.shared_pending_signals],
             nr_threads=len(task.threads),
             thread_siginfos=sum(len(t.pending_signals) for t in task.threads),
+            thread_extra_bytes=sum(_thread_extra_bytes(t) for t in task.threads),
+            nr_posix_timers=len(task.posix_timers),
         )
 
 
@@ -386,6 +386,8 @@ class _Layout:
             (ctypes.sizeof(abi.BlobSiginfo), len(contents.shared_siginfos)),
             (ctypes.sizeof(abi.BlobThread), contents.nr_threads),
             (ctypes.sizeof(abi.BlobSiginfo), contents.thread_siginfos),
+            (1, contents.thread_extra_bytes),
+            (ctypes.sizeof(abi.BlobPosixTimer), contents.nr_posix_timers),
         ]
         args_bytes = ctypes.sizeof(abi.BlobArgs) + sum(
             _round_up(size * count, _ARRAY_ALIGN) for size, count in counts)
@@ -548,6 +550,62 @@ def _siginfo(where: str, raw: bytes) -> abi.BlobSiginfo:
     return abi.BlobSiginfo.from_buffer_copy(raw)
 
 
+def _thread_extra_bytes(thread: Thread) -> int:
+    """Bytes _blob_thread's creds and seccomp arrays take in the args area (each array
+    rounded to _ARRAY_ALIGN, as _ArgsWriter.array lays them out)."""
+    total = 0
+    if thread.creds is not None:
+        total += _round_up(ctypes.sizeof(abi.BlobCreds), _ARRAY_ALIGN)
+        total += _round_up(4 * len(thread.creds.groups), _ARRAY_ALIGN)
+    if thread.seccomp_filters:
+        total += ctypes.sizeof(abi.BlobSeccompFilter) * len(thread.seccomp_filters)
+        total += sum(_round_up(len(f.insns), _ARRAY_ALIGN) for f in thread.seccomp_filters)
+    return total
+
+
+def _cap_words(mask: int) -> list[int]:
+    """A capability mask as abi.BLOB_CAP_WORDS u32 words, low first (capset's layout)."""
+    return [(mask >> (32 * i)) & 0xFFFF_FFFF for i in range(abi.BLOB_CAP_WORDS)]
+
+
+def _blob_creds(thread: Thread, writer: _ArgsWriter) -> int:
+    """Write ``thread``'s struct blob_creds and its groups; return its address (0: none)."""
+    creds = thread.creds
+    if creds is None:
+        return 0
+    bc = abi.BlobCreds(uid=creds.uid, euid=creds.euid, suid=creds.suid, fsuid=creds.fsuid,
+                       gid=creds.gid, egid=creds.egid, sgid=creds.sgid, fsgid=creds.fsgid,
+                       secbits=creds.secbits, no_new_privs=int(creds.no_new_privs))
+    for name in ("cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"):
+        getattr(bc, name)[:] = _cap_words(getattr(creds, name))
+    bc.groups, bc.nr_groups = writer.array(ctypes.c_uint32, creds.groups)
+    addr, _count = writer.array(abi.BlobCreds, [bc])
+    return addr
+
+
+def _blob_seccomp(thread: Thread, writer: _ArgsWriter) -> tuple[int, int]:
+    """Write ``thread``'s filter programs and their descriptors (install order)."""
+    descriptors = []
+    for f in thread.seccomp_filters:
+        insns, _count = writer.array(ctypes.c_uint8, f.insns)
+        descriptors.append(abi.BlobSeccompFilter(insns=insns, nr_insns=f.nr_insns, flags=f.flags))
+    return writer.array(abi.BlobSeccompFilter, descriptors)
+
+
+def _blob_posix_timer(timer: PosixTimer) -> abi.BlobPosixTimer:
+    return abi.BlobPosixTimer(timer_id=timer.timer_id, clock_id=timer.clock_id, sigev_notify=timer.notify,
+                              sigev_signo=timer.signo, sival=timer.sival, notify_tid=timer.notify_tid,
+                              interval_sec=timer.interval_sec, interval_nsec=timer.interval_nsec,
+                              value_sec=timer.value_sec, value_nsec=timer.value_nsec)
+
+
+def _overrun_notes(task: Task) -> list[str]:
+    """POSIX timers whose overrun count was not 0: no system call sets it (CRIU 4.2 keeps
+    it in the image and does not restore it either); it restarts from 0 at the next expiry."""
+    return [f"POSIX timer {t.timer_id}: overrun {t.overrun} at dump is not restored (no call sets it)"
+            for t in task.posix_timers if t.overrun]
+
+
 def _blob_thread(thread: Thread, writer: _ArgsWriter, *, stack_top: int,
                  frame: Sigframe) -> abi.BlobThread:
     """struct blob_thread for ``thread``; its pending signals go into their own array."""
@@ -562,4 +620,8 @@ def _blob_thread(thread: Thread, writer: _ArgsWriter, *, stack_top: int,
     bt.comm[:len(comm)] = comm
     bt.siginfos, bt.nr_siginfos = writer.array(
         abi.BlobSiginfo, [_siginfo(f"thread {thread.tid}", raw) for raw in thread.pending_signals])
+    bt.creds = _blob_creds(thread, writer)
+    bt.seccomp_mode = thread.seccomp_mode
+    bt.seccomp_filters, bt.nr_seccomp_filters = _blob_seccomp(thread, writer)
+    bt.pdeath_sig = thread.pdeath_sig
     return bt

@@ -79,17 +79,19 @@ def sigframe_bytes(xstate_size: int) -> int:
     return -(-(SIGFRAME_XSAVE_OFFSET + area_bytes(xstate_size)) // ALIGN) * ALIGN
 
 
-def build_sigframe(thread: Thread, addr: int, *, xstate_size: int, xcr0: int,
+def build_sigframe(thread: Thread, addr: int, *, xstate_size: int, xfeatures: int,
                    components: Mapping[int, XsaveComponent]) -> Sigframe:
     """Build ``thread``'s rt_sigframe for address ``addr`` (64-byte aligned).
 
-    ``xstate_size``/``xcr0`` are the running kernel's, ``components`` this CPU's XSAVE
-    layout (cpuid.xsave_components). Raises BadThreadState if a register is missing or out
-    of range, FpuStateMismatch (from xsave.py) if the FPU state does not fit this CPU.
+    ``xstate_size``/``xfeatures`` are what this kernel writes into a fresh task's frames
+    (kernel_frame.py), ``components`` this CPU's XSAVE layout (cpuid.xsave_components).
+    Raises BadThreadState if a register is missing or out of range, FpuStateMismatch (from
+    xsave.py) if the FPU state does not fit this CPU.
     """
     if addr % ALIGN:
         raise AssertionError(f"build_sigframe: frame at {addr:#x} is not {ALIGN}-byte aligned")
-    xsave = build_xsave_area(thread, xstate_size=xstate_size, xcr0=xcr0, components=components)
+    xsave = build_xsave_area(thread, xstate_size=xstate_size, xfeatures=xfeatures,
+                             components=components)
 
     frame = RtSigframe()
     uc = frame.uc

@@ -46,7 +46,7 @@ class FpxSwBytes(ctypes.Structure):
     _fields_ = [
         ("magic1", c_uint32),
         ("extended_size", c_uint32),     # xstate_size + FP_XSTATE_MAGIC2_SIZE
-        ("xfeatures", c_uint64),         # XCR0: the components laid out in the area
+        ("xfeatures", c_uint64),         # the components laid out in the area (user_xfeatures)
         ("xstate_size", c_uint32),       # bytes of the XSAVE area, MAGIC2 not included
         ("padding", c_uint32 * 7),
     ]

@@ -46,16 +46,31 @@ STEP_NAMES: dict[int, str] = {
     abi.BLOB_STEP_PENDING_SIGNALS: "pending_signals",
     abi.BLOB_STEP_ITIMERS: "itimers",
     abi.BLOB_STEP_CREATE_THREADS: "create_threads",
+    abi.BLOB_STEP_PERSONALITY: "personality",
+    abi.BLOB_STEP_POSIX_TIMERS: "posix_timers",
+    abi.BLOB_STEP_SECCOMP: "seccomp",
+    abi.BLOB_STEP_CREDS: "creds",
+    abi.BLOB_STEP_LATE_PRCTLS: "late_prctls",
+    abi.BLOB_STEP_ARM_POSIX_TIMERS: "arm_posix_timers",
 }
 
 # What status.index selects in steps that do several different things (restorer.c).
 _CHECK_ARGS_FIELDS = ("flags", "exit_code", "bootstrap region", "thread count",
-                      "page read batch", "thread descriptor")
-_CHECK_THREAD = 5                  # status.index of a bad thread descriptor; addr: its index
+                      "page read batch", "thread descriptor", "thread creds", "thread seccomp filters",
+                      "posix timers")
+_CHECK_THREAD = (5, 6, 7)          # status.index of a bad per-thread item; addr: the thread's index
 _UNMAP_PARTS = ("below the bootstrap region", "above the bootstrap region")
 _SET_MM_CALLS = ("PR_SET_MM_MAP", "close the exe fd", "PR_SET_THP_DISABLE", "PR_SET_DUMPABLE")
 _THREAD_CALLS = ("set_robust_list", "ARCH_SET_FS", "ARCH_SET_GS", "register rseq", "PR_SET_NAME")
 _ITIMERS = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")
+# restorer.c set_thread_creds(): status.index -> the call; addr is the id or capability.
+_CREDS_CALLS = ("setgroups", "PR_SET_SECUREBITS(SECBIT_NO_SETUID_FIXUP)", "setresuid", "setfsuid",
+                "setresgid", "setfsgid", "PR_SET_SECUREBITS", "PR_CAPBSET_DROP", "capset",
+                "PR_CAP_AMBIENT", "PR_SET_NO_NEW_PRIVS")
+_CREDS_ADDR = ("groups", "bits", "uid", "fsuid", "gid", "fsgid", "bits", "capability", None,
+               "capability", None)
+_LATE_PRCTLS = ("PR_SET_DUMPABLE", "PR_SET_PDEATHSIG", "PR_SET_CHILD_SUBREAPER")
+_TIMER_PRCTL = {0xFFFF_FFFF: "turn on", 0xFFFF_FFFE: "turn off"}  # step POSIX_TIMERS' prctl calls
 _RLIMIT_NAMES = {getattr(resource, name): name for name in dir(resource) if name.startswith("RLIMIT_")}
 
 
@@ -94,7 +109,7 @@ class BlobStatus:
         i, a = self.index, self.addr
         phrases = {
             abi.BLOB_STEP_CHECK_ARGS: lambda: f"check arguments ({_pick(_CHECK_ARGS_FIELDS, i)}"
-                                              + (f" {a})" if i == _CHECK_THREAD else ")"),
+                                              + (f" {a})" if i in _CHECK_THREAD else ")"),
             abi.BLOB_STEP_BLOCK_SIGNALS: lambda: "block signals",
             abi.BLOB_STEP_UNREGISTER_RSEQ: lambda: f"unregister the old rseq area at {a:#x}",
             abi.BLOB_STEP_PARK_VDSO: lambda: f"park vdso area {i} from {a:#x}",
@@ -111,6 +126,14 @@ class BlobStatus:
             abi.BLOB_STEP_PENDING_SIGNALS: lambda: f"queue pending signal {i} (signal {a})",
             abi.BLOB_STEP_ITIMERS: lambda: f"arm {_pick(_ITIMERS, i)}",
             abi.BLOB_STEP_CREATE_THREADS: lambda: f"create thread {i} (tid {a})",
+            abi.BLOB_STEP_PERSONALITY: lambda: f"set personality {a:#x}",
+            abi.BLOB_STEP_POSIX_TIMERS: lambda: (f"{_TIMER_PRCTL[i]} PR_TIMER_CREATE_RESTORE_IDS (Linux 6.15+)"
+                                                 if i in _TIMER_PRCTL else f"create POSIX timer {i} (id {a})"),
+            abi.BLOB_STEP_SECCOMP: lambda: f"install seccomp filter {i} (program at {a:#x})",
+            abi.BLOB_STEP_CREDS: lambda: _pick(_CREDS_CALLS, i) + (
+                f" ({_CREDS_ADDR[i]} {a})" if i < len(_CREDS_ADDR) and _CREDS_ADDR[i] else ""),
+            abi.BLOB_STEP_LATE_PRCTLS: lambda: f"{_pick(_LATE_PRCTLS, i)} ({a})",
+            abi.BLOB_STEP_ARM_POSIX_TIMERS: lambda: f"arm POSIX timer {i} (id {a})",
         }
         phrase = phrases.get(self.step)
         return phrase() if phrase else f"step {self.step} (object {i} at {a:#x})"
@@ -135,6 +158,8 @@ class BlobStatus:
             name = "tid in use (EEXIST)"
         elif self.step == abi.BLOB_STEP_CREATE_THREADS and self.err == errno.ESRCH:
             name = "clone3 gave another tid (ESRCH)"
+        elif self.step == abi.BLOB_STEP_POSIX_TIMERS and self.err == errno.ESRCH:
+            name = "the kernel gave another id (ESRCH)"
         elif self.step == abi.BLOB_STEP_CHECK_ARGS and self.err == errno.EBADMSG:
             what = "check arguments"
             name = "args size differs from the blob's (EBADMSG)"

@@ -9,21 +9,24 @@ legacy part alone and the ymm upper halves come back zero (research/feasibility-
     0     legacy FXSAVE region (struct _fpstate_64): x87, MXCSR, xmm0-15    from fpregs
     464     sw_reserved = struct _fpx_sw_bytes:
               magic1 FP_XSTATE_MAGIC1, extended_size = xstate_size + 4,
-              xfeatures = XCR0, xstate_size
+              xfeatures = this kernel's user xfeatures, xstate_size
     512   XSAVE header: xstate_bv (from the image), xcomp_bv 0 (standard format)
     576.. each component n set in xstate_bv, at CPUID 0xD.n's offset        from xsave.*
     xstate_size: FP_XSTATE_MAGIC2
 
 The kernel checks: magic1; ``xstate_size`` at least the minimum and at most this task's
-user XSAVE size; ``extended_size >= xstate_size``; MAGIC2 at ``fpstate + xstate_size``
-(``check_xstate_in_sigframe``). ``xstate_size`` and XCR0 are therefore the *running*
-kernel's (``RuntimeLayout``), read from PTRACE_GETREGSET(NT_X86_XSTATE); the component
-offsets come from this CPU (``cpuid.xsave_components``).
+``fpstate->user_size``; ``extended_size >= xstate_size``; MAGIC2 at ``fpstate + xstate_size``
+(``check_xstate_in_sigframe``); it then restores the components of ``xfeatures`` that the
+task may use. So ``xstate_size`` and ``xfeatures`` are exactly what the kernel writes into a
+fresh task's own frames (kernel_frame.py): never the ptrace regset's length, which is the
+kernel's maximum and includes dynamic features such as AMX tile data. The component offsets
+come from this CPU (``cpuid.xsave_components``).
 
-Components the image has but this CPU or kernel does not enable (XCR0) are left out, as
-CRIU does (criu/arch/x86/crtools.c only copies components the CPU supports): a task dumped
-on a machine with PKU keeps the kernel's default PKRU in every image, and must still
-restore on a machine without it. The caller gets them back in ``XsaveArea.dropped``.
+Components the image has in use but this kernel's frames do not carry are left out and
+returned in ``XsaveArea.dropped``. Whether that is acceptable is not decided here: the CPU
+policy (restore/cpucap.py) refuses a restore before any frame is built unless every such
+component holds its default value (a task dumped on a machine with PKU holds the kernel's
+default PKRU, which a machine without PKU cannot hold and does not need).
 """
 
 from __future__ import annotations
@@ -82,35 +85,38 @@ def area_bytes(xstate_size: int) -> int:
     return xstate_size + FP_XSTATE_MAGIC2_SIZE
 
 
-def build_xsave_area(thread: Thread, *, xstate_size: int, xcr0: int,
+def build_xsave_area(thread: Thread, *, xstate_size: int, xfeatures: int,
                      components: Mapping[int, XsaveComponent]) -> XsaveArea:
     """Lay out ``thread``'s FPU state as the XSAVE area of a signal frame.
 
-    ``xstate_size`` and ``xcr0`` are the running kernel's (the NT_X86_XSTATE regset's length
-    and its sw_reserved word); ``components`` maps component numbers to this CPU's offsets.
+    ``xstate_size`` and ``xfeatures`` are the sw bytes this kernel writes into a fresh task's
+    frames (kernel_frame.KernelFrame); ``components`` maps component numbers to this CPU's
+    offsets.
     Raises FpuStateMismatch if the kernel's area cannot hold the state (no XSAVE, a
     component of another size), BadThreadState if the image's fields are malformed.
     """
     where = f"thread {thread.tid}"
-    if xstate_size < XSAVE_MIN_SIZE or xcr0 & LEGACY_XFEATURES != LEGACY_XFEATURES:
+    if xstate_size < XSAVE_MIN_SIZE or xfeatures & LEGACY_XFEATURES != LEGACY_XFEATURES:
         raise FpuStateMismatch(f"{where}: this kernel's XSAVE area is {xstate_size} bytes with "
-                               f"XCR0 {xcr0:#x}, expected at least {XSAVE_MIN_SIZE} bytes with "
+                               f"features {xfeatures:#x}, expected at least {XSAVE_MIN_SIZE} bytes with "
                                "x87 and SSE (a CPU without XSAVE is not supported)")
     area = bytearray(area_bytes(xstate_size))
 
     legacy = _legacy_region(thread)
     legacy.sw_reserved = FpxSwBytes(magic1=FP_XSTATE_MAGIC1,
                                     extended_size=area_bytes(xstate_size),
-                                    xfeatures=xcr0, xstate_size=xstate_size)
+                                    xfeatures=xfeatures, xstate_size=xstate_size)
     area[:FXSAVE_SIZE] = bytes(legacy)
 
     image = thread.xsave or {}
     image_bv = int(image.get("xstate_bv", LEGACY_XFEATURES))
-    dropped = image_bv & ~xcr0
-    xstate_bv = (image_bv & xcr0) | (image_bv & LEGACY_XFEATURES)
+    dropped = image_bv & ~xfeatures
+    xstate_bv = (image_bv & xfeatures) | (image_bv & LEGACY_XFEATURES)
     for number in _bits(xstate_bv & ~LEGACY_XFEATURES):
         if number not in components or number not in IMAGE_COMPONENTS:
-            # Enabled in XCR0 yet unknown to CPUID or to the image format: leave it at init.
+            # In this kernel's frames yet unknown to CPUID or to the image format (AMX tile
+            # config: CRIU keeps no data for it): left at init, and the CPU policy refused
+            # the restore before if the image had it in use.
             dropped |= 1 << number
             xstate_bv &= ~(1 << number)
             continue

@@ -24,6 +24,7 @@ from pycriu_restore.images.kinds import ImageKind, file_name, kind_by_name
 from pycriu_restore.images.pagemap import PagemapImage
 from pycriu_restore.images.schemas import (
     core_pb2,
+    cpuinfo_pb2,
     fdinfo_pb2,
     fs_pb2,
     ids_pb2,
@@ -203,6 +204,10 @@ class ImageSet:
     def seccomp(self) -> seccomp_pb2.SeccompEntry | None:
         """The dump's seccomp filters (seccomp.img), or None."""
         return self._single("SECCOMP", required=False)
+
+    def cpuinfo(self) -> cpuinfo_pb2.CpuinfoEntry | None:
+        """The dump CPU (cpuinfo.img; CRIU writes it only when asked to), or None."""
+        return self._single("CPUINFO", required=False)
 
     def stats(self, which: str = "dump") -> stats_pb2.StatsEntry | None:
         """CRIU's statistics of the dump (``stats-dump``) or a restore (``stats-restore``)."""

@@ -23,6 +23,7 @@ from pycriu_restore.images.schemas import (
     amdgpu_pb2,
     net_pb2,
     core_pb2,
+    cpuinfo_pb2,
     creds_pb2,
     eventfd_pb2,
     ext_file_pb2,
@@ -148,6 +149,7 @@ KINDS: list[ImageKind] = [
     ImageKind("TTY_DATA", M.TTY_DATA_MAGIC, C, tty_pb2.TtyDataEntry, ("tty-data.img",)),
     ImageKind("TIMENS", M.TIMENS_MAGIC, C, timens_pb2.TimensEntry, ("timens-%u.img",)),
     ImageKind("SECCOMP", M.SECCOMP_MAGIC, C, seccomp_pb2.SeccompEntry, ("seccomp.img",)),
+    ImageKind("CPUINFO", M.CPUINFO_MAGIC, C, cpuinfo_pb2.CpuinfoEntry, ("cpuinfo.img",)),
     ImageKind("STATS", M.STATS_MAGIC, S, stats_pb2.StatsEntry, ("stats-%s",)),
     # Network namespace: netdev and netns are records; the rest are raw tool dumps.
     ImageKind("NETDEV", M.NETDEV_MAGIC, C, net_pb2.NetDeviceEntry, ("netdev-%u.img",)),

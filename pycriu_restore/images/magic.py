@@ -47,6 +47,7 @@ SECCOMP_MAGIC = 0x64413049       # Kostomuksha
 FILES_MAGIC = 0x56303138         # Toropets
 MEMFD_INODE_MAGIC = 0x48453499   # Dnipro
 TIMENS_MAGIC = 0x43114433        # Beslan
+CPUINFO_MAGIC = 0x61404013       # Nyandoma
 
 # Service files (behind IMG_SERVICE_MAGIC).
 STATS_MAGIC = 0x57093306         # Ostashkov

@@ -12,6 +12,7 @@ try:
         amdgpu_pb2,
         core_pb2,
         core_x86_pb2,
+        cpuinfo_pb2,
         creds_pb2,
         eventfd_pb2,
         ext_file_pb2,
@@ -50,7 +51,7 @@ except ImportError as err:  # pragma: no cover - depends on the build, not on th
     ) from err
 
 __all__ = [
-    "amdgpu_pb2", "net_pb2", "core_pb2", "core_x86_pb2", "creds_pb2", "eventfd_pb2", "ext_file_pb2", "fdinfo_pb2",
+    "amdgpu_pb2", "net_pb2", "core_pb2", "core_x86_pb2", "cpuinfo_pb2", "creds_pb2", "eventfd_pb2", "ext_file_pb2", "fdinfo_pb2",
     "fown_pb2", "fs_pb2", "ids_pb2", "inventory_pb2", "memfd_pb2", "mm_pb2", "opts_pb2",
     "pagemap_pb2", "pipe_data_pb2", "pipe_pb2", "pstree_pb2", "regfile_pb2", "rlimit_pb2",
     "rseq_pb2", "sa_pb2", "seccomp_pb2", "siginfo_pb2", "sk_opts_pb2", "sk_queues_pb2",

@@ -37,6 +37,7 @@ PTRACE_KILL = 8
 PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
+PTRACE_GET_THREAD_AREA = 25    # <asm/ptrace-abi.h> (x86): a GDT TLS entry
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -412,3 +413,31 @@ def get_syscall_info(pid: int) -> SyscallInfo:
         return SyscallInfo(raw.op, raw.instruction_pointer, raw.stack_pointer,
                            rval=raw.exit.rval, is_error=bool(raw.exit.is_error))
     return SyscallInfo(raw.op, raw.instruction_pointer, raw.stack_pointer)
+
+
+class UserDesc(ctypes.Structure):
+    """``struct user_desc`` from <asm/ldt.h> (16 bytes): one GDT TLS entry, flags as bits."""
+
+    _fields_ = [
+        ("entry_number", ctypes.c_uint32),
+        ("base_addr", ctypes.c_uint32),
+        ("limit", ctypes.c_uint32),
+        ("seg_32bit", ctypes.c_uint32, 1),
+        ("contents", ctypes.c_uint32, 2),
+        ("read_exec_only", ctypes.c_uint32, 1),
+        ("limit_in_pages", ctypes.c_uint32, 1),
+        ("seg_not_present", ctypes.c_uint32, 1),
+        ("useable", ctypes.c_uint32, 1),
+        ("lm", ctypes.c_uint32, 1),
+    ]
+
+
+def get_thread_area(pid: int, entry_number: int) -> UserDesc:
+    """Return GDT TLS entry ``entry_number`` (12-14 on x86_64) of a ptrace-stopped task.
+
+    A checkpoint records all three (CRIU's arch_get_tls); 64-bit code rarely sets them,
+    and an unset one reads back as read_exec_only and seg_not_present.
+    """
+    desc = UserDesc()
+    _call(PTRACE_GET_THREAD_AREA, pid, entry_number, ctypes.addressof(desc))
+    return desc

@@ -42,6 +42,24 @@ XFEATURE_MASK_SSE = 1 << 1
 XFEATURE_MASK_YMM = 1 << 2
 XFEATURE_MASK_PKRU = 1 << 9
 
+# Short names of the XSAVE state components (the kernel's xfeature_names[] in
+# arch/x86/kernel/fpu/xstate.c, abbreviated; Intel SDM vol. 1 table 13-1).
+XFEATURE_NAMES: dict[int, str] = {
+    0: "x87", 1: "SSE", 2: "AVX (YMM_Hi128)", 3: "MPX BNDREGS", 4: "MPX BNDCSR",
+    5: "AVX-512 opmask", 6: "AVX-512 ZMM_Hi256", 7: "AVX-512 Hi16_ZMM", 8: "Processor Trace",
+    9: "PKRU", 10: "PASID", 11: "CET user", 12: "CET supervisor", 13: "HDC", 14: "UINTR",
+    15: "LBR", 16: "HWP", 17: "AMX TILECFG", 18: "AMX TILEDATA", 19: "APX",
+}
+# PKRU as Linux gives it to every task on a CPU with protection keys: access disabled for
+# keys 1-15, key 0 open (arch/x86/mm/pkeys.c: init_pkru_value).
+PKRU_LINUX_DEFAULT = 0x55555554
+
+
+def xfeature_names(mask: int) -> str:
+    """``mask``'s components by name, lowest first (``"AVX-512 opmask, PKRU"``)."""
+    return ", ".join(XFEATURE_NAMES.get(bit, f"component {bit}")
+                     for bit in range(mask.bit_length()) if mask >> bit & 1)
+
 
 def regset_xcr0(xstate: bytes) -> int:
     """Return the XCR0 value that PTRACE_GETREGSET(NT_X86_XSTATE) stored in sw_reserved.

@@ -22,7 +22,12 @@ from typing import Iterable
 from pycriu_restore.images import ImageSet
 from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from pycriu_restore.plan.refusals import check_refusals
 from pycriu_restore.plan.model import (
+    Creds,
+    PosixTimer,
+    SeccompFilter,
+    DumpCpu,
     ItimerValue,
     MappedFile,
     MmFields,
@@ -36,6 +41,7 @@ from pycriu_restore.plan.model import (
     UnixSocketPair,
     RestorePlan,
     Rseq,
+    SchedParams,
     SigAction,
     Task,
     Thread,
@@ -86,12 +92,42 @@ O_APPEND = os.O_APPEND
 S_IFMT = 0o170000
 S_IFREG = 0o100000
 
+# Bounds and values for credentials, seccomp and timers; the blob's own limits are in
+# blob/abi.py, where abi.h names their kernel headers.
+NGROUPS_MAX = 65536  # <linux/limits.h>: longest supplementary group list
+CAP_WORDS = 2  # _LINUX_CAPABILITY_U32S_3 (<linux/capability.h>): u32 words per capability set
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6  # <linux/securebits.h>
+SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2  # <linux/seccomp.h>
+# <linux/seccomp.h> SECCOMP_FILTER_FLAG_*: TSYNC 1, LOG 2, SPEC_ALLOW 4 are what CRIU dumps
+# (PTRACE_SECCOMP_GET_METADATA reports LOG; CRIU adds TSYNC itself); NEW_LISTENER (8) and
+# later flags would hand the task a new fd or change how it waits: not restored.
+SECCOMP_RESTORABLE_FLAGS = 0x1 | 0x2 | 0x4
+BPF_MAXINSNS = 4096  # <linux/bpf_common.h>: instructions per program
+SOCK_FILTER_BYTES = 8  # sizeof(struct sock_filter) (<linux/filter.h>)
+# kernel/seccomp.c: a thread's filters may hold MAX_INSNS_PER_PATH instructions in all,
+# each filter counting 4 more: ((1 << 18) / sizeof(struct sock_filter)).
+SECCOMP_MAX_INSNS_PER_PATH = (1 << 18) // SOCK_FILTER_BYTES
+SECCOMP_FILTER_PENALTY = 4
+# <asm-generic/siginfo.h> sigev_notify values the kernel keeps for a timer; SIGEV_THREAD (2)
+# is glibc's, which the kernel sees as SIGEV_THREAD_ID to glibc's helper thread.
+SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID = 0, 1, 4
+_SIGEV_KINDS = {SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID, SIGEV_THREAD_ID | SIGEV_SIGNAL}
+SIGRTMAX = 64  # <asm/signal.h> _NSIG on x86-64
+NSEC_PER_SEC = 1_000_000_000
+INT_MAX = 2**31 - 1  # a timer id is a non-negative int (kernel/time/posix-timers.c)
+# No kernel limit on a task's POSIX timers but RLIMIT_SIGPENDING (one queued signal each,
+# default about 60000 here); a bound for untrusted images.
+MAX_POSIX_TIMERS = 65536
+PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) only reads the persona
+
 
 def build_plan(images: ImageSet) -> RestorePlan:
     """Build and validate the plan for every task in ``pstree.img``, root first."""
     entries = list(images.pstree())
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
+    # First, every field whose state cannot be restored, all in one error (plan/coverage.py).
+    check_refusals(images)
     files = {f.id: f for f in images.files()}
     memfds = _shared_memory(images, files)
     tasks = tuple(_build_task(images, entry, files, memfds) for entry in _parents_first(entries))
@@ -103,6 +139,7 @@ def build_plan(images: ImageSet) -> RestorePlan:
         pipes=_pipe_buffers(images, tasks),
         socket_pairs=_socket_pairs(images, tasks, files),
         shared_memory=tuple(memfds.values()),
+        dump_cpu=_dump_cpu(images, tasks),
     )
 
 
@@ -159,7 +196,11 @@ def _build_task(images: ImageSet, entry, files: dict, memfds: dict) -> Task:
         sigactions=_build_sigactions(tc.sigactions),
         itimers=tuple(_itimer(getattr(tc.timers, name)) for name in ("real", "virt", "prof")),  # type: ignore[arg-type]
         shared_pending_signals=tuple(s.siginfo for s in tc.signals_s.signals),
-        personality=tc.personality,
+        personality=_personality(core_name, tc.personality),
+        posix_timers=_build_posix_timers(core_name, tc.timers.posix, entry.threads),
+        child_subreaper=tc.child_subreaper,
+        loginuid=tc.loginuid if tc.HasField("loginuid") and tc.loginuid != INVALID_UID else None,
+        oom_score_adj=tc.oom_score_adj if tc.HasField("oom_score_adj") else None,
     )
 
 
@@ -176,6 +217,7 @@ def _build_thread(images: ImageSet, tid: int, core) -> Thread:
     xsave = None
     if fp.HasField("xsave"):
         xsave = {f.name: _plain(v) for f, v in fp.xsave.ListFields() if f.name != "cet"}
+        _check_xsave_has_data(name, fp.xsave)
     thc = core.thread_core
     # The leader's blocked set is in tc (task_core), CRIU keeps thread_core's for others.
     blk = core.tc.blk_sigset if core.HasField("tc") else thc.blk_sigset
@@ -184,6 +226,7 @@ def _build_thread(images: ImageSet, tid: int, core) -> Thread:
     if thc.HasField("rseq_entry") and thc.rseq_entry.rseq_abi_pointer:
         r = thc.rseq_entry
         rseq = Rseq(r.rseq_abi_pointer, r.rseq_abi_size, r.signature)
+    seccomp_mode = _seccomp_mode(name, core)
     return Thread(
         tid=tid,
         gpregs=gpregs,
@@ -197,7 +240,188 @@ def _build_thread(images: ImageSet, tid: int, core) -> Thread:
         rseq=rseq,
         comm=thc.comm or core.tc.comm,
         pending_signals=tuple(s.siginfo for s in thc.signals_p.signals),
+        creds=_build_creds(images, name, thc),
+        seccomp_mode=seccomp_mode,
+        seccomp_filters=_seccomp_chain(images, name, thc) if seccomp_mode == SECCOMP_MODE_FILTER else (),
+        pdeath_sig=_pdeath_sig(name, thc.pdeath_sig),
+        sched=_sched_params(name, thc),
     )
+
+
+# XSAVE components whose data CRIU's image format keeps (UserX86XsaveEntry, core-x86.proto),
+# with the field that holds each; x87 and SSE are the legacy region (UserX86FpregsEntry).
+XSAVE_DATA_FIELDS = {0: "fpregs", 1: "fpregs", 2: "ymmh_space", 3: "bndreg_state", 4: "bndcsr_state",
+                     5: "opmask_reg", 6: "zmm_upper", 7: "hi16_zmm", 9: "pkru"}
+
+
+def _check_xsave_has_data(name: str, xsave) -> None:
+    """Every component in use (xstate_bv) must have its data in the image: a restore would
+    otherwise drop state without a word. (CET, kept apart in xsave.cet, is refused with the
+    other fields in plan/refusals.py.)
+
+    AMX tiles (17, 18) are the case met in practice: CRIU 4.2 has no field for them.
+    """
+    from pycriu_restore.linux.xstate import xfeature_names  # the names live with the layout
+
+    no_data = xsave.xstate_bv & ~sum(1 << bit for bit in XSAVE_DATA_FIELDS)
+    if no_data:
+        raise UnsupportedFeature(name, f"thread_info.fpregs.xsave.xstate_bv {xsave.xstate_bv:#x}: "
+                                 f"{xfeature_names(no_data)} in use, and CRIU's image keeps no data for it")
+
+
+def _dump_cpu(images: ImageSet, tasks: tuple[Task, ...]) -> DumpCpu | None:
+    """The dump CPU: cpuinfo.img if CRIU wrote one, else the XSAVE components the cores'
+    arrays reveal (CRIU writes one array per component the dump CPU had, in use or not)."""
+    info = images.cpuinfo()
+    if info is not None and info.x86_entry:
+        x86 = info.x86_entry[0]
+        return DumpCpu(xfeatures=x86.xfeatures_mask if x86.HasField("xfeatures_mask") else None,
+                       capability=tuple(x86.capability), model=x86.model_id or None)
+    xfeatures = 0
+    for task in tasks:
+        for thread in task.threads:
+            for bit, field_name in XSAVE_DATA_FIELDS.items():
+                if bit > 1 and (thread.xsave or {}).get(field_name):
+                    xfeatures |= 1 << bit
+    return DumpCpu(xfeatures=xfeatures | 0x3) if xfeatures else None
+
+
+def _cap_mask(name: str, field: str, words, optional: bool = False) -> int:
+    """A capability set from its u32 words (low first) as one mask."""
+    words = list(words)
+    if optional and not words:
+        return 0  # cap_amb is absent from images made before ambient capabilities
+    if len(words) != CAP_WORDS:
+        raise InconsistentImages(name, f"thread_core.creds.{field} has {len(words)} words, expected {CAP_WORDS}")
+    return sum(word << (32 * i) for i, word in enumerate(words))
+
+
+def _build_creds(images: ImageSet, name: str, thc) -> Creds:
+    """A thread's credentials (thread_core.creds); LSM labels and the legacy per-task
+    creds-PID.img are refused, since the blob cannot apply them."""
+    if not thc.HasField("creds"):
+        legacy = sorted(p.name for p in images.directory.glob("creds-*.img"))
+        if legacy:
+            raise UnsupportedFeature(legacy[0], "credentials in a separate creds image (images from before "
+                                     "thread_core.creds): not restored")
+        raise InconsistentImages(name, "thread_core.creds is missing: the thread's credentials are unknown")
+    ce = thc.creds
+    for field in ("lsm_profile", "lsm_sockcreate", "apparmor_data"):
+        if ce.HasField(field) and getattr(ce, field):
+            raise UnsupportedFeature(name, f"thread_core.creds.{field} {getattr(ce, field)!r}: LSM labels are not applied")
+    if len(ce.groups) > NGROUPS_MAX:
+        raise InconsistentImages(name, f"thread_core.creds.groups has {len(ce.groups)} groups, NGROUPS_MAX is {NGROUPS_MAX}")
+    creds = Creds(
+        uid=ce.uid, euid=ce.euid, suid=ce.suid, fsuid=ce.fsuid,
+        gid=ce.gid, egid=ce.egid, sgid=ce.sgid, fsgid=ce.fsgid,
+        groups=tuple(ce.groups),
+        cap_inh=_cap_mask(name, "cap_inh", ce.cap_inh),
+        cap_prm=_cap_mask(name, "cap_prm", ce.cap_prm),
+        cap_eff=_cap_mask(name, "cap_eff", ce.cap_eff),
+        cap_bnd=_cap_mask(name, "cap_bnd", ce.cap_bnd),
+        cap_amb=_cap_mask(name, "cap_amb", ce.cap_amb, optional=True),
+        secbits=ce.secbits,
+        no_new_privs=bool(ce.no_new_privs),
+    )
+    # CRIU's order sets the final securebits before raising the ambient set (the securebits
+    # need CAP_SETPCAP, which the final capability sets may lack): a lock against raising
+    # would make that fail.
+    if creds.cap_amb and creds.secbits & SECBIT_NO_CAP_AMBIENT_RAISE:
+        raise UnsupportedFeature(name, f"thread_core.creds: ambient capabilities {creds.cap_amb:#x} with securebits "
+                                 f"{creds.secbits:#x} (SECBIT_NO_CAP_AMBIENT_RAISE): cannot be raised again")
+    return creds
+
+
+def _seccomp_mode(name: str, core) -> int:
+    """thread_core.seccomp_mode (0 if absent); the per-task field of old images is refused."""
+    if core.HasField("tc") and core.tc.HasField("old_seccomp_mode") and core.tc.old_seccomp_mode:
+        raise UnsupportedFeature(name, "tc.old_seccomp_mode: per-task seccomp of images from before per-thread seccomp")
+    thc = core.thread_core
+    mode = thc.seccomp_mode if thc.HasField("seccomp_mode") else SECCOMP_MODE_DISABLED
+    if mode not in (SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER):
+        raise UnsupportedFeature(name, f"thread_core.seccomp_mode {mode}")
+    return mode
+
+
+def _seccomp_chain(images: ImageSet, name: str, thc) -> tuple[SeccompFilter, ...]:
+    """The filters of a thread in mode filter, in install order.
+
+    thread_core.seccomp_filter is the index in seccomp.img of the first filter the thread
+    installed; each filter's ``prev`` names the one installed after it (criu/seccomp.c
+    writes a chain newest first and links it so; seccomp_prepare_threads() walks it from
+    the thread's index), and the last has no ``prev``.
+    """
+    entry = images.seccomp()
+    if entry is None:
+        raise InconsistentImages("seccomp.img", f"missing, but {name} has thread_core.seccomp_mode filter")
+    filters = entry.seccomp_filters
+    if not thc.HasField("seccomp_filter"):
+        raise InconsistentImages(name, "thread_core.seccomp_mode is filter but thread_core.seccomp_filter is missing")
+    out: list[SeccompFilter] = []
+    index, seen, total = thc.seccomp_filter, set(), 0
+    while True:
+        if index >= len(filters):
+            raise InconsistentImages("seccomp.img", f"{name}: filter index {index}, the image has {len(filters)} filters")
+        if index in seen:
+            raise InconsistentImages("seccomp.img", f"{name}: the filter chain loops back to filter {index}")
+        seen.add(index)
+        sf = filters[index]
+        nr_insns, rest = divmod(len(sf.filter), SOCK_FILTER_BYTES)
+        if rest or not 1 <= nr_insns <= BPF_MAXINSNS:
+            raise InconsistentImages("seccomp.img", f"filter {index}: {len(sf.filter)} bytes, expected 1 to "
+                                     f"{BPF_MAXINSNS} instructions of {SOCK_FILTER_BYTES} bytes")
+        if sf.flags & ~SECCOMP_RESTORABLE_FLAGS:
+            raise UnsupportedFeature("seccomp.img", f"filter {index}: flags {sf.flags:#x} (only TSYNC, LOG and SPEC_ALLOW are restored)")
+        total += nr_insns + SECCOMP_FILTER_PENALTY
+        if total > SECCOMP_MAX_INSNS_PER_PATH:
+            raise InconsistentImages("seccomp.img", f"{name}: the chain holds more than the kernel's "
+                                     f"{SECCOMP_MAX_INSNS_PER_PATH} instructions per thread")
+        out.append(SeccompFilter(index=index, insns=bytes(sf.filter), flags=sf.flags))
+        if not sf.HasField("prev"):
+            return tuple(out)
+        index = sf.prev
+
+
+def _pdeath_sig(name: str, signo: int) -> int:
+    if not 0 <= signo <= SIGRTMAX:
+        raise InconsistentImages(name, f"thread_core.pdeath_sig {signo} is not a signal (1..{SIGRTMAX})")
+    return signo
+
+
+def _personality(name: str, persona: int) -> int:
+    if persona == PERSONALITY_QUERY:
+        raise InconsistentImages(name, f"tc.personality {persona:#x} cannot be set (personality(2) only reads it)")
+    return persona
+
+
+def _build_posix_timers(name: str, entries, tids) -> tuple[PosixTimer, ...]:
+    """tc.timers.posix, sorted by id and checked: ids unique and valid, times normalized,
+    notification kinds the kernel has, SIGEV_THREAD_ID aimed at a thread of this task.
+    A zero time left becomes the interval, as CRIU's prepare_posix_timers() does."""
+    if len(entries) > MAX_POSIX_TIMERS:
+        raise InconsistentImages(name, f"tc.timers.posix has {len(entries)} timers, more than {MAX_POSIX_TIMERS}")
+    out: dict[int, PosixTimer] = {}
+    for i, pt in enumerate(entries):
+        where = f"tc.timers.posix[{i}] (timer id {pt.it_id})"
+        if pt.it_id > INT_MAX:
+            raise InconsistentImages(name, f"{where}: the id is above INT_MAX")
+        if pt.it_id in out:
+            raise InconsistentImages(name, f"{where}: a second timer with this id")
+        if pt.insec >= NSEC_PER_SEC or pt.vnsec >= NSEC_PER_SEC:
+            raise InconsistentImages(name, f"{where}: nanoseconds {pt.insec}/{pt.vnsec} not below {NSEC_PER_SEC}")
+        if pt.it_sigev_notify not in _SIGEV_KINDS:
+            raise UnsupportedFeature(name, f"{where}: it_sigev_notify {pt.it_sigev_notify}")
+        if pt.it_sigev_notify != SIGEV_NONE and not 1 <= pt.si_signo <= SIGRTMAX:
+            raise InconsistentImages(name, f"{where}: si_signo {pt.si_signo} is not a signal (1..{SIGRTMAX})")
+        notify_tid = pt.notify_thread_id if pt.HasField("notify_thread_id") else 0
+        if pt.it_sigev_notify & SIGEV_THREAD_ID and notify_tid not in tids:
+            raise InconsistentImages(name, f"{where}: notifies thread {notify_tid}, which is not one of {list(tids)}")
+        value_sec, value_nsec = (pt.vsec, pt.vnsec) if pt.vsec or pt.vnsec else (pt.isec, pt.insec)
+        out[pt.it_id] = PosixTimer(timer_id=pt.it_id, clock_id=pt.clock_id, signo=pt.si_signo,
+                                   notify=pt.it_sigev_notify, sival=pt.sival_ptr, notify_tid=notify_tid,
+                                   interval_sec=pt.isec, interval_nsec=pt.insec,
+                                   value_sec=value_sec, value_nsec=value_nsec, overrun=pt.overrun)
+    return tuple(out[i] for i in sorted(out))
 
 
 def _plain(value: object) -> object:
@@ -448,7 +672,8 @@ def _socket_pairs(images: ImageSet, tasks: tuple[Task, ...], files: dict) -> tup
         if peer.peer != ino:
             raise InconsistentImages("files.img", f"{where}: its peer {usk.peer} is connected to {peer.peer}")
         pairs.append(UnixSocketPair(a=ino, b=usk.peer, sock_type=usk.type,
-                                    queued_a=tuple(queues.get(file_id, ())), queued_b=tuple(queues.get(peer_id, ()))))
+                                    queued_a=tuple(queues.get(file_id, ())), queued_b=tuple(queues.get(peer_id, ())),
+                                    bufs_a=_socket_bufs(usk), bufs_b=_socket_bufs(peer)))
         done.update((ino, usk.peer))
     return tuple(pairs)
 
@@ -533,3 +758,34 @@ def _time_offsets(images: ImageSet) -> TimeOffsets | None:
     if t is None:
         return None
     return TimeOffsets(t.monotonic.tv_sec, t.monotonic.tv_nsec, t.boottime.tv_sec, t.boottime.tv_nsec)
+
+
+INVALID_UID = 0xFFFFFFFF  # (uid_t)-1: the loginuid of a task no login ever set
+# <sched.h> policies sched_setscheduler accepts without a sched_attr; SCHED_DEADLINE (6)
+# needs sched_setattr, and CRIU's dump cannot record its parameters.
+_SCHED_TIMESHARE = {0: "SCHED_OTHER", 3: "SCHED_BATCH", 5: "SCHED_IDLE"}
+_SCHED_REALTIME = {1: "SCHED_FIFO", 2: "SCHED_RR"}
+
+
+def _sched_params(name: str, thc) -> SchedParams | None:
+    """The thread's scheduling, checked as CRIU's validate_sched_parm() does; None if not dumped."""
+    if not thc.HasField("sched_policy"):
+        return None
+    policy, nice, prio = thc.sched_policy, thc.sched_nice, thc.sched_prio
+    if policy not in _SCHED_TIMESHARE and policy not in _SCHED_REALTIME:
+        raise UnsupportedFeature(name, f"thread_core.sched_policy = {policy}: not restored (only "
+                                 f"{', '.join(sorted({**_SCHED_TIMESHARE, **_SCHED_REALTIME}.values()))})")
+    if not -20 <= nice <= 19:
+        raise InconsistentImages(name, f"thread_core.sched_nice = {nice}, expected -20..19")
+    if policy in _SCHED_REALTIME and not 1 <= prio <= 99:
+        raise InconsistentImages(name, f"thread_core.sched_prio = {prio} with {_SCHED_REALTIME[policy]}, expected 1..99")
+    if policy in _SCHED_TIMESHARE and prio != 0:
+        raise InconsistentImages(name, f"thread_core.sched_prio = {prio} with {_SCHED_TIMESHARE[policy]}, expected 0")
+    return SchedParams(policy=policy, nice=nice, prio=prio)
+
+
+def _socket_bufs(usk) -> tuple[int, int] | None:
+    """A unix socket's (SO_SNDBUF, SO_RCVBUF) as dumped, or None if the image has no options."""
+    if not usk.HasField("opts"):
+        return None
+    return usk.opts.so_sndbuf, usk.opts.so_rcvbuf

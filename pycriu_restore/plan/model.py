@@ -144,6 +144,9 @@ class UnixSocketPair:
     sock_type: int  # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
     queued_a: tuple[bytes, ...] = ()
     queued_b: tuple[bytes, ...] = ()
+    # (SO_SNDBUF, SO_RCVBUF) of each end as dumped (the kernel's doubled values); None: as new.
+    bufs_a: tuple[int, int] | None = None
+    bufs_b: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,70 @@ class Rseq:
 
 
 @dataclass(frozen=True)
+class Creds:
+    """One thread's credentials (``thread_core.creds``), set by the thread itself in the blob.
+
+    Capability sets are 64-bit masks (bit n: capability n; the image keeps two u32 words).
+    """
+
+    uid: int
+    euid: int
+    suid: int
+    fsuid: int
+    gid: int
+    egid: int
+    sgid: int
+    fsgid: int
+    groups: tuple[int, ...]  # supplementary groups, in the dumped order
+    cap_inh: int
+    cap_prm: int
+    cap_eff: int
+    cap_bnd: int
+    cap_amb: int
+    secbits: int  # securebits (linux/securebits.h), locks included
+    no_new_privs: bool
+
+
+@dataclass(frozen=True)
+class SeccompFilter:
+    """One seccomp BPF program (``seccomp.img``): ``insns`` is a struct sock_filter array."""
+
+    index: int  # its position in seccomp.img (for messages)
+    insns: bytes
+    flags: int  # SECCOMP_FILTER_FLAG_* to install it with
+
+    @property
+    def nr_insns(self) -> int:
+        return len(self.insns) // 8
+
+
+@dataclass(frozen=True)
+class PosixTimer:
+    """One POSIX timer (``tc.timers.posix``): recreated with its id, then armed."""
+
+    timer_id: int
+    clock_id: int
+    signo: int
+    notify: int  # sigev_notify: SIGEV_SIGNAL 0, SIGEV_NONE 1, SIGEV_THREAD_ID 4 (| SIGNAL)
+    sival: int  # sigev_value.sival_ptr
+    notify_tid: int  # the thread SIGEV_THREAD_ID signals; 0 otherwise
+    interval_sec: int
+    interval_nsec: int
+    value_sec: int  # time left at dump; never 0/0 (CRIU's rule: then the interval)
+    value_nsec: int
+    overrun: int  # timer_getoverrun() at dump: no call sets it, so not restored
+
+
+@dataclass(frozen=True)
+class SchedParams:
+    """A thread's scheduling (``thread_core.sched_*``): set from the orchestrator (restore/sched.py)."""
+
+    policy: int  # SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5
+    nice: int  # -20..19
+    prio: int  # sched_priority: 1..99 for FIFO/RR, else 0
+
+
+@dataclass(frozen=True)
 class Thread:
     """One thread (``core-TID.img``): registers, FPU state and per-thread kernel state."""
 
@@ -204,6 +271,13 @@ class Thread:
     rseq: Rseq | None
     comm: str
     pending_signals: tuple[bytes, ...] = ()  # 128-byte siginfo_t, private to this thread
+    # None only for hand-made test tasks (the blob then keeps the restorer's creds);
+    # build_plan always sets it from the images.
+    creds: Creds | None = None
+    seccomp_mode: int = 0  # SECCOMP_MODE_*: disabled 0, strict 1, filter 2
+    seccomp_filters: tuple[SeccompFilter, ...] = ()  # mode 2: install order, the chain's root first
+    pdeath_sig: int = 0  # PR_SET_PDEATHSIG; 0: none
+    sched: SchedParams | None = None  # None: the image has none (CRIU then uses SCHED_OTHER, nice 0)
 
 
 @dataclass(frozen=True)
@@ -249,6 +323,10 @@ class Task:
     itimers: tuple[ItimerValue, ItimerValue, ItimerValue]  # real, virtual, prof
     shared_pending_signals: tuple[bytes, ...] = ()
     personality: int = 0
+    posix_timers: tuple[PosixTimer, ...] = ()  # sorted by timer id
+    child_subreaper: bool = False
+    loginuid: int | None = None  # /proc/PID/loginuid; None: never set (the image's (uid_t)-1)
+    oom_score_adj: int | None = None  # /proc/PID/oom_score_adj; None: not in the image
 
     @property
     def main_thread(self) -> Thread:
@@ -266,6 +344,20 @@ class TimeOffsets:
 
 
 @dataclass(frozen=True)
+class DumpCpu:
+    """What the images say of the CPU they were dumped on (restore/cpucap.py compares it).
+
+    From cpuinfo.img when CRIU wrote one; otherwise ``xfeatures`` is inferred from the
+    xsave arrays of the cores (CRIU writes one per component the dump CPU had) and the rest
+    is unknown.
+    """
+
+    xfeatures: int | None  # XSAVE components the dump kernel enabled
+    capability: tuple[int, ...] = ()  # the kernel's x86_capability words (cpuinfo.img only)
+    model: str | None = None
+
+
+@dataclass(frozen=True)
 class RestorePlan:
     """The whole restore, root task first."""
 
@@ -279,10 +371,15 @@ class RestorePlan:
     socket_pairs: tuple[UnixSocketPair, ...] = ()
     shared_memory: tuple[SharedMemory, ...] = ()
     notes: tuple[str, ...] = field(default=())  # things accepted but not restored, for the log
+    dump_cpu: DumpCpu | None = None
 
     @property
     def root(self) -> Task:
         return self.tasks[0]
+
+    def tasks_threads(self) -> tuple[Thread, ...]:
+        """Every thread of every task, in plan order."""
+        return tuple(thread for task in self.tasks for thread in task.threads)
 
     def children(self, task: Task) -> tuple[Task, ...]:
         """The tasks whose parent is ``task``, in pstree order."""

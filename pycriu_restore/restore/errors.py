@@ -35,6 +35,10 @@ class FileMismatch(EnvironmentMismatch):
         super().__init__(f"{path}: {cause}")
 
 
+class MissingPrivilege(EnvironmentMismatch):
+    """The images ask for credentials this process cannot give (restore/privileges.py)."""
+
+
 class RestoreFailed(PycrestoreError):
     """A step of the restore failed after tasks were created (they have been killed)."""
 

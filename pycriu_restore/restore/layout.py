@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from pycriu_restore.blob.bootstrap import RuntimeLayout
+from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.linux.procmaps import MapEntry
 from pycriu_restore.plan.build import PAGE_SIZE, TASK_SIZE
 from pycriu_restore.plan.model import Vma
@@ -47,4 +48,6 @@ def runtime_layout(tracee: Tracee) -> RuntimeLayout:
     maps = tracee.maps()
     if not any(m.path == "[vdso]" for m in maps):
         raise RestoreFailed(tracee.pid, "bootstrap", "the task has no [vdso] to move into place")
-    return RuntimeLayout.from_task(maps, tracee.rseq_config(), tracee.xstate())
+    # The frame layout of a fresh task, which the stopped task is: fpu_clone gives every new
+    # task the default fpstate, whatever its parent had (kernel_frame.py).
+    return RuntimeLayout.from_task(maps, tracee.rseq_config(), fresh_task_frame())

@@ -31,7 +31,7 @@ from typing import Callable
 
 from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
 from pycriu_restore.blob import abi
-from pycriu_restore.blob.cpuid import supported_xfeatures
+from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.blob.status import decode_status
 from pycriu_restore.images import ImageSet
 from pycriu_restore.linux import ptrace, syscalls
@@ -42,7 +42,10 @@ from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
 from pycriu_restore.restore.pidns import PidNamespace
-from pycriu_restore.restore.preflight import check_plan, cpu_warnings
+from pycriu_restore.restore.cpucap import DEFAULT_CPU_CAP, CpuCap, check_cpu
+from pycriu_restore.restore.preflight import check_plan
+from pycriu_restore.restore.privileges import check_privileges
+from pycriu_restore.restore.sched import apply_sched
 from pycriu_restore.restore.timeline import Stage, Timeline
 from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_tree
 from pycriu_restore.tracee import Tracee
@@ -70,6 +73,7 @@ class RestoreOptions:
     gpu_backend: str = "kfd"  # amdgpu plugin: "kfd" (real /dev/kfd) or "sim" (simgpu)
     parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
     gpu_bytes_per_s: float | None = None  # simgpu: per-GPU copy bandwidth cap (models PCIe/SDMA)
+    cpu_cap: CpuCap = DEFAULT_CPU_CAP  # CRIU's --cpu-cap: what the CPU check compares
 
 
 @dataclass
@@ -100,8 +104,14 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         plan = build_plan(images)
     with timeline.stage(Stage.PREFLIGHT):
         check_plan(plan, new_pid_ns=options.pid_ns)
-        for warning in cpu_warnings(plan, supported_xfeatures()):
+        check_privileges(plan)  # the creds the images ask for must be ours to give
+        # Before the first fork: state this CPU cannot hold is refused here, not found
+        # missing in a running process (restore/cpucap.py).
+        cpu = check_cpu(plan, fresh_task_frame().xfeatures, options.cpu_cap)
+        for warning in cpu.warnings:
             log.warning("%s", warning)
+        for note in cpu.notes:
+            log.info("%s", note)
     plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
     ctx = RestoreContext(images=images, plan=plan,
                          options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
@@ -137,6 +147,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                 s.tracee.cont()
             for s, b in zip(spawned, bootstraps):
                 _wait_blob(s, b)
+                apply_sched(s)  # every thread exists now, and none runs until detach
         _notify(options, Stage.RESUME, spawned)
         with timeline.stage(Stage.RESUME):
             for s, b in zip(spawned, bootstraps):
@@ -242,15 +253,37 @@ def _check_blob_stop(pid: int, tracee: Tracee, stop, status_addr: int, who: str)
 
 
 def _leave_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
-    """Step every thread through rt_sigreturn, then unmap the bootstrap region; all stay stopped."""
+    """Step every thread through rt_sigreturn, then unmap the bootstrap region; all stay stopped.
+
+    Precondition: every thread is at its int3 stop, with the blob's mask (everything but
+    SIGTRAP blocked). Afterwards each holds the application's registers and mask again.
+
+    From each rt_sigreturn's exit on, the thread's own mask is live, while its registers
+    are not yet its own for good (the leader still runs munmap at the blob's syscall
+    gadget). A signal it lets through there (the itimer the blob armed last, a pending
+    signal it queued again) would end in a signal-delivery stop, or in a handler that
+    returns into the region we unmap. So, as compel does around its parasite, every signal
+    is blocked (PTRACE_SETSIGMASK) from that exit until the region is gone, and the
+    application's mask is put back last. Nothing is lost or delivered early: a signal sent
+    meanwhile waits in the thread's queue, or in the process's (no thread takes it: all
+    are stopped or block it), and the kernel delivers it when a thread that does not block
+    it runs again after detach.
+    """
+    threads = [*spawned.threads, spawned.tracee]
     for thread in spawned.threads:  # their sigframes are in the region: unmap only after
         thread.run_until_syscall_exit(syscalls.NR_RT_SIGRETURN, max_syscalls=1)
+        # At the exit stop nothing has been delivered yet: the kernel reports the stop
+        # before it looks at pending signals on the way out (kernel/entry/common.c).
+        thread.block_signals()
     tracee = spawned.tracee
     # The SIGTRAP of the int3 is not delivered (syscall(0)): the blob's next syscall is
     # rt_sigreturn, and at its exit the registers are the application's.
     app_regs = tracee.run_until_syscall_exit(syscalls.NR_RT_SIGRETURN, max_syscalls=1)
+    tracee.block_signals()
     # munmap through the blob's own syscall instruction: at the exit stop rip points into
     # the unmapped region, but we put the application's registers back before it runs.
+    # Only the syscall instruction runs, under PTRACE_SYSCALL: nothing traps, so SIGTRAP
+    # may stay blocked too (Tracee.singlestep says why that matters).
     regs = tracee.regs
     regs.rip = bootstrap.syscall_gadget
     regs.rax = syscalls.NR_MUNMAP
@@ -258,7 +291,11 @@ def _leave_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:
     regs.rsi = bootstrap.size
     regs.orig_rax = 0xFFFFFFFFFFFFFFFF
     tracee.regs = regs
-    unmap_regs = tracee.run_until_syscall_exit(syscalls.NR_MUNMAP, max_syscalls=1)
+    # SIGSTOP cannot be blocked: one sent now is held back and sent again at detach.
+    unmap_regs = tracee.run_until_syscall_exit(syscalls.NR_MUNMAP, max_syscalls=1,
+                                               defer_signals={signal.SIGSTOP})
     if unmap_regs.rax != 0:
         raise RestoreFailed(spawned.task.pid, "resume", f"munmap of the bootstrap region returned {unmap_regs.rax:#x}")
     tracee.regs = app_regs
+    for thread in threads:  # the region is gone: signals may reach the application again
+        thread.unblock_signals()

@@ -38,42 +38,6 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
                 raise FileMismatch(d, "directory missing (it is the task's cwd or root)")
 
 
-# XSAVE components (Intel SDM vol. 1 13.1; bit = component number) and the CRIU xsave field
-# that holds each: CRIU dumps a field for every component the dump CPU had, in use or not.
-XSAVE_COMPONENT_FIELDS = {2: "ymmh_space", 3: "bndreg_state", 4: "bndcsr_state", 5: "opmask_reg",
-                          6: "zmm_upper", 7: "hi16_zmm", 9: "pkru"}
-XSAVE_COMPONENT_NAMES = {2: "AVX", 3: "MPX BNDREGS", 4: "MPX BNDCSR", 5: "AVX-512 opmask",
-                         6: "AVX-512 ZMM_Hi256", 7: "AVX-512 Hi16_ZMM", 9: "PKRU"}
-
-
-def cpu_warnings(plan: RestorePlan, host_xfeatures: int) -> list[str]:
-    """What differs between the dump CPU's XSAVE features (seen in the images) and this one's.
-
-    Not an error, as CRIU does not fail without a cpuinfo.img either, but worth saying:
-    a process sizes some buffers from CPUID at start (glibc's lazy-binding trampoline saves
-    the XSAVE state on the stack), so a CPU with *more* state can overflow them, and a CPU
-    with *less* faults on instructions the process already uses (RDPKRU without PKRU).
-    """
-    thread = plan.root.main_thread
-    if thread.xsave is None:
-        return []
-    dumped = 0
-    for bit, name in XSAVE_COMPONENT_FIELDS.items():
-        if thread.xsave.get(name):
-            dumped |= 1 << bit
-    known = sum(1 << bit for bit in XSAVE_COMPONENT_FIELDS)
-    extra, missing = host_xfeatures & known & ~dumped, dumped & ~host_xfeatures
-    names = lambda mask: ", ".join(XSAVE_COMPONENT_NAMES[b] for b in sorted(XSAVE_COMPONENT_NAMES) if mask >> b & 1)  # noqa: E731
-    out = []
-    if extra:
-        out.append(f"this CPU has XSAVE state the dump CPU lacked ({names(extra)}): buffers the process sized "
-                   "from CPUID at start (glibc's lazy-binding trampoline) can overflow; restore on a CPU with the same features")
-    if missing:
-        out.append(f"this CPU lacks XSAVE state the dump CPU had ({names(missing)}): it is left out, and instructions "
-                   "that use it fault in the restored process")
-    return out
-
-
 def _check_pid_free(pid: int) -> None:
     try:
         with open(f"/proc/{pid}/comm") as f:

@@ -13,7 +13,7 @@ order (CRIU's restore task does the same in C, research/criu-restore-internals.m
  5. root only: create every shared object (pipes, socketpairs, memfds, shared open files) at
     its parked fd (restore/shared.py), so that all tasks inherit the same objects;
  6. fork its children with their pids (clone3 set_tid); they start again at 1;
- 7. root, cwd, umask;
+ 7. oom_score_adj and loginuid (/proc/self); root, cwd, umask;
  8. install every fd of the image at its number: shared objects are dups of the parked fds,
     files only this task holds are opened now;
  9. open the files the blob needs at the service fds (pages image, exe, mapped files);
@@ -146,7 +146,8 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
         for pid in below:  # the children have their copies now
             os.close(tree.links[pid].go_fd)
             os.close(tree.links[pid].status_fd)
-        _restore_fs(task)
+        _restore_proc_attrs(task)  # after the forks: children inherit both, and set their own
+        _restore_fs(task)  # chroot last: /proc must still be reachable above
         _install_fds(task, tree)
         for plugin in tree.plugins:  # e.g. the amdgpu channel: never left in the restored task
             plugin.close_inherited_fds()
@@ -229,6 +230,24 @@ def _enter_time_namespace(t: TimeOffsets) -> None:
     fd = os.open("/proc/self/ns/time_for_children", os.O_RDONLY)
     try:
         namespaces.setns(fd, namespaces.CLONE_NEWTIME)
+    finally:
+        os.close(fd)
+
+
+def _restore_proc_attrs(task: Task) -> None:
+    """oom_score_adj and loginuid, which only /proc sets (proc(5)); as CRIU does, by the task
+    itself: the kernel lets a task write only its own loginuid. Lowering oom_score_adj needs
+    CAP_SYS_RESOURCE and setting loginuid CAP_AUDIT_CONTROL, which the task still has here."""
+    if task.oom_score_adj is not None:
+        _step("oom_score_adj", lambda: _write_proc_self("oom_score_adj", task.oom_score_adj))
+    if task.loginuid is not None:
+        _step("loginuid", lambda: _write_proc_self("loginuid", task.loginuid))
+
+
+def _write_proc_self(name: str, value: int) -> None:
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(value).encode())
     finally:
         os.close(fd)
 

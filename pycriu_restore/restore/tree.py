@@ -170,7 +170,14 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
 def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds) -> SpawnedTask:
     """Seize a task that waits on its go pipe, let it prepare, and wait for its SIGSTOP."""
     # TRACECLONE: the threads the blob creates are traced from their first instruction.
-    tracee = Tracee.seize(pid, DEFAULT_OPTIONS | ptrace.PTRACE_O_TRACECLONE)
+    # SUSPEND_SECCOMP (as CRIU's attach_to_tasks): the blob installs the task's seccomp
+    # filters before its creds, timers and rt_sigreturn, and we inject munmap after; none
+    # of that may be filtered. Threads auto-attached by TRACECLONE inherit the option, and
+    # it ends with the detach. Only for such tasks: it needs CAP_SYS_ADMIN.
+    options = DEFAULT_OPTIONS | ptrace.PTRACE_O_TRACECLONE
+    if any(thread.seccomp_mode for thread in task.threads):
+        options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
+    tracee = Tracee.seize(pid, options)
     os.write(go_w, b"g")
     report = _read_status(status_r, task.pid)
     if report != READY:

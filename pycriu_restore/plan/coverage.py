@@ -1,0 +1,625 @@
+"""What happens to every field of every image record the plan reads: the coverage table.
+
+pycrestore's rule is that state in the images is *applied*, or the restore is *refused* with
+exit code 3 naming it; nothing is dropped without a word. This table is where that is
+decided, one line per field of the project's schemas (``images/proto/*.proto``):
+
+    APPLIED   the restore sets it; ``where`` names the plan attribute, blob step or function
+    REFUSED   the restore cannot set it: a value other than the accepted one (by default the
+              field's protobuf default, or the field being absent) makes ``check_refusals``
+              (plan/refusals.py) raise UnsupportedFeature before anything is forked
+    IGNORED   not state of the restored process; ``where`` says why leaving it is safe
+
+The facts come from upstream CRIU's restore (criu/cr-restore.c, criu/pie/restorer.c,
+criu/files*.c, criu/sockets.c): when CRIU restores a field and pycrestore does not, the
+field is REFUSED, not IGNORED.
+
+Paths are relative to a record: ``thread_core.sched_policy`` is a field of CoreEntry.
+``subtree=True`` gives one disposition to a field and everything below it (a sub-message of
+a kind pycrestore does not restore). tests/test_plan_coverage.py walks the descriptors and
+checks the table against them both ways, so a schema change forces a decision here; it also
+mutates real images to prove each REFUSED check fires and each probed APPLIED field reaches
+the plan. docs/fidelity.md is checked against this table.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from pycriu_restore.images.flags import PMAP_FLAGS
+from pycriu_restore.images.schemas import (
+    core_pb2,
+    cpuinfo_pb2,
+    fdinfo_pb2,
+    fs_pb2,
+    ids_pb2,
+    inventory_pb2,
+    memfd_pb2,
+    mm_pb2,
+    pagemap_pb2,
+    pipe_data_pb2,
+    pstree_pb2,
+    seccomp_pb2,
+    sk_queues_pb2,
+    timens_pb2,
+)
+
+
+class Disposition(enum.Enum):
+    APPLIED = "applied"
+    REFUSED = "refused"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class RefusalContext:
+    """What an ``accepts`` check may compare a value with: the dump's own reference values."""
+
+    inventory: inventory_pb2.InventoryEntry
+    # ids-PID.img field name -> id value -> number of tasks holding it (CLONE_VM etc. sharing)
+    id_holders: dict[str, dict[int, int]]
+
+
+Accepts = Callable[[object, RefusalContext], bool]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of one record kind, and what the restore does with it."""
+
+    path: str
+    disposition: Disposition
+    where: str  # APPLIED: where it is applied; REFUSED: what is not restored; IGNORED: why safe
+    subtree: bool = False  # the disposition covers every field below ``path`` too
+    # REFUSED only: True if the value can be restored as is (default: equal to the field's
+    # default; a message field: absent; a repeated field: empty).
+    accepts: Accepts | None = None
+    names: dict[int, str] | None = None  # value -> name, for the error message
+    # Tests only: a value the check must refuse (default: derived from the field type); for a
+    # message field a dict (json_format), for a repeated message field a list of dicts.
+    bad: object = None
+    # REFUSED only: once this refuses a record, its other fields are not examined (a files.img
+    # entry of a kind not restored: its own fields would only repeat the refusal).
+    final: bool = False
+    # APPLIED only: where the value lands in the plan, as "tasks[0].threads[0].comm"; the
+    # coverage test mutates the image field and expects this to change.
+    probe: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """The records of one image kind: their message and the table of their fields."""
+
+    name: str  # the label used in docs and tests: "core", "files", ...
+    files: str  # the file names, as CRIU prints them
+    message: type[Message]
+    fields: tuple[Field, ...]
+
+    def field(self, path: str) -> Field:
+        for f in self.fields:
+            if f.path == path:
+                return f
+        raise KeyError(f"{self.name}: no field {path} in the coverage table")
+
+
+SHARED = "<shared>"  # Field.bad: the test gives two tasks the same id
+
+
+def A(path: str, where: str, probe: str | None = None, subtree: bool = False) -> Field:
+    return Field(path, Disposition.APPLIED, where, subtree=subtree, probe=probe)
+
+
+def R(path: str, what: str = "not restored", accepts: Accepts | None = None, *, names: dict[int, str] | None = None,
+      bad: object = None, subtree: bool = False, final: bool = False) -> Field:
+    return Field(path, Disposition.REFUSED, what, subtree=subtree, accepts=accepts, names=names, bad=bad, final=final)
+
+
+def I(path: str, why: str, subtree: bool = False) -> Field:
+    return Field(path, Disposition.IGNORED, why, subtree=subtree)
+
+
+# The other helper's blob work (creds, seccomp, POSIX timers, personality, pdeath_sig,
+# child_subreaper) is marked applied there; the lead reconciles the wording.
+BLOB_CREDS_STEP = "blob (creds/seccomp/timers step)"
+SIGFRAME = "blob sigframe (blob/sigframe.py, blob/xsave.py): rt_sigreturn loads it"
+SIGFRAME_XSAVE = "blob sigframe XSAVE area (blob/xsave.py)"
+
+INVALID_UID = 0xFFFFFFFF  # (uid_t)-1: loginuid never set
+PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
+PE_LAZY = dict(PMAP_FLAGS)["PE_LAZY"]
+PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
+# files.img kinds the plan restores; any other FileEntry type is refused.
+SUPPORTED_FILE_TYPES = {1: "REG", 2: "PIPE", 5: "UNIXSK", 16: "EXT", 18: "MEMFD"}
+# <sched.h>
+SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
+                  6: "SCHED_DEADLINE"}
+
+
+def _in_root_cgroup_set(value: object, ctx: RefusalContext) -> bool:
+    """CRIU writes no cgroup.img when every task is in the dumper's own cgroup set: then a
+    task's cg_set is inventory.root_cg_set, and the restored task stays where it is born."""
+    return value == 0 or value == ctx.inventory.root_cg_set
+
+
+def _root_ns(name: str) -> Accepts:
+    """A task in the dumper's own namespace (inventory.root_ids): restored in ours, as CRIU."""
+    def accepts(value: object, ctx: RefusalContext) -> bool:
+        root = ctx.inventory.root_ids
+        return value == 0 or (ctx.inventory.HasField("root_ids") and value == getattr(root, name))
+    return accepts
+
+
+def _not_shared(name: str) -> Accepts:
+    """The object (mm, fs, sighand, fd table) belongs to this task alone."""
+    return lambda value, ctx: ctx.id_holders.get(name, {}).get(value, 0) <= 1  # type: ignore[call-overload]
+
+
+def _pagemap_flags_ok(value: object, ctx: RefusalContext) -> bool:
+    flags = int(value)  # type: ignore[call-overload]
+    if flags & PE_PARENT:
+        return False  # pages in a parent image (incremental dump)
+    return not (flags & PE_LAZY and not flags & PE_PRESENT)  # lazy pages left on a page server
+
+
+def _only(*values: object) -> Accepts:
+    return lambda value, ctx: value in values
+
+
+_FOWN = (
+    # CRIU restore_fown(): F_SETSIG, then F_SETOWN_EX under the dumped uid/euid.
+    ("fown.signum", "R", "F_SETSIG signal not restored"),
+    ("fown.pid", "R", "F_SETOWN owner not restored"),
+    ("fown.pid_type", "I", "used only with fown.pid, which is refused when set"),
+    ("fown.uid", "I", "used only with fown.pid, which is refused when set"),
+    ("fown.euid", "I", "used only with fown.pid, which is refused when set"),
+)
+
+
+def _fown(prefix: str) -> tuple[Field, ...]:
+    return tuple(R(f"{prefix}.{p}", w) if d == "R" else I(f"{prefix}.{p}", w) for p, d, w in _FOWN)
+
+
+_ITIMER_PROBES = {"real": 0, "virt": 1, "prof": 2}
+_ITIMER_NAMES = {"isec": "interval_sec", "iusec": "interval_usec", "vsec": "value_sec", "vusec": "value_usec"}
+
+INVENTORY = RecordKind("inventory", "inventory.img", inventory_pb2.InventoryEntry, (
+    A("img_version", "images/imageset.py ImageSet.open: only the accepted format versions are read"),
+    R("fdinfo_per_id", "fd tables per pid (images older than CRIU 1.3)", _only(True), bad=False),
+    I("root_ids", "the dumper's own namespace ids: the reference ids-PID.img is compared with",
+      subtree=True),
+    I("ns_per_id", "names the layout of namespace images; the plan opens none (a task in its own "
+      "namespace is refused through ids-PID.img)"),
+    I("root_cg_set", "the dumper's cgroup set: the reference core cg_set is compared with"),
+    I("lsmtype", "which LSM the creds' profiles are for; the profiles are refused when set"),
+    I("dump_uptime", "dump-side bookkeeping (pid reuse detection between pre-dumps)"),
+    I("pre_dump_mode", "how parent (pre-dump) images were written; pages in a parent are refused"),
+    R("tcp_close", "dumped with --tcp-close (TCP sockets are not restored)"),
+    I("network_lock_method", "how CRIU locked the network at dump; no network state is restored"),
+    I("plugins_entry", "the plugins the dump used; a plugin restores its own images, and a "
+      "plugin file no installed plugin claims fails the restore (restore/task.py _restore_ext_file)",
+      subtree=True),
+    I("dump_criu_run_id", "dump-side bookkeeping (names CRIU's nftables lock table)"),
+    R("allow_uprobes", "dumped with --allow-uprobes (uprobes areas are not restored)"),
+))
+
+PSTREE = RecordKind("pstree", "pstree.img", pstree_pb2.PstreeEntry, (
+    A("pid", "Task.pid: clone3 set_tid (restore/tree.py)"),
+    A("ppid", "Task.ppid: the task is forked by its parent (restore/task.py)"),
+    A("pgid", "Task.pgid: setpgid (restore/task.py _set_session)", probe="tasks[0].pgid"),
+    A("sid", "Task.sid: setsid (restore/task.py _set_session)", probe="tasks[0].sid"),
+    A("threads", "Task.threads: blob step create_threads (clone3 set_tid)"),
+))
+
+_GPREGS = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
+           "ip", "flags", "sp")
+_FPREGS_SCALARS = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask")
+_XSAVE = ("xstate_bv", "ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
+_TLS_IGNORED = ("entry_number", "base_addr", "limit", "seg_32bit", "contents_h", "contents_l", "read_exec_only",
+                "limit_in_pages", "usable")
+_TC = "tasks[0]"
+_TH = "tasks[0].threads[0]"
+
+CORE = RecordKind("core", "core-TID.img", core_pb2.CoreEntry, (
+    A("mtype", "plan/build.py _build_task: only X86_64 is accepted, others refused there"),
+    A("thread_info", "Thread (the sub-fields below)"),
+    A("thread_info.clear_tid_addr", "Thread.clear_tid_addr: blob thread_state (set_tid_address)",
+      probe=f"{_TH}.clear_tid_addr"),
+    A("thread_info.gpregs", "Thread.gpregs"),
+    *(A(f"thread_info.gpregs.{r}", SIGFRAME, probe=f"{_TH}.gpregs['{r}']") for r in _GPREGS),
+    A("thread_info.gpregs.cs", SIGFRAME),
+    A("thread_info.gpregs.ss", SIGFRAME),
+    A("thread_info.gpregs.fs", SIGFRAME),
+    A("thread_info.gpregs.gs", SIGFRAME),
+    A("thread_info.gpregs.fs_base", "blob thread_state (arch_prctl ARCH_SET_FS)", probe=f"{_TH}.gpregs['fs_base']"),
+    A("thread_info.gpregs.gs_base", "blob thread_state (arch_prctl ARCH_SET_GS)", probe=f"{_TH}.gpregs['gs_base']"),
+    I("thread_info.gpregs.orig_ax", "not part of a sigcontext: at dump compel already rewound an "
+      "interrupted syscall (ip -= 2, ax = orig_ax), so the syscall restarts"),
+    I("thread_info.gpregs.ds", "64-bit tasks: no ds/es in the sigcontext, CRIU does not restore them either"),
+    I("thread_info.gpregs.es", "64-bit tasks: no ds/es in the sigcontext, CRIU does not restore them either"),
+    A("thread_info.gpregs.mode", "plan/build.py _build_thread: only NATIVE, compat refused there"),
+    A("thread_info.fpregs", "Thread.fpregs"),
+    *(A(f"thread_info.fpregs.{r}", SIGFRAME_XSAVE, probe=f"{_TH}.fpregs['{r}']") for r in _FPREGS_SCALARS),
+    A("thread_info.fpregs.st_space", SIGFRAME_XSAVE),
+    A("thread_info.fpregs.xmm_space", SIGFRAME_XSAVE),
+    I("thread_info.fpregs.padding", "the FXSAVE reserved bytes (sw_reserved): the kernel's, rewritten "
+      "for every frame; CRIU does not restore them either"),
+    A("thread_info.fpregs.xsave", "Thread.xsave"),
+    *(A(f"thread_info.fpregs.xsave.{r}", SIGFRAME_XSAVE) for r in _XSAVE),
+    A("thread_info.fpregs.xsave.cet", "always dumped where the CPU has CET: its fields are checked"),
+    R("thread_info.fpregs.xsave.cet.cet", "CET user state (shadow stack)"),
+    R("thread_info.fpregs.xsave.cet.ssp", "shadow stack pointer"),
+    A("thread_info.tls", "the GDT TLS slots; set_thread_area is needed only for a present one"),
+    R("thread_info.tls.seg_not_present", "a GDT TLS descriptor (set_thread_area)", _only(True), bad=False),
+    *(I(f"thread_info.tls.{f}", "meaningful only for a present descriptor, which is refused")
+      for f in _TLS_IGNORED),
+    A("tc", "Task (the sub-fields below)"),
+    A("tc.task_state", "plan/build.py _build_task: only TASK_ALIVE, others refused there"),
+    R("tc.exit_code", "an exit code (zombie state)"),
+    A("tc.personality", BLOB_CREDS_STEP),
+    I("tc.flags", "the task's PF_* flags from /proc/PID/stat: the kernel's own; CRIU does not restore them"),
+    A("tc.blk_sigset", "Thread.blk_sigset (leader): sigframe uc_sigmask", probe=f"{_TH}.blk_sigset"),
+    A("tc.comm", "Task.comm / Thread.comm: blob thread_state (PR_SET_NAME)", probe=f"{_TC}.comm"),
+    A("tc.timers", "Task.itimers"),
+    *(A(f"tc.timers.{t}", "Task.itimers") for t in _ITIMER_PROBES),
+    *(A(f"tc.timers.{t}.{f}", "Task.itimers: blob step itimers (setitimer)",
+        probe=f"{_TC}.itimers[{i}].{_ITIMER_NAMES[f]}") for t, i in _ITIMER_PROBES.items() for f in _ITIMER_NAMES),
+    A("tc.timers.posix", BLOB_CREDS_STEP, subtree=True),
+    A("tc.rlimits", "Task.rlimits"),
+    A("tc.rlimits.rlimits", "Task.rlimits: blob step rlimits (setrlimit)"),
+    A("tc.rlimits.rlimits.cur", "Task.rlimits: blob step rlimits", probe=f"{_TC}.rlimits[0][0]"),
+    A("tc.rlimits.rlimits.max", "Task.rlimits: blob step rlimits", probe=f"{_TC}.rlimits[0][1]"),
+    R("tc.cg_set", "membership of a cgroup set other than the dumper's (cgroup.img)", _in_root_cgroup_set, bad=77),
+    A("tc.signals_s", "Task.shared_pending_signals"),
+    A("tc.signals_s.signals", "Task.shared_pending_signals: blob step pending_signals"),
+    A("tc.signals_s.signals.siginfo", "Task.shared_pending_signals: rt_sigqueueinfo"),
+    R("tc.old_seccomp_mode", "seccomp in the pre-CRIU-2.x layout"),
+    R("tc.old_seccomp_filter", "seccomp in the pre-CRIU-2.x layout"),
+    A("tc.loginuid", "Task.loginuid: restore/task.py writes /proc/self/loginuid", probe=f"{_TC}.loginuid"),
+    A("tc.oom_score_adj", "Task.oom_score_adj: restore/task.py writes /proc/self/oom_score_adj",
+      probe=f"{_TC}.oom_score_adj"),
+    A("tc.sigactions", "Task.sigactions: blob step sigactions (rt_sigaction)"),
+    A("tc.sigactions.sigaction", "SigAction.handler", probe=f"{_TC}.sigactions[0].handler"),
+    A("tc.sigactions.flags", "SigAction.flags", probe=f"{_TC}.sigactions[0].flags"),
+    A("tc.sigactions.restorer", "SigAction.restorer", probe=f"{_TC}.sigactions[0].restorer"),
+    A("tc.sigactions.mask", "SigAction.mask", probe=f"{_TC}.sigactions[0].mask"),
+    A("tc.sigactions.compat_sigaction", "plan/build.py _build_sigactions: compat refused there"),
+    R("tc.sigactions.mask_extended", "a signal mask above signal 64 (MIPS)"),
+    A("tc.child_subreaper", BLOB_CREDS_STEP),
+    R("tc.blk_sigset_extended", "a blocked mask above signal 64 (MIPS)"),
+    R("tc.stop_signo", "the signal that stopped the task (stopped tasks)"),
+    R("tc.membarrier_registration_mask", "membarrier() registrations"),
+    I("ids", "a legacy copy; ids-PID.img is required and read instead", subtree=True),
+    A("thread_core", "Thread (the sub-fields below)"),
+    A("thread_core.futex_rla", "Thread.futex_rla: blob thread_state (set_robust_list)", probe=f"{_TH}.futex_rla"),
+    A("thread_core.futex_rla_len", "Thread.futex_rla_len: blob thread_state", probe=f"{_TH}.futex_rla_len"),
+    A("thread_core.sched_nice", "Thread.sched: restore/sched.py setpriority from the orchestrator",
+      probe=f"{_TH}.sched.nice"),
+    A("thread_core.sched_policy", "Thread.sched: restore/sched.py sched_setscheduler from the orchestrator"),
+    A("thread_core.sched_prio", "Thread.sched: restore/sched.py sched_setscheduler from the orchestrator"),
+    A("thread_core.blk_sigset", "Thread.blk_sigset (threads but the leader): sigframe uc_sigmask"),
+    A("thread_core.sas", "Thread.sas: sigframe uc_stack"),
+    A("thread_core.sas.ss_sp", "Thread.sas: sigframe uc_stack", probe=f"{_TH}.sas[0]"),
+    A("thread_core.sas.ss_size", "Thread.sas: sigframe uc_stack", probe=f"{_TH}.sas[1]"),
+    A("thread_core.sas.ss_flags", "Thread.sas: sigframe uc_stack", probe=f"{_TH}.sas[2]"),
+    A("thread_core.pdeath_sig", BLOB_CREDS_STEP),
+    A("thread_core.signals_p", "Thread.pending_signals"),
+    A("thread_core.signals_p.signals", "Thread.pending_signals: blob step pending_signals"),
+    A("thread_core.signals_p.signals.siginfo", "Thread.pending_signals: rt_tgsigqueueinfo"),
+    A("thread_core.creds", BLOB_CREDS_STEP),
+    *(A(f"thread_core.creds.{f}", BLOB_CREDS_STEP)
+      for f in ("uid", "gid", "euid", "egid", "suid", "sgid", "fsuid", "fsgid", "cap_inh", "cap_prm", "cap_eff",
+                "cap_bnd", "cap_amb", "secbits", "groups", "no_new_privs")),
+    R("thread_core.creds.lsm_profile", "an LSM profile (AppArmor/SELinux)"),
+    R("thread_core.creds.lsm_sockcreate", "an LSM socket-create label"),
+    R("thread_core.creds.apparmor_data", "AppArmor policy data"),
+    A("thread_core.seccomp_mode", BLOB_CREDS_STEP),
+    A("thread_core.seccomp_filter", BLOB_CREDS_STEP),
+    A("thread_core.comm", "Thread.comm: blob thread_state (PR_SET_NAME)", probe=f"{_TH}.comm"),
+    R("thread_core.blk_sigset_extended", "a blocked mask above signal 64 (MIPS)"),
+    A("thread_core.rseq_entry", "Thread.rseq: blob thread_state (rseq registration)"),
+    A("thread_core.rseq_entry.rseq_abi_pointer", "Thread.rseq.abi_pointer", probe=f"{_TH}.rseq.abi_pointer"),
+    A("thread_core.rseq_entry.rseq_abi_size", "Thread.rseq.abi_size", probe=f"{_TH}.rseq.abi_size"),
+    A("thread_core.rseq_entry.signature", "Thread.rseq.signature", probe=f"{_TH}.rseq.signature"),
+    R("thread_core.rseq_entry.rseq_cs_pointer", "an rseq critical section in progress (rseq_cs)"),
+    R("thread_core.cg_set", "membership of a cgroup set other than the dumper's (cgroup.img)",
+      _in_root_cgroup_set, bad=77),
+    R("thread_core.timerslack_ns", "a timer slack (PR_SET_TIMERSLACK)"),
+))
+
+_MM = ("start_code", "end_code", "start_data", "end_data", "start_stack", "start_brk", "brk", "arg_start", "arg_end",
+       "env_start", "env_end")
+
+MM = RecordKind("mm", "mm-PID.img", mm_pb2.MmEntry, (
+    *(A(f"mm_{f}", f"MmFields.{f}: blob step set_mm (PR_SET_MM_MAP)", probe=f"{_TC}.mm.{f}") for f in _MM),
+    A("exe_file_id", "MmFields.exe: blob step set_mm (PR_SET_MM_MAP exe_fd)"),
+    A("mm_saved_auxv", "MmFields.auxv: blob step set_mm"),
+    A("vmas", "Task.vmas: blob steps map_vmas, fill_pages, protect_vmas"),
+    A("vmas.start", "Vma.start"),
+    A("vmas.end", "Vma.end"),
+    A("vmas.pgoff", "Vma.pgoff"),
+    A("vmas.shmid", "Vma.file: the files.img id of the mapped file (or memfd)"),
+    A("vmas.prot", "Vma.prot: blob step protect_vmas"),
+    A("vmas.flags", "Vma.flags: blob step map_vmas"),
+    A("vmas.status", "Vma.kind: plan/build.py _vma_kind (kinds not restored are refused there)"),
+    I("vmas.fd", "dump-side: the fd the dumper mapped through (always -1 in images); files come from shmid"),
+    A("vmas.madv", "Vma.madv: blob step protect_vmas (madvise)"),
+    A("vmas.fdflags", "MappedFile.open_flags: the mode the mapped file is opened with"),
+    A("dumpable", "MmFields.dumpable: blob (PR_SET_DUMPABLE 0 or 1)", probe=f"{_TC}.mm.dumpable"),
+    R("dumpable", "dumpable 2 (suid_dumpable), which PR_SET_DUMPABLE cannot set", _only(0, 1), bad=2),
+    R("aios", "an AIO ring (io_setup)", bad=[{"id": 1, "nr_req": 1, "ring_len": 4096}]),
+    I("aios.id", "part of aios, refused"),
+    I("aios.nr_req", "part of aios, refused"),
+    I("aios.ring_len", "part of aios, refused"),
+    A("thp_disabled", "MmFields.thp_disabled: blob (PR_SET_THP_DISABLE)", probe=f"{_TC}.mm.thp_disabled"),
+))
+
+PAGEMAP_HEAD = RecordKind("pagemap-head", "pagemap-PID.img, pagemap-shmem-ID.img (first record)",
+                          pagemap_pb2.PagemapHead, (
+    A("pages_id", "Task.pages_path / SharedMemory.pages_path: names pages-N.img"),
+))
+
+PAGEMAP = RecordKind("pagemap", "pagemap-PID.img, pagemap-shmem-ID.img", pagemap_pb2.PagemapEntry, (
+    A("vaddr", "PageRun.start_addr: blob step fill_pages"),
+    A("compat_nr_pages", "PageRun.nr_pages when nr_pages is 0"),
+    R("in_parent", "pages in a parent image (incremental dumps)"),
+    R("flags", "pages in a parent image or left on a page server (PE_PARENT, PE_LAZY without PE_PRESENT)",
+      _pagemap_flags_ok, bad=PE_LAZY),
+    A("nr_pages", "PageRun.nr_pages"),
+))
+
+FS = RecordKind("fs", "fs-PID.img", fs_pb2.FsEntry, (
+    A("cwd_id", "Task.cwd: restore/task.py _restore_fs (chdir)"),
+    A("root_id", "Task.root: restore/task.py _restore_fs (chroot)"),
+    A("umask", "Task.umask: restore/task.py _restore_fs (umask)", probe=f"{_TC}.umask"),
+))
+
+IDS = RecordKind("ids", "ids-PID.img", ids_pb2.TaskKobjIdsEntry, (
+    R("vm_id", "an address space shared between processes (CLONE_VM)", _not_shared("vm_id"), bad=SHARED),
+    R("files_id", "an fd table shared between processes (CLONE_FILES)", _not_shared("files_id"), bad=SHARED),
+    R("fs_id", "fs info shared between processes (CLONE_FS)", _not_shared("fs_id"), bad=SHARED),
+    R("sighand_id", "signal handlers shared between processes (CLONE_SIGHAND)", _not_shared("sighand_id"), bad=SHARED),
+    R("pid_ns_id", "a pid namespace of its own", _root_ns("pid_ns_id"), bad=999),
+    R("net_ns_id", "a network namespace of its own", _root_ns("net_ns_id"), bad=999),
+    R("ipc_ns_id", "an IPC namespace of its own", _root_ns("ipc_ns_id"), bad=999),
+    R("uts_ns_id", "a UTS namespace of its own", _root_ns("uts_ns_id"), bad=999),
+    R("mnt_ns_id", "a mount namespace of its own", _root_ns("mnt_ns_id"), bad=999),
+    R("user_ns_id", "a user namespace of its own", _root_ns("user_ns_id"), bad=999),
+    R("cgroup_ns_id", "a cgroup namespace of its own", _root_ns("cgroup_ns_id"), bad=999),
+    A("time_ns_id", "the root enters a new time namespace from timens-0.img (restore/task.py), whichever "
+      "it was dumped in"),
+))
+
+FDINFO = RecordKind("fdinfo", "fdinfo-N.img", fdinfo_pb2.FdinfoEntry, (
+    A("id", "links the fd to its files.img entry"),
+    A("flags", "cloexec of OpenFile/PipeEnd/UnixSocketEnd/ExtFileEnd (FD_CLOEXEC)", probe=f"{_TC}.files[0].cloexec"),
+    I("type", "a copy of the files.img entry's type, which decides"),
+    A("fd", "the fd number (files/__init__.py install)"),
+    R("xattr_security_selinux", "an SELinux label on the fd"),
+))
+
+_FILE_KIND_ID = "the same id as FileEntry.id, which links it"
+
+FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
+    R("type", "a file of this kind", lambda v, ctx: v in SUPPORTED_FILE_TYPES,
+      names={v: k for k, v in fdinfo_pb2.fd_types.items()}, bad=6, final=True),
+    A("id", "links fdinfo, VMAs, fs and exe to the entry"),
+    A("reg", "OpenFile / MappedFile"),
+    I("reg.id", _FILE_KIND_ID),
+    A("reg.flags", "OpenFile.flags: open()", probe=f"{_TC}.files[OpenFile].flags"),
+    A("reg.pos", "OpenFile.pos: lseek()", probe=f"{_TC}.files[OpenFile].pos"),
+    *_fown("reg"),
+    A("reg.fown", "checked through its fields"),
+    A("reg.name", "OpenFile.path / MappedFile.path"),
+    I("reg.mnt_id", "paths are opened in the restorer's mount namespace; a task in another mount "
+      "namespace is refused (ids mnt_ns_id)"),
+    A("reg.size", "OpenFile.expected_size / MappedFile.expected_size: checked as CRIU does"),
+    R("reg.ext", "an external file (--external / --inherit-fd)"),
+    A("reg.mode", "OpenFile.expected_mode: checked"),
+    A("reg.build_id", "MappedFile.build_id: checked as CRIU does"),
+    R("reg.checksum", "a file checksum to validate (--file-validation checksum)"),
+    R("reg.checksum_config", "a file checksum to validate (--file-validation checksum)"),
+    R("reg.checksum_parameter", "a file checksum to validate (--file-validation checksum)"),
+    R("efd", "an eventfd", subtree=True, bad={"id": 1, "flags": 0, "counter": 0,
+                                               "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}),
+    A("ext", "ExtFileEnd: restored by a plugin (plugins/api.py restore_ext_file)"),
+    A("ext.id", "ExtFileEnd.file_id"),
+    A("ext.fown", "checked through its fields"),
+    *_fown("ext"),
+    A("usk", "UnixSocketEnd / UnixSocketPair"),
+    I("usk.id", _FILE_KIND_ID),
+    A("usk.ino", "UnixSocketEnd.socket_id"),
+    A("usk.type", "UnixSocketPair.sock_type (other types refused by plan/build.py _socket_pairs)"),
+    A("usk.state", "plan/build.py _socket_pairs: only connected pairs, others refused there"),
+    A("usk.flags", "UnixSocketEnd.flags (O_NONBLOCK)"),
+    R("usk.uflags", "CRIU's external/service socket flags (USK_*)"),
+    I("usk.backlog", "for a connected socket the count of queued packets, which sk-queues.img holds; "
+      "listening sockets are refused (state)"),
+    A("usk.peer", "UnixSocketPair: the peer it is connected to"),
+    A("usk.fown", "checked through its fields"),
+    *_fown("usk"),
+    A("usk.opts", "the socket options below"),
+    A("usk.opts.so_sndbuf", "UnixSocketPair.bufs_a/bufs_b: SO_SNDBUFFORCE (files/unix_socket.py)",
+      probe="socket_pairs[0].bufs_a[0]"),
+    A("usk.opts.so_rcvbuf", "UnixSocketPair.bufs_a/bufs_b: SO_RCVBUFFORCE (files/unix_socket.py)",
+      probe="socket_pairs[0].bufs_a[1]"),
+    R("usk.opts.so_snd_tmo_sec", "a send timeout (SO_SNDTIMEO)"),
+    R("usk.opts.so_snd_tmo_usec", "a send timeout (SO_SNDTIMEO)"),
+    R("usk.opts.so_rcv_tmo_sec", "a receive timeout (SO_RCVTIMEO)"),
+    R("usk.opts.so_rcv_tmo_usec", "a receive timeout (SO_RCVTIMEO)"),
+    R("usk.opts.reuseaddr", "SO_REUSEADDR"),
+    R("usk.opts.so_priority", "SO_PRIORITY"),
+    R("usk.opts.so_rcvlowat", "SO_RCVLOWAT other than 1", _only(0, 1), bad=7),
+    R("usk.opts.so_mark", "SO_MARK"),
+    R("usk.opts.so_passcred", "SO_PASSCRED"),
+    R("usk.opts.so_passsec", "SO_PASSSEC"),
+    R("usk.opts.so_dontroute", "SO_DONTROUTE"),
+    R("usk.opts.so_no_check", "SO_NO_CHECK"),
+    R("usk.opts.so_bound_dev", "SO_BINDTODEVICE"),
+    R("usk.opts.so_filter", "a socket filter (SO_ATTACH_FILTER)"),
+    R("usk.opts.so_reuseport", "SO_REUSEPORT"),
+    R("usk.opts.so_broadcast", "SO_BROADCAST"),
+    R("usk.opts.so_keepalive", "SO_KEEPALIVE"),
+    R("usk.opts.tcp_keepcnt", "TCP_KEEPCNT"),
+    R("usk.opts.tcp_keepidle", "TCP_KEEPIDLE"),
+    R("usk.opts.tcp_keepintvl", "TCP_KEEPINTVL"),
+    R("usk.opts.so_oobinline", "SO_OOBINLINE"),
+    R("usk.opts.so_linger", "SO_LINGER", lambda v, ctx: False, bad=5),  # dumped only when lingering is on
+    R("usk.opts.so_buf_lock", "SO_BUF_LOCK"),
+    A("usk.name", "plan/build.py _socket_pairs: only unnamed sockets, bound ones refused there"),
+    R("usk.shutdown", "a shut-down direction (shutdown(2))"),
+    I("usk.file_perms", "the socket file of a bound socket; bound sockets are refused (name)", subtree=True),
+    I("usk.name_dir", "the directory of a bound socket's name; bound sockets are refused (name)"),
+    I("usk.deleted", "a bound socket's file was deleted; bound sockets are refused (name)"),
+    R("usk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
+    A("pipe", "PipeEnd"),
+    I("pipe.id", _FILE_KIND_ID),
+    A("pipe.pipe_id", "PipeEnd.pipe_id: ends with one pipe_id are one pipe"),
+    A("pipe.flags", "PipeEnd.flags: O_NONBLOCK via F_SETFL (files/pipe.py)", probe=f"{_TC}.files[PipeEnd].flags"),
+    A("pipe.fown", "checked through its fields"),
+    *_fown("pipe"),
+    R("tty", "a terminal", subtree=True, bad={"id": 1, "tty_info_id": 1, "flags": 0,
+                                                "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}),
+    A("memfd", "MappedFile.memfd_inode: a memfd mapped MAP_SHARED"),
+    I("memfd.id", _FILE_KIND_ID),
+    I("memfd.flags", "the open mode of an fd holding the memfd; memfd fds are refused (plan/build.py "
+      "_build_files), mappings open it with vmas.fdflags"),
+    I("memfd.pos", "the offset of an fd holding the memfd; memfd fds are refused (plan/build.py _build_files)"),
+    A("memfd.fown", "checked through its fields"),
+    *_fown("memfd"),
+    A("memfd.inode_id", "MappedFile.memfd_inode: links memfd.img"),
+))
+
+PIPES_DATA = RecordKind("pipes-data", "pipes-data.img", pipe_data_pb2.PipeDataEntry, (
+    A("pipe_id", "PipeBuffer.pipe_id"),
+    A("bytes", "PipeBuffer.queued: the record's payload length"),
+    A("size", "PipeBuffer.size_bytes: F_SETPIPE_SZ (files/pipe.py)", probe="pipes[0].size_bytes"),
+))
+
+SK_QUEUES = RecordKind("sk-queues", "sk-queues.img", sk_queues_pb2.SkPacketEntry, (
+    A("id_for", "UnixSocketPair.queued_a/queued_b: the socket the packet waits on"),
+    A("length", "UnixSocketPair.queued_*: the record's payload length"),
+    R("scm", "fds or credentials in flight (SCM_RIGHTS)", bad=[{"type": 1, "rights": [3]}]),
+    I("scm.type", "part of scm, refused"),
+    I("scm.rights", "part of scm, refused"),
+    R("ucred", "sender credentials of a queued packet (SCM_CREDENTIALS)", bad={"uid": 0, "gid": 0, "pid": 1}),
+    I("ucred.uid", "part of ucred, refused"),
+    I("ucred.gid", "part of ucred, refused"),
+    I("ucred.pid", "part of ucred, refused"),
+))
+
+TIMENS = RecordKind("timens", "timens-0.img", timens_pb2.TimensEntry, (
+    A("monotonic", "TimeOffsets: restore/task.py _enter_time_namespace"),
+    A("monotonic.tv_sec", "TimeOffsets.monotonic_sec", probe="timens.monotonic_sec"),
+    A("monotonic.tv_nsec", "TimeOffsets.monotonic_nsec", probe="timens.monotonic_nsec"),
+    A("boottime", "TimeOffsets: restore/task.py _enter_time_namespace"),
+    A("boottime.tv_sec", "TimeOffsets.boottime_sec", probe="timens.boottime_sec"),
+    A("boottime.tv_nsec", "TimeOffsets.boottime_nsec", probe="timens.boottime_nsec"),
+))
+
+SECCOMP = RecordKind("seccomp", "seccomp.img", seccomp_pb2.SeccompEntry, (
+    A("seccomp_filters", BLOB_CREDS_STEP, subtree=True),
+))
+
+MEMFD = RecordKind("memfd", "memfd.img", memfd_pb2.MemfdInodeEntry, (
+    A("name", "SharedMemory.name: memfd_create (files/memfd.py)", probe="shared_memory[0].name"),
+    R("uid", "a memfd owner other than root (fchown)"),
+    R("gid", "a memfd group other than root (fchown)"),
+    A("size", "SharedMemory.size_bytes: ftruncate"),
+    A("shmid", "SharedMemory: names pagemap-shmem-<shmid>.img"),
+    A("seals", "SharedMemory.seals: F_ADD_SEALS", probe="shared_memory[0].seals"),
+    A("inode_id", "SharedMemory.inode_id: links files.img memfd entries"),
+    R("hugetlb_flag", "a hugetlb memfd (MFD_HUGETLB)"),
+    R("mode", "memfd permissions other than a new memfd's 0777 (fchmod)", _only(0, 0o100777), bad=0o100600),
+))
+
+CPUINFO = RecordKind("cpuinfo", "cpuinfo.img", cpuinfo_pb2.CpuinfoEntry, (
+    A("x86_entry", "RestorePlan.dump_cpu: the CPU compatibility check before the restore (restore/cpucap.py)",
+      subtree=True),
+    I("ppc64_entry", "another architecture's CPU; cores of other machines are refused (core mtype)", subtree=True),
+    I("s390_entry", "another architecture's CPU; cores of other machines are refused (core mtype)", subtree=True),
+))
+
+RECORD_KINDS: tuple[RecordKind, ...] = (INVENTORY, PSTREE, CORE, MM, PAGEMAP_HEAD, PAGEMAP, FS, IDS, FDINFO, FILES,
+                                       PIPES_DATA, SK_QUEUES, TIMENS, SECCOMP, MEMFD, CPUINFO)
+BY_NAME = {k.name: k for k in RECORD_KINDS}
+
+
+def is_repeated(fd: FieldDescriptor) -> bool:
+    """Whether a field is repeated (protobuf 6+ spells it ``is_repeated``, older ones ``label``)."""
+    flag = getattr(fd, "is_repeated", None)
+    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
+
+
+def schema_paths(descriptor: Descriptor, prefix: str = "") -> list[tuple[str, FieldDescriptor]]:
+    """Every field below ``descriptor``, depth first, as (dotted path, field descriptor)."""
+    out = []
+    for field in descriptor.fields:
+        path = prefix + field.name
+        out.append((path, field))
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            out.extend(schema_paths(field.message_type, path + "."))
+    return out
+
+
+def covering(kind: RecordKind, path: str) -> list[Field]:
+    """The table lines that decide ``path``: its own (there may be several, e.g. applied for some
+    values and refused for others), else the nearest subtree line above it."""
+    own = [f for f in kind.fields if f.path == path]
+    if own:
+        return own
+    parts = path.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        above = [f for f in kind.fields if f.path == ".".join(parts[:n]) and f.subtree]
+        if above:
+            return above
+    return []
+
+
+def refused_fields() -> list[tuple[RecordKind, Field]]:
+    """Every REFUSED line of the table, in table order."""
+    return [(k, f) for k in RECORD_KINDS for f in k.fields if f.disposition is Disposition.REFUSED]
+
+
+_PROBE_STEP = re.compile(r"\.?(\w+)|\[(\d+)\]|\['(\w+)'\]|\[([A-Z]\w*)\]")
+
+
+def probe(plan: object, expr: str) -> object:
+    """Follow a probe path such as ``tasks[0].threads[0].gpregs['ip']`` through the plan;
+    ``files[PipeEnd]`` is the first element of that class."""
+    value = plan
+    for attr, index, key, cls in _PROBE_STEP.findall(expr):
+        if cls:
+            value = next(v for v in value if type(v).__name__ == cls)  # type: ignore[attr-defined]
+        elif attr:
+            value = getattr(value, attr)
+        elif index:
+            value = value[int(index)]  # type: ignore[index]
+        else:
+            value = value[key]  # type: ignore[index]
+    return value
+
+
+def render_markdown() -> str:
+    """The table as Markdown, one section per record kind (docs/fidelity.md embeds it)."""
+    lines = []
+    for kind in RECORD_KINDS:
+        counts = {d: sum(1 for f in kind.fields if f.disposition is d) for d in Disposition}
+        lines += [f"### {kind.name} ({kind.files}, `{kind.message.DESCRIPTOR.name}`)", "",
+                  f"{counts[Disposition.APPLIED]} applied, {counts[Disposition.REFUSED]} refused, "
+                  f"{counts[Disposition.IGNORED]} ignored.", "",
+                  "| field | disposition | where / what / why |", "| --- | --- | --- |"]
+        for f in kind.fields:
+            path = f"`{f.path}`" + (" (and below)" if f.subtree else "")
+            lines.append(f"| {path} | {f.disposition.value} | {f.where.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_markdown())
