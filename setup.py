@@ -4,6 +4,8 @@
    with grpcio-tools' protoc (a build requirement in pyproject.toml).
 2. The restorer blob (``restorer_blob/*.c``) into ``pycriu_restore/blob/restorer.elf``, with
    the system gcc (``restorer_blob/build.py`` says how and why).
+3. The demo program (``demo_program/demo.c``) into ``pycriu_restore/demo/demo-program``,
+   the same way (``demo_program/build.py``): what ``pycrestore demo`` checkpoints.
 
 Both land in the build tree for a normal ``pip install .``; for an editable install
 (``pip install -e .``) they are written into the source tree, where the package then finds them.
@@ -22,12 +24,22 @@ ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = pathlib.Path("pycriu_restore", "images", "proto")
 
 
-def _load_blob_builder():
-    """restorer_blob/build.py is a standalone script: load it by path (the package may not be importable yet)."""
-    spec = importlib.util.spec_from_file_location("restorer_blob_build", ROOT / "restorer_blob" / "build.py")
+def _load_builder(directory: str):
+    """DIR/build.py is a standalone script: load it by path (the package may not be importable yet)."""
+    spec = importlib.util.spec_from_file_location(f"{directory}_build", ROOT / directory / "build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_blob_builder():
+    """restorer_blob/build.py, the restorer blob's builder."""
+    return _load_builder("restorer_blob")
+
+
+def _load_demo_builder():
+    """demo_program/build.py, the demo program's builder."""
+    return _load_builder("demo_program")
 
 
 def compile_protos(out_root: pathlib.Path) -> None:
@@ -59,6 +71,11 @@ class BuildPy(build_py):
             builder.build(out_root / "pycriu_restore" / "blob" / "restorer.elf")
         except builder.BuildError as err:
             sys.exit(f"setup.py: cannot build the restorer blob: {err}")
+        demo = _load_demo_builder()
+        try:
+            demo.build(out_root / "pycriu_restore" / "demo" / "demo-program")
+        except demo.BuildError as err:
+            sys.exit(f"setup.py: cannot build the demo program: {err}")
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tools/build_inplace.py imports it

@@ -13,11 +13,33 @@ import signal
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = Path(os.environ.get("PYCRESTORE_FIXTURES", SHARED / "fixtures" / "criu-4.2"))
 FIXTURES_MORE = Path(os.environ.get("PYCRESTORE_FIXTURES_MORE", SHARED / "fixtures" / "criu-4.2-more"))
 PID_MAX = Path("/proc/sys/kernel/pid_max")
+
+# A fresh clone has no ../shared beside it: tests that read a pack are skipped, saying so.
+FIXTURES_REASON = f"{FIXTURES} not found: the criu-4.2 fixture pack is not beside the repository (PYCRESTORE_FIXTURES)"
+FIXTURES_MORE_REASON = (f"{FIXTURES_MORE} not found: the criu-4.2-more fixture pack is not beside the "
+                        "repository (PYCRESTORE_FIXTURES_MORE)")
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=FIXTURES_REASON)
+needs_fixtures_more = pytest.mark.skipif(not FIXTURES_MORE.is_dir(), reason=FIXTURES_MORE_REASON)
+
+
+def skip_module_without_fixtures(*packs: Path) -> None:
+    """Skip the calling test module, with the reason, when a pack it reads is absent.
+
+    For modules that read a pack while being imported (parametrize lists, module constants):
+    call it right after importing from conftest, before those reads. Other modules use
+    ``pytestmark = needs_fixtures``.
+    """
+    for pack in packs or (FIXTURES,):
+        if not pack.is_dir():
+            pytest.skip(FIXTURES_MORE_REASON if pack is FIXTURES_MORE else FIXTURES_REASON,
+                        allow_module_level=True)
 
 # The XSAVE features of the CPU that dumped criu-4.2 (an AMD EPYC: x87, SSE, AVX, PKRU; its
 # README). On a CPU with AVX-512 the default CPU policy refuses these checkpoints (glibc's

@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_fixtures
 from pycriu_restore.images import BadRecord, ImageSet, ImageTruncated, MissingImage, dump_image, load_image
 from pycriu_restore.images.image import Image
 from pycriu_restore.plan.build import build_plan
@@ -25,6 +25,8 @@ from pycriu_restore.plugins.amdgpu.images import (
     pages_image_name,
 )
 from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL
+
+pytestmark = needs_fixtures
 
 COUNTER = FIXTURES / "images" / "counter"
 MIB = 1 << 20

@@ -15,11 +15,13 @@ import sys
 
 import pytest
 
-from conftest import PACK_CPU_CAP, FIXTURES
+from conftest import PACK_CPU_CAP, FIXTURES, needs_fixtures
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import parse_cpu_cap
+
+pytestmark = needs_fixtures
 
 TOTAL_BYTES = (4 << 30) + (512 << 20)  # > 4 GiB of BO content: 64-bit sizes and offsets
 N_GPUS, N_BOS = 2, 64

@@ -17,7 +17,7 @@ import zlib
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_fixtures
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plugins.amdgpu import plugin as plugin_module
@@ -27,6 +27,8 @@ from pycriu_restore.plugins.amdgpu.images import load_kfd_image
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuError, AmdgpuPlugin
 from pycriu_restore.plugins.amdgpu.sim import SIM_KFD_NAME, SIM_MMAP_OFFSET_BASE, SimBackend, SimDevice
 from pycriu_restore.plugins.api import ExtFile, RestoreContext
+
+pytestmark = needs_fixtures
 
 MIB = 1 << 20
 

@@ -33,7 +33,9 @@ from pycriu_restore.linux.procmaps import read_maps
 from pycriu_restore.plan.model import (ItimerValue, MappedFile, MmFields, PageRun, Rseq,
                                        SigAction, Task, Thread, Vma, VmaKind)
 from pycriu_restore.restore.task import ServiceFds
-from conftest import FIXTURES, seized_fork
+from conftest import FIXTURES, seized_fork, needs_fixtures
+
+pytestmark = needs_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAYLOAD_SRC = ROOT / "tests" / "c" / "blob_payload.S"

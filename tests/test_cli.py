@@ -9,8 +9,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from conftest import FIXTURES
+from conftest import FIXTURES, skip_module_without_fixtures
 from pycriu_restore.cli import main
+
+skip_module_without_fixtures(FIXTURES)  # before the pack is read below
 
 DECODED = sorted(FIXTURES.glob("decoded/*/*.json"))
 WORKLOADS = sorted(p.name for p in (FIXTURES / "images").iterdir())

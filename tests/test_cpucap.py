@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, FIXTURES_MORE
+from conftest import FIXTURES, FIXTURES_MORE, needs_fixtures, needs_fixtures_more
 from pycriu_restore.errors import EXIT_ENVIRONMENT
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.images.image import Image, kind_of
@@ -23,6 +23,8 @@ from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
 from pycriu_restore.restore.cpucap import (INSTRUCTION_WORDS, CpuCap, CpuMismatch, check_cpu,
                                            host_capability_words, parse_cpu_cap)
+
+pytestmark = [needs_fixtures, needs_fixtures_more]
 
 AVX_ONLY = 0x7             # x87, SSE, AVX: a CPU without AVX-512 and without PKU
 AMD_PKU = 0x207            # the AMD EPYC of criu-4.2

@@ -15,7 +15,9 @@ import pytest
 
 from pycriu_restore.images import dict_to_image, dump_image, image_to_dict, load_image
 
-from conftest import FIXTURES
+from conftest import FIXTURES, skip_module_without_fixtures
+
+skip_module_without_fixtures(FIXTURES)  # before the pack is read below
 
 
 def _fixtures() -> Path:

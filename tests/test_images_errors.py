@@ -32,7 +32,9 @@ from pycriu_restore.images.framing import MAX_RECORD_BYTES
 from pycriu_restore.images.kinds import Framing, ImageKind, kind_by_name
 from pycriu_restore.images.schemas import pipe_data_pb2, pstree_pb2
 
-from conftest import FIXTURES
+from conftest import FIXTURES, skip_module_without_fixtures
+
+skip_module_without_fixtures(FIXTURES)  # before the pack is read below
 
 
 def _fixtures() -> Path:

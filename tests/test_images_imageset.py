@@ -14,7 +14,9 @@ import pytest
 from pycriu_restore.images import BadMagic, BadRecord, ImageSet, MissingImage, dump_image, load_image
 from pycriu_restore.images.pagemap import PAGE_SIZE, PE_PRESENT, entry_nr_pages
 
-from conftest import FIXTURES
+from conftest import FIXTURES, skip_module_without_fixtures
+
+skip_module_without_fixtures(FIXTURES)  # before the pack is read below
 
 
 def _fixtures() -> Path:

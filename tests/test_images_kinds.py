@@ -13,7 +13,9 @@ from pycriu_restore.images.framing import header_bytes
 from pycriu_restore.images.kinds import KINDS, Framing, ImageKind, file_name, kind_for_file, register_kind
 from pycriu_restore.images.schemas import pstree_pb2
 
-from conftest import FIXTURES
+from conftest import FIXTURES, skip_module_without_fixtures
+
+skip_module_without_fixtures(FIXTURES)  # before the pack is read below
 
 
 def _fixtures() -> Path:

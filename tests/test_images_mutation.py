@@ -13,8 +13,10 @@ import struct
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_fixtures
 from pycriu_restore.images import ImageError, dump_image, image_to_dict, load_image
+
+pytestmark = needs_fixtures
 
 SOURCES = sorted(
     p for p in (FIXTURES / "images").glob("*/*") if not p.name.startswith("pages-") and p.stat().st_size < 64 * 1024

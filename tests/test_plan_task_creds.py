@@ -10,11 +10,13 @@ import shutil
 
 import pytest
 
-from conftest import FIXTURES_MORE
+from conftest import FIXTURES_MORE, needs_fixtures_more
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
 from pycriu_restore.plan.model import Creds
+
+pytestmark = needs_fixtures_more
 
 IMAGES = FIXTURES_MORE / "images"
 CREDS_PID, TIMER_PID = 40200, 40400
@@ -199,3 +201,37 @@ def test_pdeath_sig_personality_and_subreaper_are_read(tmp_path):
     _edit(d / f"core-{CREDS_PID}.img", lambda e: setattr(e[0].tc, "personality", 0xFFFFFFFF))
     with pytest.raises(InconsistentImages, match=r"tc.personality 0xffffffff cannot be set"):
         build_plan(ImageSet.open(d))
+
+
+def test_constants_are_the_kernel_headers(tmp_path):
+    """plan/build.py's bounds and values, and abi.h's, against the uapi headers."""
+    import subprocess
+
+    from pycriu_restore.blob import abi
+    from pycriu_restore.plan import build
+
+    facts = {
+        "NGROUPS_MAX": build.NGROUPS_MAX, "BPF_MAXINSNS": build.BPF_MAXINSNS,
+        "sizeof(struct sock_filter)": build.SOCK_FILTER_BYTES,
+        "_LINUX_CAPABILITY_U32S_3": build.CAP_WORDS,
+        "SECBIT_NO_CAP_AMBIENT_RAISE": build.SECBIT_NO_CAP_AMBIENT_RAISE,
+        "SECCOMP_MODE_STRICT": build.SECCOMP_MODE_STRICT, "SECCOMP_MODE_FILTER": build.SECCOMP_MODE_FILTER,
+        "SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW":
+            build.SECCOMP_RESTORABLE_FLAGS,
+        "SIGEV_SIGNAL": build.SIGEV_SIGNAL, "SIGEV_NONE": build.SIGEV_NONE,
+        "SIGEV_THREAD_ID": build.SIGEV_THREAD_ID, "__SIGRTMAX": build.SIGRTMAX,
+        "sizeof(struct sigevent)": abi.BLOB_SIGEVENT_BYTES,
+    }
+    src = tmp_path / "facts.c"
+    src.write_text("#include <stdio.h>\n#include <linux/limits.h>\n#include <linux/filter.h>\n"
+                   "#include <linux/capability.h>\n#include <linux/securebits.h>\n#include <linux/seccomp.h>\n"
+                   "#include <signal.h>\n"
+                   "int main(void) {\n"
+                   + "".join(f'    printf("%lld\\n", (long long)({expr}));\n' for expr in facts)
+                   + "    return 0;\n}\n")
+    exe = tmp_path / "facts"
+    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True, capture_output=True, text=True)
+    values = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
+    assert dict(zip(facts, values)) == facts
+    assert (abi.BLOB_MAX_GROUPS, abi.BLOB_MAX_BPF_INSNS, abi.BLOB_BPF_INSN_BYTES, abi.BLOB_CAP_WORDS) == (
+        build.NGROUPS_MAX, build.BPF_MAXINSNS, build.SOCK_FILTER_BYTES, build.CAP_WORDS)

@@ -14,12 +14,14 @@ import sys
 
 import pytest
 
-from conftest import PACK_CPU_CAP, FIXTURES
+from conftest import PACK_CPU_CAP, FIXTURES, needs_fixtures
 from pycriu_restore.images import dump_image, load_image
 from pycriu_restore.images.image import Image
 from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import parse_cpu_cap
+
+pytestmark = needs_fixtures
 
 EXT_ID = 4242
 EXT_FD = 50

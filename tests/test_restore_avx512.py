@@ -18,13 +18,15 @@ import time
 
 import pytest
 
-from conftest import FIXTURES_MORE, pid_max_at_least
+from conftest import FIXTURES_MORE, pid_max_at_least, needs_fixtures_more
 from pycriu_restore.blob.cpuid import xsave_components
 from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.images import ImageSet
 from pycriu_restore.linux.xstate import XFEATURE_MASK_PKRU
 from pycriu_restore.restore.cpucap import CpuCap
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
+
+pytestmark = needs_fixtures_more
 
 IMAGES = FIXTURES_MORE / "images" / "avx512"
 PID = 40100

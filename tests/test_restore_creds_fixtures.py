@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES_MORE, pid_max_at_least
+from conftest import FIXTURES_MORE, pid_max_at_least, needs_fixtures_more
 from pycriu_restore.images import dump_image, load_image
+
+pytestmark = needs_fixtures_more
 
 IMAGES = FIXTURES_MORE / "images"
 PIDS = {"creds": 40200, "posixtimer": 40400}

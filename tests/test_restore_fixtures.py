@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AMD_PACK_XFEATURES, AVX512_XFEATURES, FIXTURES, PACK_CPU_CAP
+from conftest import AMD_PACK_XFEATURES, AVX512_XFEATURES, FIXTURES, PACK_CPU_CAP, needs_fixtures
 from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.linux.clone3 import clone3
@@ -26,6 +26,8 @@ from pycriu_restore.plan.build import build_plan
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import CpuCap, parse_cpu_cap
 from pycriu_restore.restore.timeline import Stage
+
+pytestmark = needs_fixtures
 
 IMAGES = FIXTURES / "images"
 SINGLE = ["counter", "fpu", "signals", "pymem", "threads"]

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES_MORE
+from conftest import FIXTURES_MORE, needs_fixtures_more
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.restore.errors import EnvironmentMismatch, MissingPrivilege
 from pycriu_restore.restore.privileges import CAP_NAMES, OwnPrivileges, check_privileges
+
+pytestmark = needs_fixtures_more
 
 CAPABILITY_H = Path("/usr/include/linux/capability.h")
 CAP_SYS_RESOURCE = 24

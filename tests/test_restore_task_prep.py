@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_fixtures
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 import dataclasses
@@ -21,6 +21,8 @@ import dataclasses
 from pycriu_restore.linux.clone3 import clone3
 from pycriu_restore.restore.shared import SharedFds
 from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
+
+pytestmark = needs_fixtures
 
 
 def _install(name: str) -> None:

@@ -22,9 +22,11 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -132,14 +134,25 @@ def _status_lines(log: Path, offset: int) -> list[tuple[int, int, int, int]]:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
-    """Build tests/c/sigwindow.c, run it as pid PID for a moment, dump it with CRIU 4.2."""
+def checkpoint() -> Iterator[Checkpoint]:
+    """Build tests/c/sigwindow.c, run it as pid PID for a moment, dump it with CRIU 4.2.
+
+    In a directory of its own, not pytest's tmp_path: the images name the binary and the
+    log by path, and pytest prunes old base directories when other sessions start.
+    """
     if os.geteuid() != 0:
         pytest.skip("needs root (fixed pids, criu dump, ptrace)")
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build tests/c/sigwindow.c")
     _ensure_criu()
-    root = tmp_path_factory.mktemp("sigwindow")
+    root = Path(tempfile.mkdtemp(prefix="pycrestore-sigwindow-", dir="/var/tmp"))
+    try:
+        yield _dump(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _dump(root: Path) -> Checkpoint:
     workdir, images = root / "run", root / "images"
     workdir.mkdir()
     images.mkdir()

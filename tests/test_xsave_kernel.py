@@ -16,13 +16,14 @@ import subprocess
 import pytest
 
 from conftest import REPO, seized_fork
-from pycriu_restore.blob.cpuid import xsave_components
+from pycriu_restore.blob.cpuid import supported_xfeatures, xsave_components
 from pycriu_restore.blob.kernel_frame import KernelFrame, fresh_task_frame
 from pycriu_restore.blob.sigframe import build_sigframe
 from pycriu_restore.blob.sigframe_layout import Fpstate64
 from pycriu_restore.blob.xsave import IMAGE_COMPONENTS, build_xsave_area
 from pycriu_restore.linux import ptrace
-from pycriu_restore.linux.xstate import XSAVE_HEADER_OFFSET, XSAVE_SW_RESERVED_OFFSET
+from pycriu_restore.linux.xstate import (PKRU_LINUX_DEFAULT, XSAVE_HEADER_OFFSET,
+                                         XSAVE_SW_RESERVED_OFFSET)
 from pycriu_restore.plan.model import Thread
 
 AVX, AVX512, PKRU = 1 << 2, 0b111 << 5, 1 << 9
@@ -95,6 +96,16 @@ def test_probe_reads_what_a_c_program_sees(program: str, frame: KernelFrame) -> 
                           capture_output=True).stdout
     assert KernelFrame.parse(area).xstate_size == frame.xstate_size
     assert KernelFrame.parse(area).xfeatures == frame.xfeatures
+
+
+def test_a_fresh_task_has_linux_default_pkru(frame: KernelFrame) -> None:
+    """PKRU_LINUX_DEFAULT, which the CPU policy may drop, is what this kernel gives a fresh
+    task (where the CPU has protection keys; elsewhere its frames have no PKRU at all)."""
+    if not frame.xfeatures & PKRU:
+        assert not supported_xfeatures() & PKRU     # the CPU has none, the kernel hid nothing
+        return
+    comp = xsave_components()[9]
+    assert struct.unpack_from("<I", frame.area, comp.offset)[0] == PKRU_LINUX_DEFAULT
 
 
 def test_builder_area_equals_the_kernels(program: str, frame: KernelFrame) -> None:

@@ -750,6 +750,14 @@ def _build_sigactions(entries: Iterable) -> tuple[SigAction, ...]:
 
 
 def _itimer(t) -> ItimerValue:
+    """The setitimer() argument for a dumped itimer, as CRIU's restore makes it (decode_itimer).
+
+    A periodic timer caught between expiry and the dequeue of its SIGALRM is dumped with
+    value 0: the kernel re-arms ITIMER_REAL only when that signal is dequeued. setitimer()
+    with value 0 would disarm it for good, so value 0 becomes one interval.
+    """
+    if (t.vsec, t.vusec) == (0, 0) and (t.isec, t.iusec) != (0, 0):
+        return ItimerValue(t.isec, t.iusec, t.isec, t.iusec)
     return ItimerValue(t.isec, t.iusec, t.vsec, t.vusec)
 
 

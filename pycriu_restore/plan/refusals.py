@@ -80,7 +80,11 @@ def summarize(found: list[Refusal]) -> str:
     line = first_text + _more_files(first_images)
     rest = items[1:]
     if rest:
-        listed = [f"{images[0]}{_more_files(images)}: {text}" for text, images in rest[:_MAX_LISTED]]
+        listed, previous = [], found[0].image
+        for text, images in rest[:_MAX_LISTED]:  # the file is named when it changes
+            named = "" if images[0] == previous and len(images) == 1 else f"{images[0]}{_more_files(images)}: "
+            listed.append(named + text)
+            previous = images[-1]
         line += f"; and {len(rest)} more: " + "; ".join(listed)
         if len(rest) > _MAX_LISTED:
             line += f"; ... ({len(rest) - _MAX_LISTED} not shown)"

@@ -27,6 +27,32 @@ class PidTaken(EnvironmentMismatch):
         )
 
 
+class PidAboveMax(EnvironmentMismatch):
+    """A pid the images need is not below the kernel's pid_max, so clone3 cannot make it."""
+
+    def __init__(self, pid: int, pid_max: int, needed: int, pid_ns_helps: bool) -> None:
+        self.pid = pid
+        self.pid_max = pid_max
+        super().__init__(
+            f"pid {pid} is not below kernel.pid_max {pid_max}: the task must get its checkpointed pid; "
+            f"raise the limit first: sysctl kernel.pid_max={needed}"
+            + (" (or restore with --pid-ns: a new pid namespace has a pid_max of its own)" if pid_ns_helps else "")
+        )
+
+
+class SeccompNotSuspendable(EnvironmentMismatch):
+    """The images have seccomp filters, and this process may not suspend them in its tracees."""
+
+    def __init__(self, pid: int, cause: str) -> None:
+        self.pid = pid
+        super().__init__(
+            f"task {pid} was dumped under seccomp, and pycrestore {cause}: stepping the task after the blob "
+            "installs its filters needs PTRACE_O_SUSPEND_SECCOMP, which the kernel grants only to a tracer with "
+            "CAP_SYS_ADMIN in the initial user namespace and no seccomp filter of its own; run pycrestore as root "
+            "on the host, outside any seccomp sandbox"
+        )
+
+
 class FileMismatch(EnvironmentMismatch):
     """A file the images name is missing or not the one that was dumped."""
 

@@ -15,11 +15,25 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan
-from pycriu_restore.restore.errors import FileMismatch, PidTaken
+from pycriu_restore.restore.errors import FileMismatch, PidAboveMax, PidTaken, SeccompNotSuspendable
+
+PID_MAX_PATH = "/proc/sys/kernel/pid_max"
+# <linux/threads.h>: PID_MAX_LIMIT on 64-bit, the most kernel.pid_max can be.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+# Since Linux 6.14 every pid namespace has its own pid_max, and a new one starts at
+# PID_MAX_LIMIT whatever its parent's is (kernel/pid_namespace.c: create_pid_namespace;
+# seen on 6.18: 4194304 inside `unshare -p` with the host at 32768). clone3's set_tid is
+# checked against the pid_max of the namespace it names (kernel/pid.c: alloc_pid).
+PER_PIDNS_PID_MAX_SINCE = (6, 14)
+# <linux/capability.h>; the user namespace every other descends from (include/linux/proc_ns.h).
+CAP_SYS_ADMIN = 21
+INIT_USER_NS = "user:[4026531837]"
 
 
 def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
     """Raise EnvironmentMismatch for the first thing on this machine that differs from the plan."""
+    _check_pid_max(plan, new_pid_ns)
+    _check_seccomp_suspendable(plan)
     if not new_pid_ns:
         for task in plan.tasks:
             for thread in task.threads:
@@ -36,6 +50,47 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
         for d in (task.cwd, task.root):
             if not os.path.isdir(d):
                 raise FileMismatch(d, "directory missing (it is the task's cwd or root)")
+
+
+def _check_pid_max(plan: RestorePlan, new_pid_ns: bool) -> None:
+    """Every pid and tid must be below the pid_max that applies where the tasks are made:
+    ours, or with --pid-ns the new namespace's (see PER_PIDNS_PID_MAX_SINCE)."""
+    per_pidns = _kernel_version() >= PER_PIDNS_PID_MAX_SINCE
+    pid_max = PID_MAX_LIMIT if new_pid_ns and per_pidns else _read_pid_max()
+    highest = max(thread.tid for task in plan.tasks for thread in task.threads)
+    if highest >= pid_max:
+        raise PidAboveMax(highest, pid_max, needed=highest + 1, pid_ns_helps=per_pidns and not new_pid_ns)
+
+
+def _read_pid_max() -> int:
+    with open(PID_MAX_PATH, encoding="ascii") as f:
+        return int(f.read())
+
+
+def _kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel, from uname(2)'s release ("6.18.44-...")."""
+    major, minor = os.uname().release.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _check_seccomp_suspendable(plan: RestorePlan) -> None:
+    """A task dumped under seccomp is seized with PTRACE_O_SUSPEND_SECCOMP (restore/tree.py),
+    which the kernel refuses (EPERM) unless we have CAP_SYS_ADMIN in the initial user
+    namespace and no seccomp of our own (kernel/ptrace.c: check_ptrace_options)."""
+    task = next((t for t in plan.tasks if any(th.seccomp_mode for th in t.threads)), None)
+    if task is None:
+        return
+    status = {}
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            status[key] = value.strip()
+    if not int(status["CapEff"], 16) >> CAP_SYS_ADMIN & 1:
+        raise SeccompNotSuspendable(task.pid, "lacks CAP_SYS_ADMIN")
+    if os.readlink("/proc/self/ns/user") != INIT_USER_NS:
+        raise SeccompNotSuspendable(task.pid, "runs in a user namespace of its own")
+    if status.get("Seccomp", "0") != "0":
+        raise SeccompNotSuspendable(task.pid, f"runs under seccomp itself (mode {status['Seccomp']})")
 
 
 def _check_pid_free(pid: int) -> None:
