@@ -7,6 +7,7 @@ and xmm15 survived. Needs root (skipped otherwise, saying so).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -15,13 +16,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED
+from conftest import FIXTURES, SHARED, needs_fixtures
 from pycriu_restore.cli import main
 from pycriu_restore.demo import run_demo
 from pycriu_restore.demo.program import OUTPUT_NAME, parse_line
-from pycriu_restore.images import ImageSet, load_image
+from pycriu_restore.images import ImageSet, image_to_dict, load_image
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the demo needs root (ptrace, clone3 set_tid)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the demo needs root (ptrace, clone3 set_tid)")
 
 CRIU = Path("/usr/local/sbin/criu")
 CRIU_INSTALL = SHARED / "tools" / "criu-4.2" / "install.sh"
@@ -41,6 +42,7 @@ def _gone(pid: int, timeout_s: float = 10.0) -> bool:
     return True
 
 
+@needs_root
 def test_demo_goes_on_from_the_next_tick_with_its_checks_passing() -> None:
     lines: list[str] = []
     result = run_demo(STOP_TICK, echo=lines.append)
@@ -52,13 +54,29 @@ def test_demo_goes_on_from_the_next_tick_with_its_checks_passing() -> None:
     assert not result.checkpoint.directory.exists()   # the temporary directory is removed
 
 
-def test_demo_keep_writes_the_files_criu_dump_writes(tmp_path: Path) -> None:
-    keep = tmp_path / "ckpt"
+def test_demo_names_the_cause_in_one_line_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    run = CliRunner().invoke(main, ["demo"])
+    assert run.exit_code == 4
+    assert run.output.startswith("pycrestore: error: needs root") and run.output.count("\n") == 1, run.output
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint kept by `pycrestore demo --keep` (the demo itself ran and passed)."""
+    keep = tmp_path_factory.mktemp("demo") / "ckpt"
     run = CliRunner().invoke(main, ["demo", "--ticks", str(STOP_TICK), "--keep", str(keep)])
     assert run.exit_code == 0, run.output
+    assert f"went on from tick {STOP_TICK + 1}" in run.output, run.output
+    return keep
+
+
+@needs_root
+def test_demo_keep_writes_the_files_criu_dump_writes(kept: Path) -> None:
+    keep = kept
     (pstree,) = ImageSet.open(keep).pstree()
     pid = pstree.pid
-    names = {p.name for p in keep.iterdir()} - {OUTPUT_NAME}
+    names = {p.name for p in keep.iterdir()} - {OUTPUT_NAME, "stats-restore"}
     assert names == {n.format(pid=pid) for n in EXPECTED_FILES}
     assert _gone(pid)
     info = CliRunner().invoke(main, ["info", str(keep)])
@@ -66,6 +84,40 @@ def test_demo_keep_writes_the_files_criu_dump_writes(tmp_path: Path) -> None:
     core = load_image(keep / f"core-{pid}.img").entries[0]
     xmm15 = list(core.thread_info.fpregs.xmm_space[60:64])   # the value demo.c loads
     assert xmm15 == [0x89abcdef, 0x01234567, 0xcafebeef, 0xfeedface]
+
+
+def _shape(value: object) -> object:
+    """The keys of a crit-style dict, recursively (a list by its first element)."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+        return [_shape(value[0])]
+    return None
+
+
+# xsave arrays are recorded for the components the dump CPU enables: they differ by CPU.
+CPU_DEPENDENT = {"ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper",
+                 "hi16_zmm", "pkru", "cet"}
+
+
+@needs_root
+@needs_fixtures
+def test_demo_images_have_the_fields_criu_writes(kept: Path) -> None:
+    """Every image of the demo's checkpoint has the fields of CRIU 4.2's for the counter fixture."""
+    reference = FIXTURES / "decoded" / "counter"
+    (pstree,) = ImageSet.open(kept).pstree()
+    for ours in sorted(kept.iterdir()):
+        if ours.name in (OUTPUT_NAME, "stats-restore") or ours.name.startswith("pages-"):
+            continue
+        ref_name = ours.name.replace(str(pstree.pid), "31100").replace(".img", "") + ".json"
+        mine = _shape(image_to_dict(load_image(ours)))
+        theirs = _shape(json.loads((reference / ref_name).read_text()))
+        if ours.name.startswith("core-"):
+            for shape in (mine, theirs):
+                xsave = shape["entries"][0]["thread_info"]["fpregs"]["xsave"]
+                for key in CPU_DEPENDENT:
+                    xsave.pop(key, None)
+        assert mine == theirs, ours.name
 
 
 def _ensure_criu() -> None:
@@ -76,11 +128,10 @@ def _ensure_criu() -> None:
     subprocess.run([str(CRIU_INSTALL)], check=True, capture_output=True, timeout=600)
 
 
-def test_upstream_criu_restores_the_demo_checkpoint(tmp_path: Path) -> None:
+@needs_root
+def test_upstream_criu_restores_the_demo_checkpoint(kept: Path, tmp_path: Path) -> None:
     _ensure_criu()
-    keep = tmp_path / "ckpt"
-    run = CliRunner().invoke(main, ["demo", "--ticks", str(STOP_TICK), "--keep", str(keep)])
-    assert run.exit_code == 0, run.output
+    keep = kept
     (pstree,) = ImageSet.open(keep).pstree()
     pid = pstree.pid
     output = keep / OUTPUT_NAME

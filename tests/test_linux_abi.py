@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pycriu_restore.linux import (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls,
-                                  waitstatus, xstate)
+                                  taskinfo, waitstatus, xstate)
 
 
 GLIBC_SIDE_PRELUDE = """
@@ -33,6 +33,8 @@ GLIBC_SIDE_PRELUDE = """
 #include <linux/sched.h>
 #include <limits.h>
 #include <linux/wait.h>
+#include <linux/kcmp.h>
+#include <asm/ldt.h>
 #include <asm/unistd_64.h>
 """
 
@@ -54,6 +56,9 @@ GLIBC_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (clone3, "CLONE_ARGS_SIZE_VER2"): "CLONE_ARGS_SIZE_VER2",
     (waitstatus, "WALL"): "__WALL",
     (memory, "IOV_MAX"): "IOV_MAX",
+    (taskinfo, "SYS_GET_ROBUST_LIST"): "__NR_get_robust_list",
+    (taskinfo, "SYS_KCMP"): "__NR_kcmp",
+    (taskinfo, "KCMP_FILE"): "KCMP_FILE",
 }
 for _name in dir(ptrace):
     if _name.startswith("PTRACE_") and (ptrace, _name) not in GLIBC_CONSTANTS:
@@ -100,7 +105,7 @@ def _field_offset(struct: Any, path: str) -> int:
     for part in path.split("."):
         descriptor = getattr(current, part)
         offset += descriptor.offset
-        current = dict(current._fields_)[part]
+        current = {f[0]: f[1] for f in current._fields_}[part]   # f[2]: a bitfield width
     return offset
 
 
@@ -130,6 +135,9 @@ def _struct_checks() -> list[tuple[str, int, str]]:
         "fields.fault.si_addr": "si_addr", "fields.kill.si_pid": "si_pid",
         "fields.kill.si_uid": "si_uid"})
     add_struct(libc.Iovec, "struct iovec", {"iov_base": "iov_base", "iov_len": "iov_len"})
+    # The flag bits after limit are bitfields (no offsetof): the size covers them.
+    add_struct(ptrace.UserDesc, "struct user_desc",
+               {"entry_number": "entry_number", "base_addr": "base_addr", "limit": "limit"})
     return checks
 
 
@@ -186,8 +194,8 @@ def test_every_linux_constant_is_checked() -> None:
     checked = set(GLIBC_CONSTANTS) | set(KERNEL_CONSTANTS) | NOT_IN_UAPI
     checked_names = {name for _module, name in checked}
     missing = []
-    for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls, waitstatus,
-                   xstate):
+    for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls, taskinfo,
+                   waitstatus, xstate):
         for name, value in vars(module).items():
             if name.startswith("_") or not name.isupper() or name in checked_names:
                 continue   # private, not a constant, or imported from the module checked
