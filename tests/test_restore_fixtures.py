@@ -467,7 +467,7 @@ def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path
     install("counter")
     log_file = tmp_path / "restore.log"
     proc = subprocess.Popen([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(IMAGES / "counter"),
-                             "-o", str(log_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-o", str(log_file), "--cpu-cap", PACK_CPU_CAP], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while "RESUME" not in (log_file.read_text() if log_file.exists() else "") and time.monotonic() < deadline:
@@ -492,7 +492,8 @@ def test_relative_images_dir(tmp_path):
     install("counter")
     pidfile = tmp_path / "pid"
     result = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D",
-                             os.path.relpath(IMAGES / "counter", tmp_path), "-d", "--pidfile", str(pidfile)],
+                             os.path.relpath(IMAGES / "counter", tmp_path), "-d", "--pidfile", str(pidfile),
+                             "--cpu-cap", PACK_CPU_CAP],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     kill_and_wait(int(pidfile.read_text()))
