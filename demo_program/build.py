@@ -17,16 +17,14 @@ instructions from the blob's ``syscall.h`` - but as an ordinary executable:
                                         and checks it on restore, so the demo shows it
 
 Standalone (stdlib only): setup.py and tools/build_inplace.py load this file by path,
-before the package is importable, and call :func:`build`.
+before the package is importable, and call :func:`build`. It runs gcc through the blob's
+build script (loaded by path too), so both builds fail and report alike.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import pathlib
-import shutil
-import subprocess
-import tempfile
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent
 SOURCE = SOURCE_DIR / "demo.c"
@@ -54,43 +52,29 @@ LINK_FLAGS = (
     "-Wl,-z,noexecstack",
 )
 
-# gcc's diagnostics can be long; a BuildError keeps the end, where the errors are.
-MAX_STDERR_CHARS = 4000
 
 
-class BuildError(Exception):
-    """The demo program could not be built: gcc is missing or failed. The message says which."""
+def _blob_build():
+    """restorer_blob/build.py, loaded by path (this script runs before the package exists)."""
+    spec = importlib.util.spec_from_file_location("restorer_blob_build", BLOB_SOURCE_DIR / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BLOB_BUILD = _blob_build()
+BuildError = _BLOB_BUILD.BuildError
 
 
 def build(out_path: pathlib.Path, *, cc: str = "gcc") -> None:
     """Compile demo.c into out_path (pycriu_restore/demo/demo-program), mode 0755.
 
-    out_path is replaced only when gcc succeeds (written to a temporary file, then renamed).
-    Needs gcc and the kernel's uapi headers (linux-libc-dev). Raises BuildError.
+    out_path is replaced only when gcc succeeds. Needs gcc and the kernel's uapi headers
+    (linux-libc-dev). Raises BuildError.
     """
-    compiler = shutil.which(cc)
-    if compiler is None:
-        raise BuildError(f"{cc} not found: install it (apt-get install gcc) to build the demo program")
-    out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp_path = pathlib.Path(tmp_name)
-    cmd = [compiler, *COMPILE_FLAGS, f"-I{BLOB_SOURCE_DIR}", "-o", str(tmp_path), str(SOURCE), *LINK_FLAGS]
-    try:
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError as err:
-            raise BuildError(f"cannot run {compiler}: {err}") from err
-        if proc.returncode != 0:
-            tail = proc.stderr.strip()
-            if len(tail) > MAX_STDERR_CHARS:
-                tail = "..." + tail[-MAX_STDERR_CHARS:]
-            raise BuildError(f"{compiler} failed on {SOURCE.name} with exit status {proc.returncode}:\n{tail}")
-        tmp_path.chmod(0o755)  # mkstemp made it 0600; it is a program every user may run
-        os.replace(tmp_path, out_path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    _BLOB_BUILD.compile_to(pathlib.Path(out_path),
+                           [*COMPILE_FLAGS, f"-I{BLOB_SOURCE_DIR}", str(SOURCE), *LINK_FLAGS],
+                           cc=cc, mode=0o755, what="the demo program")
 
 
 if __name__ == "__main__":

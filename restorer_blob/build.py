@@ -72,38 +72,45 @@ def sources() -> list[pathlib.Path]:
     return sorted(SOURCE_DIR.glob("*.S")) + sorted(SOURCE_DIR.glob("*.c"))
 
 
-def link(srcs: list[pathlib.Path], out_path: pathlib.Path, *, cc: str = "gcc",
-         extra_flags: tuple[str, ...] = ()) -> None:
-    """Compile and link srcs with the blob's flags and linker script into out_path.
+def compile_to(out_path: pathlib.Path, args: list[str], *, cc: str = "gcc", mode: int = 0o644,
+               what: str = "the restorer blob") -> None:
+    """Run ``cc ARGS -o TMP`` and move TMP to out_path, with ``mode``, only if cc succeeds.
 
-    Also used by the tests to make small ELFs the loader must accept or refuse;
-    extra_flags come last, so they can override the defaults.
-    out_path is replaced only when gcc succeeds (written to a temporary file first, then
-    renamed), so a failed build never leaves a truncated blob behind.
-    Raises BuildError if cc is not on PATH or exits non-zero.
+    The temporary file sits beside out_path and is renamed over it, so a failed build never
+    leaves a truncated output behind. Also used by demo_program/build.py. Raises BuildError
+    (naming ``what``) if cc is not on PATH or exits non-zero.
     """
     compiler = shutil.which(cc)
     if compiler is None:
-        raise BuildError(f"{cc} not found: install it (apt-get install gcc) to build the restorer blob")
+        raise BuildError(f"{cc} not found: install it (apt-get install gcc) to build {what}")
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
     tmp_path = pathlib.Path(tmp_name)
-    cmd = [compiler, *COMPILE_FLAGS, f"-I{SOURCE_DIR}", "-o", str(tmp_path), *map(str, srcs),
-           *LINK_FLAGS, f"-Wl,-T,{LINKER_SCRIPT}", *extra_flags]
     try:
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            proc = subprocess.run([compiler, *args, "-o", str(tmp_path)], capture_output=True,
+                                  text=True, check=False)
         except OSError as err:
             raise BuildError(f"cannot run {compiler}: {err}") from err
         if proc.returncode != 0:
             raise BuildError(_describe_failure(compiler, proc.returncode, proc.stderr))
-        # mkstemp made it 0600; the installed blob must be readable by every user.
-        tmp_path.chmod(0o644)
+        tmp_path.chmod(mode)   # mkstemp made it 0600; the installed file is for every user
         os.replace(tmp_path, out_path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def link(srcs: list[pathlib.Path], out_path: pathlib.Path, *, cc: str = "gcc",
+         extra_flags: tuple[str, ...] = ()) -> None:
+    """Compile and link srcs with the blob's flags and linker script into out_path.
+
+    Also used by the tests to make small ELFs the loader must accept or refuse;
+    extra_flags come last, so they can override the defaults. Raises BuildError.
+    """
+    compile_to(pathlib.Path(out_path), [*COMPILE_FLAGS, f"-I{SOURCE_DIR}", *map(str, srcs),
+                                        *LINK_FLAGS, f"-Wl,-T,{LINKER_SCRIPT}", *extra_flags], cc=cc)
 
 
 def build(out_path: pathlib.Path, *, cc: str = "gcc") -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -71,6 +73,45 @@ def pid_max_at_least(wanted: int) -> Iterator[None]:
     finally:
         if old < wanted:
             PID_MAX.write_text(str(old))
+
+
+# Upstream CRIU 4.2, installed from ../shared/tools by its install.sh when a test needs it.
+CRIU = Path("/usr/local/sbin/criu")
+CRIU_INSTALL = SHARED / "tools" / "criu-4.2" / "install.sh"
+
+
+def ensure_criu() -> Path:
+    """Path of upstream CRIU, installing it from ../shared/tools first if needed; skips the
+    calling test, with that reason, where neither exists (a bare clone on a user's machine)."""
+    if not CRIU.exists():
+        if not CRIU_INSTALL.exists():
+            pytest.skip(f"upstream CRIU is not installed ({CRIU}) and {CRIU_INSTALL} is absent")
+        subprocess.run([str(CRIU_INSTALL)], check=True, capture_output=True, timeout=600)
+    return CRIU
+
+
+def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Wait until /proc/PID is gone; False if it is still there after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def kill_and_wait(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL ``pid`` (never by name), reap it if it is our child, and check /proc/PID is
+    gone (reaped by us, or by its new parent)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    assert wait_gone(pid, timeout_s), f"pid {pid} still exists after SIGKILL"
 
 
 @contextlib.contextmanager

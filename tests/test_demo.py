@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import FIXTURES, SHARED, needs_fixtures
+from conftest import CRIU, FIXTURES, ensure_criu, needs_fixtures, wait_gone
 from pycriu_restore.cli import main
 from pycriu_restore.demo import run_demo
 from pycriu_restore.demo.program import OUTPUT_NAME, parse_line
@@ -24,22 +24,11 @@ from pycriu_restore.images import ImageSet, image_to_dict, load_image
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the demo needs root (ptrace, clone3 set_tid)")
 
-CRIU = Path("/usr/local/sbin/criu")
-CRIU_INSTALL = SHARED / "tools" / "criu-4.2" / "install.sh"
 STOP_TICK = 3
 # What `criu dump` writes for such a task (the counter fixture's file list, pids aside).
 EXPECTED_FILES = {"inventory.img", "pstree.img", "core-{pid}.img", "ids-{pid}.img", "mm-{pid}.img",
                   "pagemap-{pid}.img", "pages-1.img", "files.img", "fdinfo-2.img", "fs-{pid}.img",
                   "timens-0.img", "seccomp.img", "stats-dump"}
-
-
-def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while os.path.exists(f"/proc/{pid}"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @needs_root
@@ -50,7 +39,7 @@ def test_demo_goes_on_from_the_next_tick_with_its_checks_passing() -> None:
     assert result.after[0].tick == STOP_TICK + 1, lines
     assert all(t.ok and t.pid == result.pid for t in result.after), lines
     assert any(line.startswith("pycrestore: [") and "MEMORY" in line for line in lines), lines
-    assert _gone(result.pid)
+    assert wait_gone(result.pid)
     assert not result.checkpoint.directory.exists()   # the temporary directory is removed
 
 
@@ -78,7 +67,7 @@ def test_demo_keep_writes_the_files_criu_dump_writes(kept: Path) -> None:
     pid = pstree.pid
     names = {p.name for p in keep.iterdir()} - {OUTPUT_NAME, "stats-restore"}
     assert names == {n.format(pid=pid) for n in EXPECTED_FILES}
-    assert _gone(pid)
+    assert wait_gone(pid)
     info = CliRunner().invoke(main, ["info", str(keep)])
     assert info.exit_code == 0 and "demo-program" in info.output, info.output
     core = load_image(keep / f"core-{pid}.img").entries[0]
@@ -120,17 +109,9 @@ def test_demo_images_have_the_fields_criu_writes(kept: Path) -> None:
         assert mine == theirs, ours.name
 
 
-def _ensure_criu() -> None:
-    if CRIU.exists():
-        return
-    if not CRIU_INSTALL.exists():
-        pytest.skip(f"upstream CRIU is not installed ({CRIU}) and {CRIU_INSTALL} (which has it) is absent")
-    subprocess.run([str(CRIU_INSTALL)], check=True, capture_output=True, timeout=600)
-
-
 @needs_root
 def test_upstream_criu_restores_the_demo_checkpoint(kept: Path, tmp_path: Path) -> None:
-    _ensure_criu()
+    ensure_criu()
     keep = kept
     (pstree,) = ImageSet.open(keep).pstree()
     pid = pstree.pid
@@ -155,4 +136,4 @@ def test_upstream_criu_restores_the_demo_checkpoint(kept: Path, tmp_path: Path) 
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
-        assert _gone(pid)
+        assert wait_gone(pid)

@@ -10,15 +10,13 @@ Every test kills what it restored, by pid, and waits until /proc/PID is gone.
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import FIXTURES_MORE, pid_max_at_least, needs_fixtures_more
+from conftest import FIXTURES_MORE, kill_and_wait, pid_max_at_least, needs_fixtures_more
 from pycriu_restore.blob.cpuid import xsave_components
 from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.images import ImageSet
@@ -43,17 +41,6 @@ def _pid_max():
     assert not os.path.exists(f"/proc/{PID}"), f"pid {PID} is still in use after the test"
 
 
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def test_avx512_restores_where_the_cpu_has_it_and_is_refused_elsewhere(tmp_path) -> None:
     pidfile = tmp_path / "pid"
     result = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(IMAGES), "-d",
@@ -72,7 +59,7 @@ def test_avx512_restores_where_the_cpu_has_it_and_is_refused_elsewhere(tmp_path)
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and check.stdout.startswith("PASS avx512"), check.stdout
     finally:
-        _kill(int(pidfile.read_text()))
+        kill_and_wait(int(pidfile.read_text()))
 
 
 def test_avx512_registers_equal_the_image_after_sigreturn() -> None:
@@ -85,7 +72,7 @@ def test_avx512_registers_equal_the_image_after_sigreturn() -> None:
         seen["xstate"] = tracee.xstate()
 
     restored = restore(str(IMAGES), RestoreOptions(cpu_cap=CpuCap.NONE, before_detach=inspect))
-    _kill(restored.root_pid)
+    kill_and_wait(restored.root_pid)
     regset, layout = seen["xstate"], xsave_components()
     (bv,) = struct.unpack_from("<Q", regset, 512)
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES_MORE, pid_max_at_least, needs_fixtures_more
+from conftest import FIXTURES_MORE, kill_and_wait, pid_max_at_least, needs_fixtures_more
 from pycriu_restore.images import dump_image, load_image
 
 pytestmark = needs_fixtures_more
@@ -52,18 +50,6 @@ def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProc
     if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
         cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def kill_and_wait(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGKILL ``pid`` (never by name) and wait until /proc/PID is gone."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still exists"
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AMD_PACK_XFEATURES, AVX512_XFEATURES, FIXTURES, PACK_CPU_CAP, needs_fixtures
+from conftest import (AMD_PACK_XFEATURES, AVX512_XFEATURES, FIXTURES, PACK_CPU_CAP, kill_and_wait,
+                      needs_fixtures, wait_gone)
 from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.linux.clone3 import clone3
 from pycriu_restore.linux.xstate import XFEATURE_MASK_PKRU
 from pycriu_restore.errors import PycrestoreError
-from pycriu_restore.plan.build import build_plan
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import CpuCap, parse_cpu_cap
 from pycriu_restore.restore.timeline import Stage
@@ -47,22 +47,6 @@ def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProc
     if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
         cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def kill_and_wait(pid: int, timeout_s: float = 10.0) -> None:
-    """SIGKILL ``pid`` and wait until it is gone (reaped by us, or by its new parent)."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still exists"
 
 
 def tree_pids(root: int) -> list[int]:
@@ -90,13 +74,6 @@ def kill_tree(root: int) -> None:
             pass
     for pid in pids:
         kill_and_wait(pid)
-
-
-def wait_gone(pid: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} still exists"
 
 
 def dumped_pid(name: str) -> int:
@@ -197,7 +174,7 @@ def test_restore_in_new_pid_namespace(name, tmp_path):
     finally:
         kill_tree(outer)
     init = int(result.stderr.split("init ")[1].split(")")[0])
-    wait_gone(init)  # the namespace's init leaves with the restored task
+    assert wait_gone(init)  # the namespace's init leaves with the restored task
 
 
 def test_fpu_registers_restored_exactly():
@@ -460,7 +437,7 @@ def test_killing_a_task_in_the_middle_fails_the_whole_restore():
     assert "31301" in str(info.value), str(info.value)
     assert info.value.exit_code == 5
     for pid in (31300, 31301):
-        wait_gone(pid)
+        assert wait_gone(pid)
 
 
 def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path):
@@ -481,7 +458,7 @@ def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    wait_gone(31100)
+    assert wait_gone(31100)
     text = log_file.read_text()
     for stage in ("PLAN", "PREFLIGHT", "FORK", "BOOTSTRAP", "MEMORY", "RESUME"):
         assert f" {stage} " in text and " ms] " in text, text

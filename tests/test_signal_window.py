@@ -30,12 +30,10 @@ from typing import Iterator
 
 import pytest
 
-from conftest import REPO, SHARED
+from conftest import CRIU, REPO, ensure_criu, kill_and_wait, wait_gone
 from pycriu_restore.errors import PycrestoreError
 from pycriu_restore.restore.orchestrator import restore
 
-CRIU = Path("/usr/local/sbin/criu")
-CRIU_INSTALL = SHARED / "tools" / "criu-4.2" / "install.sh"
 SOURCE = REPO / "tests" / "c" / "sigwindow.c"
 
 # The leader's pid and its thread's tid: beside the criu-4.2 pack's 31100-31800, below the
@@ -67,14 +65,6 @@ class Checkpoint:
     alarms: int  # the last count the workload logged before the dump
 
 
-def _ensure_criu() -> None:
-    if CRIU.exists():
-        return
-    if not SHARED.exists():
-        pytest.skip(f"CRIU 4.2 is not installed and {SHARED} (which has it) is absent")
-    subprocess.run([str(CRIU_INSTALL)], check=True, capture_output=True, timeout=600)
-
-
 def _tids(pid: int) -> tuple[int, ...]:
     try:
         return tuple(sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")))
@@ -82,33 +72,11 @@ def _tids(pid: int) -> tuple[int, ...]:
         return ()
 
 
-def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while os.path.exists(f"/proc/{pid}"):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _kill(pid: int) -> None:
-    """SIGKILL ``pid``, reap it if it is our child, and check /proc/PID is gone."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    assert _gone(pid), f"pid {pid} still exists after SIGKILL"
-
-
 def _launch(workdir: Path) -> subprocess.Popen:
     """Start the workload as pid PID with its thread as PID+1 (mkpack.py's way), or fail."""
     for attempt in range(5):
         for tid in TIDS:
-            assert _gone(tid, 5.0), f"pid {tid}, which the workload needs, is in use"
+            assert wait_gone(tid, 5.0), f"pid {tid}, which the workload needs, is in use"
         out, err = open(workdir / "stdout", "wb"), open(workdir / "stderr", "wb")
         Path("/proc/sys/kernel/ns_last_pid").write_text(str(PID - 1))
         proc = subprocess.Popen([str(workdir / "sigwindow"), str(workdir / "log")], cwd=workdir, env=ENV,
@@ -144,7 +112,7 @@ def checkpoint() -> Iterator[Checkpoint]:
         pytest.skip("needs root (fixed pids, criu dump, ptrace)")
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc to build tests/c/sigwindow.c")
-    _ensure_criu()
+    ensure_criu()
     root = Path(tempfile.mkdtemp(prefix="pycrestore-sigwindow-", dir="/var/tmp"))
     try:
         yield _dump(root)
@@ -170,7 +138,7 @@ def _dump(root: Path) -> Checkpoint:
             proc.kill()
             proc.wait()
     for tid in TIDS:
-        assert _gone(tid), f"pid {tid} still exists after the dump"
+        assert wait_gone(tid), f"pid {tid} still exists after the dump"
     before = _status_lines(workdir / "log", 0)
     assert before and before[-1][1] == 0, f"the workload misbehaved before the dump: {before[-1:]}"
     return Checkpoint(images=images, log=workdir / "log", alarms=before[-1][0])
@@ -217,7 +185,7 @@ def test_restore_with_signals_in_flight_50_times(checkpoint: Checkpoint) -> None
         except AssertionError as err:
             failures.append(f"restore {i}: check: {err}")
         finally:
-            _kill(restored.root_pid)
+            kill_and_wait(restored.root_pid)
         for tid in TIDS:
-            assert _gone(tid), f"pid {tid} still exists after restore {i}"
+            assert wait_gone(tid), f"pid {tid} still exists after restore {i}"
     assert not failures, f"{len(failures)} of {RESTORES} restores failed:\n" + "\n".join(failures)
