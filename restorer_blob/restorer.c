@@ -1003,7 +1003,8 @@ void restore_task_main(struct blob_args *args)
 /*
  * Called by entry.S (blob_clone_thread) in a new thread, on its own stack, with every
  * signal but SIGTRAP blocked.  Sets the thread's own state, pending signals, seccomp
- * filters and credentials, writes its record and leaves like the leader: int3, then rt_sigreturn through its own frame.
+ * filters and credentials, writes its record and leaves like the leader: int3, then
+ * rt_sigreturn through its own frame.
  * flags: the leader's blob_args.flags.  Never returns.
  */
 void restore_thread_main(struct blob_thread *thread, uint32_t flags)
