@@ -15,9 +15,10 @@ File layouts (every integer little-endian, the byte order of the x86-64 host tha
     inventory.img (Framing.INVENTORY)
         | INVENTORY_MAGIC 0x58313116 | u32 n | n bytes of InventoryEntry |   (no common magic)
 
-    records with a raw payload (pipes-data.img, sk-queues.img)
-        | u32 n | n bytes of the record | k raw bytes |  ...  where k = a field of the record
-        (PipeDataEntry.bytes, SkPacketEntry.length); crit shows them as the entry's "extra".
+    records with a raw payload (pipes-data.img, sk-queues.img, tcp-stream-N.img, ...)
+        | u32 n | n bytes of the record | k raw bytes |  ...  where k = the sum of fields of
+        the record (PipeDataEntry.bytes; TcpStreamEntry.inq_len + outq_len: the receive queue,
+        then the send queue); crit shows them as the entry's "extra".
 
     plugin image (amdgpu-kfd-N.img, amdgpu-renderD-N.img : Framing.PLUGIN)
         | u64 n | n bytes of one proto2 message |     (CRIU plugins frame their own files)
@@ -158,6 +159,8 @@ def iter_records(path: str | os.PathLike[str], kind: ImageKind) -> Iterator[Reco
     path = os.fspath(path)
     if kind.framing is Framing.RAW:
         raise ImageError(path, f"{kind.name} images hold raw data, not records")
+    if kind.undecoded is not None:
+        raise ImageError(path, f"{kind.name} images are not decoded by pycrestore: {kind.undecoded}")
     f, file_bytes = _open(path)
     with f:
         if kind.framing is Framing.PLUGIN:
@@ -181,14 +184,15 @@ def iter_records(path: str | os.PathLike[str], kind: ImageKind) -> Iterator[Reco
             message = _decode(path, kind.record_class(index), data, offset, f"record {index}")
             record_offset, offset = offset, offset + 4 + size
             payload = None
-            if kind.payload_field is not None:
-                payload_bytes = getattr(message, kind.payload_field)
+            if kind.payload_fields:
+                payload_bytes = sum(kind.payload_sizes(message))
+                counted_by = "+".join(kind.payload_fields)
                 left = file_bytes - offset
                 if payload_bytes > MAX_PAYLOAD_BYTES:
                     raise BadRecord(path, f"record {index} announces a payload of {payload_bytes} bytes, "
                                     f"more than the {MAX_PAYLOAD_BYTES}-byte limit", record_offset)
                 if payload_bytes > left:
-                    raise ImageTruncated(path, f"payload of record {index} ({kind.payload_field}="
+                    raise ImageTruncated(path, f"payload of record {index} ({counted_by}="
                                          f"{payload_bytes}) runs past the end of the file ({left} bytes left)",
                                          offset)
                 payload = _read_exact(f, path, payload_bytes, offset, f"the payload of record {index}")
@@ -227,6 +231,8 @@ def encode_records(kind: ImageKind, messages: Sequence[Message], payloads: Seque
     """
     if kind.framing is Framing.RAW:
         raise ImageError(source, f"{kind.name} images hold raw data, not records")
+    if kind.undecoded is not None:
+        raise ImageError(source, f"{kind.name} images are not encoded by pycrestore: {kind.undecoded}")
     if len(messages) != len(payloads):
         raise AssertionError(f"encode_records: {len(messages)} messages but {len(payloads)} payloads")
     if kind.framing is Framing.PLUGIN and len(messages) != 1:
@@ -251,15 +257,15 @@ def encode_records(kind: ImageKind, messages: Sequence[Message], payloads: Seque
                                 f"{MAX_RECORD_BYTES}-byte limit")
             parts.append(_U32.pack(len(data)))
         parts.append(data)
-        if kind.payload_field is None:
+        if not kind.payload_fields:
             if payload is not None:
                 raise BadRecord(source, f"entry {index}: {kind.name} records carry no payload, "
                                 f"found {len(payload)} bytes")
             continue
-        expected = getattr(message, kind.payload_field)
+        expected = sum(kind.payload_sizes(message))
         found = -1 if payload is None else len(payload)
         if found != expected:
             raise BadRecord(source, f"entry {index}: payload is {'missing' if payload is None else f'{found} bytes'}, "
-                            f"expected {expected} ({kind.payload_field})")
+                            f"expected {expected} ({'+'.join(kind.payload_fields)})")
         parts.append(payload)
     return b"".join(parts)

@@ -87,10 +87,19 @@ class ImageKind:
     """One kind of image file.
 
     ``message`` is the class of every record; ``head``, where set, the class of the first
-    record only (pagemap files: a PagemapHead, then PagemapEntry records). ``payload_field``
-    names the record field that counts the raw bytes following each record in the file
-    (pipes-data: ``bytes``; sk-queues: ``length``). ``magic`` is the kind's own magic word:
-    None for PLUGIN files, which have none.
+    record only (pagemap files: a PagemapHead, then PagemapEntry records).
+
+    ``payload_fields`` name the record fields whose sum is the number of raw bytes following
+    each record in the file (pipes-data: ``bytes``; sk-queues: ``length``; tcp-stream:
+    ``inq_len`` then ``outq_len``). crit shows the payload as one base64 string, or, where
+    ``payload_keys`` is set, as an object with one base64 string per field under these keys
+    (tcp-stream: ``{"inq": ..., "outq": ...}``).
+
+    ``undecoded``, where set, says why pycrestore cannot read the records of this kind (the
+    kind is known by name and magic, but its data follows a layout of its own); reading such
+    a file raises ImageError with this reason.
+
+    ``magic`` is the kind's own magic word: None for PLUGIN files, which have none.
     """
 
     name: str
@@ -99,14 +108,22 @@ class ImageKind:
     message: type[Message] | None
     file_names: tuple[str, ...]
     head: type[Message] | None = None
-    payload_field: str | None = None
+    payload_fields: tuple[str, ...] = ()
+    payload_keys: tuple[str, ...] = ()
+    undecoded: str | None = None
     _regexes: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         assert self.file_names, f"ImageKind {self.name}: no file name"
         assert (self.framing is Framing.RAW) == (self.message is None), \
             f"ImageKind {self.name}: raw kinds, and only they, have no message"
+        assert not self.payload_keys or len(self.payload_keys) == len(self.payload_fields), \
+            f"ImageKind {self.name}: one payload key per payload field"
         object.__setattr__(self, "_regexes", tuple(_name_regex(p) for p in self.file_names))
+
+    def payload_sizes(self, message: Message) -> tuple[int, ...]:
+        """The byte counts of the payload parts that follow ``message`` (one per payload field)."""
+        return tuple(getattr(message, name) for name in self.payload_fields)
 
     def record_class(self, index: int) -> type[Message]:
         """The message class of record ``index`` (0-based) of a file of this kind."""
@@ -141,9 +158,9 @@ KINDS: list[ImageKind] = [
     ImageKind("FILES", M.FILES_MAGIC, C, fdinfo_pb2.FileEntry, ("files.img",)),
     ImageKind("FDINFO", M.FDINFO_MAGIC, C, fdinfo_pb2.FdinfoEntry, ("fdinfo-%u.img",)),
     ImageKind("PIPES_DATA", M.PIPES_DATA_MAGIC, C, pipe_data_pb2.PipeDataEntry, ("pipes-data.img",),
-              payload_field="bytes"),
+              payload_fields=("bytes",)),
     ImageKind("SK_QUEUES", M.SK_QUEUES_MAGIC, C, sk_queues_pb2.SkPacketEntry, ("sk-queues.img",),
-              payload_field="length"),
+              payload_fields=("length",)),
     ImageKind("MEMFD_INODE", M.MEMFD_INODE_MAGIC, C, memfd_pb2.MemfdInodeEntry, ("memfd.img",)),
     ImageKind("TTY_INFO", M.TTY_INFO_MAGIC, C, tty_pb2.TtyInfoEntry, ("tty-info.img",)),
     ImageKind("TTY_DATA", M.TTY_DATA_MAGIC, C, tty_pb2.TtyDataEntry, ("tty-data.img",)),

@@ -1,0 +1,162 @@
+"""Real programs from Debian packages, checkpointed by upstream CRIU 4.2 during the test run.
+
+Programs nobody on this project wrote are the best test of a restore: they hold what real
+servers hold (epoll sets, listening and established TCP sockets, eventfds, named unix
+sockets, ptys, thread pools), in the combinations their authors chose. A test here
+
+ 1. starts the program at a fixed pid, in its own session, from its own directory under
+    /var/tmp (not pytest's tmp_path: the images name files by path, and pytest prunes old
+    base directories when another session starts),
+ 2. gives it state through its own protocol (a key, a request),
+ 3. dumps it with upstream CRIU (``criu dump``, which kills it),
+ 4. restores it with pycrestore, talks to it again and checks the state survived,
+ 5. kills every process of the tree by pid and checks nothing is left.
+
+The pids are fixed (written to /proc/sys/kernel/ns_last_pid before the fork, as
+../shared/fixtures/criu-4.2/src/mkpack.py does), above 32768 so that they do not collide
+with the fixture packs; pid_max is raised for the duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import ensure_criu, kill_and_wait, pid_max_at_least, wait_gone
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+PID_MAX_WANTED = 65536
+
+
+@dataclass(frozen=True)
+class Dumped:
+    """A program dumped by CRIU: its images, its working directory and its process tree."""
+
+    name: str
+    images: Path
+    workdir: Path
+    pids: tuple[int, ...]  # every process of the tree, root first
+
+
+def require_program(*paths: str) -> None:
+    """Skip, saying which, when the Debian package of a program is not installed here (the
+    README's test command installs them; a user's bare machine may not have them)."""
+    for path in paths:
+        if shutil.which(path) is None and not Path(path).exists():
+            pytest.skip(f"{path} is not installed (apt-get install the package that has it)")
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every descendant, from /proc (proc(5): task/TID/children)."""
+    out, queue = [], [root]
+    while queue:
+        pid = queue.pop(0)
+        out.append(pid)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    queue.extend(int(x) for x in f.read().split())
+    return out
+
+
+def kill_all(pids: Sequence[int]) -> None:
+    """SIGKILL every pid at once (a child killed alone would stay a zombie), then wait."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        kill_and_wait(pid)
+
+
+def launch_at(pid: int, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` as process ``pid`` (a new session leader, stdin /dev/null, output to
+    files in ``workdir``), or fail after a few tries if another process takes the pid."""
+    for _attempt in range(5):
+        if os.path.exists(f"/proc/{pid}"):
+            raise AssertionError(f"pid {pid} is in use: cannot start {argv[0]} there")
+        with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
+            NS_LAST_PID.write_text(str(pid - 1))
+            proc = subprocess.Popen(list(argv), cwd=workdir, env=env or {"PATH": "/usr/sbin:/usr/bin:/bin", "LC_ALL": "C"},
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
+                                    start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"could not start {argv[0]} as pid {pid} in 5 tries")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Path], bool],
+                   prepare: Callable[[Path], None] | None = None, setup: Callable[[Path], None] | None = None,
+                   dump_options: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Dumped]:
+    """Run ``argv`` as ``pid``, wait until ``ready(workdir)``, let ``prepare(workdir)`` give it state,
+    dump it with CRIU; yield the images; remove everything afterwards.
+
+    ``setup(workdir)`` writes config files before the start. Needs root and upstream CRIU.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root (fixed pids, criu dump)")
+    criu = ensure_criu()
+    root = Path(tempfile.mkdtemp(prefix=f"pycrestore-{name}-", dir="/var/tmp"))
+    workdir, images = root / "run", root / "images"
+    workdir.mkdir()
+    images.mkdir()
+    with pid_max_at_least(PID_MAX_WANTED):
+        try:
+            if setup is not None:
+                setup(workdir)
+            proc = launch_at(pid, argv, workdir, env)
+            try:
+                wait_for(f"{name} to be ready", lambda: proc.poll() is None and ready(workdir))
+                if prepare is not None:
+                    prepare(workdir)
+                pids = tuple(tree_pids(pid))
+                dump = subprocess.run([str(criu), "dump", "-t", str(pid), "-D", str(images), "-v4",
+                                       "-o", str(root / "dump.log"), *dump_options],
+                                      capture_output=True, text=True, timeout=120)
+                assert dump.returncode == 0, f"criu dump of {name} failed, see {root / 'dump.log'}: {dump.stderr}"
+                proc.wait(timeout=10)
+            finally:
+                if proc.poll() is None:
+                    kill_all(tree_pids(pid))
+                    proc.wait()
+            for p in pids:
+                assert wait_gone(p), f"pid {p} still exists after the dump"
+            yield Dumped(name=name, images=images, workdir=workdir, pids=pids)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def restored(dumped: Dumped, *options: str) -> Iterator[subprocess.CompletedProcess]:
+    """Restore ``dumped`` with pycrestore (``-d``); yield the result; kill the tree after."""
+    with pid_max_at_least(PID_MAX_WANTED):
+        result = subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D",
+                                 str(dumped.images), "-d", *options], capture_output=True, text=True,
+                                timeout=120)
+        try:
+            yield result
+        finally:
+            kill_all(sorted(set(tree_pids(dumped.pids[0]))) if os.path.exists(f"/proc/{dumped.pids[0]}") else [])
+            for pid in dumped.pids:
+                assert wait_gone(pid), f"pid {pid} of {dumped.name} still exists after the test"

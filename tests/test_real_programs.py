@@ -1,0 +1,212 @@
+"""Real servers from Debian packages: dumped by upstream CRIU 4.2, restored by pycrestore,
+then asked questions whose answers prove their state survived (tests/realprogs.py says how).
+
+    redis-server   4 threads, epoll, a listening TCP socket, pipes: a key set before the
+                   dump is read back, a counter goes on from its value
+    lighttpd       epoll, a listening TCP socket: its request counter (mod_status) goes on
+    socat          a listening TCP socket in a select() loop, forking a child per client
+    script         util-linux's script(1): a pty master, and a shell on the slave as its
+                   controlling terminal: the shell's counter goes on through the restored pty
+
+Each needs its Debian package (the README's test command installs them) and upstream CRIU.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from realprogs import Dumped, dumped_program, require_program, restored, wait_for
+
+HOST = "127.0.0.1"
+
+
+def _connect(port: int, timeout_s: float = 5.0) -> socket.socket:
+    return socket.create_connection((HOST, port), timeout=timeout_s)
+
+
+def _listening(port: int) -> bool:
+    try:
+        _connect(port, 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- redis ------------------------------------------------------------------------------
+
+REDIS_PORT = 46379
+
+
+def _redis(*command: str) -> bytes:
+    """One RESP command (the protocol redis-cli speaks), one reply line or bulk string."""
+    request = f"*{len(command)}\r\n".encode() + b"".join(
+        f"${len(arg)}\r\n{arg}\r\n".encode() for arg in command)
+    with _connect(REDIS_PORT) as sock:
+        sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\r\n") or (reply.startswith(b"$") and reply.count(b"\r\n") < 2
+                                               and not reply.startswith(b"$-1")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    if reply.startswith(b"$") and not reply.startswith(b"$-1"):
+        return reply.split(b"\r\n")[1]
+    return reply.rstrip(b"\r\n")
+
+
+@pytest.fixture(scope="module")
+def redis() -> Dumped:
+    require_program("/usr/bin/redis-server")
+
+    def prepare(_workdir: Path) -> None:
+        assert _redis("SET", "fx:alpha", "value set before the dump") == b"+OK"
+        assert _redis("SET", "fx:counter", "41") == b"+OK"
+
+    with dumped_program("redis", 46000, ["/usr/bin/redis-server", "--port", str(REDIS_PORT), "--bind", HOST,
+                                         "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                        ready=lambda _workdir: _listening(REDIS_PORT) and _redis("PING") == b"+PONG",
+                        prepare=prepare) as dumped:
+        yield dumped
+
+
+def test_redis_keeps_its_keys(redis: Dumped) -> None:
+    with restored(redis) as result:
+        assert result.returncode == 0, result.stderr
+        assert _redis("GET", "fx:alpha") == b"value set before the dump"
+        assert _redis("INCR", "fx:counter") == b":42"
+        info = _redis("INFO", "server").decode()
+        assert f"process_id:{redis.pids[0]}" in info
+        assert _redis("SET", "fx:new", "x") == b"+OK" and _redis("GET", "fx:new") == b"x"
+
+
+# --- lighttpd ---------------------------------------------------------------------------
+
+LIGHTTPD_PORT = 46080
+
+
+def _http_get(port: int, path: str) -> str:
+    with _connect(port) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def _lighttpd_requests() -> int:
+    status = _http_get(LIGHTTPD_PORT, "/server-status?auto")
+    match = re.search(r"^Total Accesses: (\d+)$", status, re.M)
+    assert match, status
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def lighttpd() -> Dumped:
+    require_program("/usr/sbin/lighttpd")
+
+    def setup(workdir: Path) -> None:
+        (workdir / "www").mkdir()
+        (workdir / "www" / "index.html").write_text("hello from lighttpd\n")
+        (workdir / "lighttpd.conf").write_text(
+            f'server.document-root = "{workdir}/www"\n'
+            f'server.port = {LIGHTTPD_PORT}\n'
+            f'server.bind = "{HOST}"\n'
+            f'server.errorlog = "{workdir}/error.log"\n'
+            'server.modules = ("mod_status")\n'
+            'status.status-url = "/server-status"\n'
+            'server.event-handler = "linux-sysepoll"\n'
+            'index-file.names = ("index.html")\n')
+
+    def prepare(_workdir: Path) -> None:
+        for _ in range(5):
+            assert "hello from lighttpd" in _http_get(LIGHTTPD_PORT, "/")
+
+    with dumped_program("lighttpd", 46100, ["/usr/sbin/lighttpd", "-D", "-f", "lighttpd.conf"],
+                        ready=lambda _workdir: _listening(LIGHTTPD_PORT), setup=setup, prepare=prepare) as dumped:
+        yield dumped
+
+
+def test_lighttpd_counts_on_from_before_the_dump(lighttpd: Dumped) -> None:
+    with restored(lighttpd) as result:
+        assert result.returncode == 0, result.stderr
+        assert "hello from lighttpd" in _http_get(LIGHTTPD_PORT, "/")
+        # 5 pages and the ready probes before the dump, 1 page now: its memory came back.
+        assert _lighttpd_requests() >= 6
+
+
+# --- socat ------------------------------------------------------------------------------
+
+SOCAT_PORT = 46200
+
+
+def _socat_reply(line: bytes) -> bytes:
+    with _connect(SOCAT_PORT) as sock:
+        sock.sendall(line)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.fixture(scope="module")
+def socat() -> Dumped:
+    require_program("/usr/bin/socat")
+    with dumped_program("socat", 46300, ["/usr/bin/socat", f"TCP-LISTEN:{SOCAT_PORT},bind={HOST},reuseaddr,fork",
+                                         "SYSTEM:tr a-z A-Z"],
+                        ready=lambda _workdir: _listening(SOCAT_PORT)) as dumped:
+        yield dumped
+
+
+def test_socat_serves_after_restore(socat: Dumped) -> None:
+    with restored(socat) as result:
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert _socat_reply(b"restored socat\n") == b"RESTORED SOCAT\n"
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+# --- script (util-linux) -----------------------------------------------------------------
+
+def _stamps(typescript: Path) -> list[int]:
+    return [int(x) for x in re.findall(rb"^tick (\d+)\r?$", typescript.read_bytes(), re.M)]
+
+
+@pytest.fixture(scope="module")
+def script() -> Dumped:
+    """util-linux's script(1): it holds a pty master, its child shell is a session leader
+    whose controlling terminal is the slave, and it copies everything the shell prints to a
+    file. (tmux, the obvious pty program, cannot be dumped by CRIU 4.2: "ctty inheritance
+    detected".)"""
+    require_program("/usr/bin/script")
+    with dumped_program("script", 46400,
+                        ["/usr/bin/script", "-q", "-f", "-c",
+                         "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done", "typescript"],
+                        ready=lambda workdir: (workdir / "typescript").exists()
+                        and len(_stamps(workdir / "typescript")) >= 5) as dumped:
+        yield dumped
+
+
+def test_script_keeps_copying_from_its_pty(script: Dumped) -> None:
+    typescript = script.workdir / "typescript"
+    at_dump = _stamps(typescript)
+    with restored(script) as result:
+        assert result.returncode == 0, result.stderr
+        wait_for("new ticks through the restored pty", lambda: len(_stamps(typescript)) >= len(at_dump) + 5)
+        ticks = _stamps(typescript)
+        # The shell's counter goes on (its memory), through the pty (the master in script).
+        assert ticks[:len(at_dump)] == at_dump
+        assert ticks[len(at_dump)] in (at_dump[-1] + 1, at_dump[-1] + 2), (at_dump[-3:], ticks[len(at_dump):][:3])
