@@ -8,6 +8,8 @@ and the number of pages the images hold.
 
 from __future__ import annotations
 
+import quopri
+
 from pycriu_restore.images import ImageSet
 from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
 from pycriu_restore.images.pagemap import entry_nr_pages
@@ -69,7 +71,7 @@ def render_ps(images: ImageSet) -> str:
 
 
 def _file_name(files: dict, file_id: int) -> str:
-    """How crit names an open file: its path, or TYPE[inode] for pipes and sockets."""
+    """How crit names an open file: its path, pipe[id] or unix[ino (peer) name], else TYPE.id."""
     f = files.get(file_id)
     if f is None:
         return "unknown"
@@ -78,8 +80,10 @@ def _file_name(files: dict, file_id: int) -> str:
     if f.HasField("pipe"):
         return f"pipe[{f.pipe.pipe_id}]"
     if f.HasField("usk"):
-        return f"unix[{f.usk.ino} ({f.usk.peer})]"
-    return f.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[f.type].name.lower()
+        name = quopri.encodestring(f.usk.name).decode(errors="replace")  # as crit shows unix names
+        return f"unix[{f.usk.ino} ({f.usk.peer}){' ' + name if name else ''}]"
+    # crit's ftype_gen: every other kind is its fd_types name and the file id.
+    return f"{f.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_number[f.type].name}.{file_id}"
 
 
 def render_fds(images: ImageSet) -> str:

@@ -208,6 +208,7 @@ NET_UPSTREAM: dict[str, list[Row]] = {
         ("nsids", 7, MSG, REP, "NetnsId"),
         ("ext_key", 8, STRING, OPT, None),
         ("unix_conf", 9, MSG, REP, "SysctlEntry"),
+        ("ipv4_sysctl", 10, MSG, REP, "SysctlEntry"),
     ],
 }
 

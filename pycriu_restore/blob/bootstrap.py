@@ -64,7 +64,7 @@ from pycriu_restore.linux.ptrace import RseqConfig
 from pycriu_restore.blob.kernel_frame import KernelFrame
 from pycriu_restore.plan.build import TASK_SIZE
 from pycriu_restore.plan.model import PosixTimer, Task, Thread, Vma, VmaKind
-from pycriu_restore.restore.task import ServiceFds
+from pycriu_restore.files.fdlayout import ServiceFds
 
 PAGE_SIZE = abi.BLOB_PAGE_SIZE
 # TASK_SIZE (plan/build.py, 4-level paging): the blob unmaps [0, TASK_SIZE) around its

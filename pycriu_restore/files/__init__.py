@@ -1,9 +1,9 @@
-"""One module per kind of open file a task can hold, each installing its fds in the new task.
+"""One module per kind of open file a task can hold; files/registry.py names them.
 
-Every module runs inside the task being restored (still Python, before the blob) and
-installs fds at their checkpointed numbers. Temporary fds are first moved to
-``TEMP_FD_BASE`` and above, so that a temporary never lands on a number another file of
-the image still has to take.
+Every module's restore side runs inside the task being restored (still Python, before the
+blob) and installs fds at their checkpointed numbers. A new fd is first moved to the
+temporary range (``park``: above every fd of the images, files/fdlayout.py), so that a
+temporary never lands on a number another file of the image still has to take.
 """
 
 from __future__ import annotations
@@ -11,21 +11,39 @@ from __future__ import annotations
 import fcntl
 import os
 
-# Above every fd an image of a normal process names, below the parked status fd (1000).
-TEMP_FD_BASE = 900
+# Where temporaries go when no restore has set the range (tests, tools): above the fds of
+# a normal process. restore/task.py sets the range computed from the plan (set_temp_base).
+DEFAULT_TEMP_FD_BASE = 900
+TEMP_FD_BASE = DEFAULT_TEMP_FD_BASE  # kept for readers of the old name
+_temp_base = DEFAULT_TEMP_FD_BASE
+
+
+def set_temp_base(base: int) -> None:
+    """Put this process's temporaries at ``base`` and above (files/fdlayout.py FdLayout.temp_base).
+    Set once in the task being prepared; its children inherit it through fork."""
+    global _temp_base
+    _temp_base = base
+
+
+def temp_base() -> int:
+    return _temp_base
 
 
 def park(fd: int) -> int:
-    """Move a fresh fd to TEMP_FD_BASE or above (close-on-exec) and close the original."""
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, TEMP_FD_BASE)
-    os.close(fd)
+    """Move a fresh fd to the temporary range (close-on-exec) and close the original."""
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _temp_base)
+    finally:
+        os.close(fd)
     return high
 
 
 def install(temp_fd: int, fd: int, cloexec: bool) -> None:
     """Put a parked temporary at its final number with its FD_CLOEXEC, and close the temporary."""
-    os.dup2(temp_fd, fd, inheritable=not cloexec)
-    os.close(temp_fd)
+    try:
+        os.dup2(temp_fd, fd, inheritable=not cloexec)
+    finally:
+        os.close(temp_fd)
 
 
 def close_all_except(keep: set[int]) -> None:

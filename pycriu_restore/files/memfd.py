@@ -12,13 +12,58 @@ import fcntl
 import os
 
 from pycriu_restore.files import park
-from pycriu_restore.plan.model import SharedMemory
+from pycriu_restore.images.flags import PMAP_FLAGS
+from pycriu_restore.files.registry import FdContext, SharedObject, TreeContext
+from pycriu_restore.plan.errors import InconsistentImages
+from pycriu_restore.plan.model import PageRun, SharedMemory
 
+SPECS = ()  # no fd spec: an fd holding a memfd is refused, mappings are restored
 PAGE_SIZE = 4096
+PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 _COPY_CHUNK_BYTES = 8 << 20
 
 
-def create(mem: SharedMemory) -> int:
+def read(ctx: FdContext):
+    raise ctx.refuse(f"memfd (inode {ctx.entry.memfd.inode_id}) held as an fd (only MAP_SHARED mappings of memfds are restored)")
+
+
+def read_inodes(images) -> dict[int, SharedMemory]:
+    """Every memfd inode of memfd.img with its pages (pagemap-shmem-<shmid>.img), by inode id.
+    Pure: plan/build.py links the VMAs to these."""
+    out = {}
+    for inode in images.memfd_inodes():
+        name = f"pagemap-shmem-{inode.shmid}.img"
+        pagemap = images.shmem_pagemap(inode.shmid)
+        runs, offset = [], 0
+        if pagemap.pages_id is not None:
+            pages_path = images.pages_path(pagemap.pages_id)
+            for index, entry in enumerate(pagemap.iter_entries()):
+                if not entry.flags & PE_PRESENT:
+                    continue
+                nr_pages = entry.nr_pages or entry.compat_nr_pages
+                if entry.vaddr + nr_pages * PAGE_SIZE > inode.size:
+                    raise InconsistentImages(name, f"entry {index}: pages past the memfd's size {inode.size}")
+                runs.append(PageRun(start_addr=entry.vaddr, nr_pages=nr_pages, file_offset=offset))
+                offset += nr_pages * PAGE_SIZE
+            if offset > os.path.getsize(pages_path):
+                raise InconsistentImages(name, f"covers {offset} bytes, {pages_path.name} holds {os.path.getsize(pages_path)}")
+        else:
+            pages_path = images.directory
+        out[inode.inode_id] = SharedMemory(inode_id=inode.inode_id, name=inode.name, size_bytes=inode.size,
+                                          seals=inode.seals, pages_path=str(pages_path), page_runs=tuple(runs))
+    return out
+
+
+def shared(ctx: TreeContext) -> tuple[SharedObject, ...]:
+    """Every memfd of memfd.img: the tasks that map it MAP_SHARED get this one memfd."""
+    return tuple(SharedObject("MEMFD", inode, 1, mem) for inode, mem in read_inodes(ctx.images).items())
+
+
+def create(obj: SharedObject) -> tuple[int]:
+    return (create_memfd(obj.spec),)
+
+
+def create_memfd(mem: SharedMemory) -> int:
     """A filled, sealed memfd standing for ``mem``; returned parked high, close-on-exec."""
     # memfd_create(2) names are for debugging only; the dumped one ("/dev/zero" for anon
     # shared memory) is kept so /proc/PID/maps looks as it did.

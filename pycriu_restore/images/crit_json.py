@@ -3,8 +3,8 @@ reads it back (what ``crit encode`` does), so that ``dump_image(dict_to_image(d)
 original file byte for byte.
 
 The shape is ``{"magic": "CORE", "entries": [entry, ...]}``; an entry is the record's set
-fields in field-number order, plus ``"extra"`` for the raw payload of pipes-data and
-sk-queues records. How a value prints depends on the field's type and its crit option
+fields in field-number order, plus ``"extra"`` for the raw payload of pipes-data, sk-queues
+(base64) and tcp-stream records (``{"inq": base64, "outq": base64}``). How a value prints depends on the field's type and its crit option
 (``proto/opts.proto``):
 
 =================  ================================================================
@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from pycriu_restore.images.errors import BadRecord, UnknownImage
 from pycriu_restore.images.flags import DICT_TABLES, FLAG_TABLES, format_flags, parse_flags
 from pycriu_restore.images.image import Image
-from pycriu_restore.images.kinds import kind_by_name
+from pycriu_restore.images.kinds import ImageKind, kind_by_name
 from pycriu_restore.images.schemas import opts_pb2
 
 # The kernel's dev_t encoding (new_encode_dev): minor in the low 20 bits.
@@ -120,13 +120,29 @@ def message_to_dict(message: Message, hex_: bool = False) -> dict[str, Any]:
     return out
 
 
+def _b64(data: bytes) -> str:
+    """Bytes as crit prints them: base64.encodebytes (76-column lines, final newline)."""
+    return base64.encodebytes(data).decode()
+
+
+def _extra_to_json(kind: ImageKind, message: Message, extra: bytes) -> str | dict[str, str]:
+    """A record's raw payload as crit prints it: one base64 string, or one per part."""
+    if not kind.payload_keys:
+        return _b64(extra)
+    out, start = {}, 0
+    for key, size in zip(kind.payload_keys, kind.payload_sizes(message)):
+        out[key] = _b64(extra[start:start + size])
+        start += size
+    return out
+
+
 def image_to_dict(image: Image) -> dict[str, Any]:
     """An image as ``crit show`` prints it: ``{"magic": NAME, "entries": [...]}``."""
     entries = []
     for message, extra in zip(image.entries, image.extras):
         entry = message_to_dict(message)
-        if image.kind.payload_field is not None:
-            entry["extra"] = base64.encodebytes(extra or b"").decode()
+        if image.kind.payload_fields:
+            entry["extra"] = _extra_to_json(image.kind, message, extra or b"")
         entries.append(entry)
     return {"magic": image.kind.name, "entries": entries}
 
@@ -240,6 +256,26 @@ def _fill(message: Message, d: Any, where: str) -> None:
             raise _BadValue(f"{here}: {err}") from None
 
 
+def _extra_from_json(kind: ImageKind, value: Any, index: int, source: str) -> bytes:
+    """Inverse of _extra_to_json: a record's payload from crit's "extra" (absent: empty)."""
+    if value is None:
+        return b""
+    if kind.payload_keys:
+        if not isinstance(value, dict) or set(value) != set(kind.payload_keys):
+            keys = ", ".join(kind.payload_keys)
+            raise BadRecord(source, f"entry {index}: \"extra\" must be an object with keys {keys}, found {value!r}")
+        parts = [value[key] for key in kind.payload_keys]
+    else:
+        parts = [value]
+    out = []
+    for part in parts:
+        try:
+            out.append(base64.decodebytes(part.encode()))
+        except (binascii.Error, AttributeError) as err:
+            raise BadRecord(source, f"entry {index}: \"extra\" is not base64: {err}") from None
+    return b"".join(out)
+
+
 def dict_to_image(d: dict[str, Any], source: str = "<json>") -> Image:
     """The inverse of image_to_dict: an Image from crit's JSON form.
 
@@ -249,7 +285,7 @@ def dict_to_image(d: dict[str, Any], source: str = "<json>") -> Image:
     if not isinstance(d, dict) or "magic" not in d or "entries" not in d:
         raise BadRecord(source, 'expected an object with "magic" and "entries"')
     kind = kind_by_name(d["magic"]) if isinstance(d["magic"], str) else None
-    if kind is None or kind.message is None:
+    if kind is None or kind.message is None or kind.undecoded is not None:
         raise UnknownImage(source, f"magic {d['magic']!r} names no image kind with records")
     if not isinstance(d["entries"], list):
         raise BadRecord(source, f'"entries" must be a list, found {type(d["entries"]).__name__}')
@@ -265,11 +301,8 @@ def dict_to_image(d: dict[str, Any], source: str = "<json>") -> Image:
         except _BadValue as err:
             raise BadRecord(source, str(err)) from None
         extra = None
-        if kind.payload_field is not None:
-            try:
-                extra = base64.decodebytes((extra_text or "").encode())
-            except (binascii.Error, AttributeError) as err:
-                raise BadRecord(source, f"entry {index}: \"extra\" is not base64: {err}") from None
+        if kind.payload_fields:
+            extra = _extra_from_json(kind, extra_text, index, source)
         elif extra_text is not None:
             raise BadRecord(source, f"entry {index}: {kind.name} entries have no \"extra\"")
         image.entries.append(message)

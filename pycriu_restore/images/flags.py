@@ -101,7 +101,11 @@ FLAG_TABLES: dict[str, FlagTable] = {
 # and <linux/in.h>.
 DICT_TABLES: dict[str, dict[str, dict[int, str]]] = {
     "gen": {
-        "task_state": {1: "Alive", 2: "Dead", 3: "Stopped", 6: "Zombie"},
+        # crit's names, not the kernel's: CRIU's TASK_STOPPED is 3 and TASK_ZOMBIE 6, but crit
+        # (pb2dict.py gen_maps) names 3 "Zombie" and 6 "Stopped", and has no name for
+        # TASK_DEAD (2), the state CRIU dumps a zombie in. Printing as crit does keeps
+        # `show` equal to crit's JSON, and encode maps each name back to the same number.
+        "task_state": {1: "Alive", 3: "Zombie", 6: "Stopped"},
     },
     "sk": {
         "family": {1: "UNIX", 2: "INET", 10: "INET6", 16: "NETLINK", 17: "PACKET"},

@@ -37,7 +37,9 @@ from pycriu_restore.images.schemas import (
     seccomp_pb2,
     sk_queues_pb2,
     stats_pb2,
+    tcp_stream_pb2,
     timens_pb2,
+    tty_pb2,
 )
 
 INVENTORY_FILE = "inventory.img"
@@ -193,6 +195,33 @@ class ImageSet:
     def sk_queues(self) -> list[tuple[sk_queues_pb2.SkPacketEntry, bytes]]:
         """Queued socket packets, each record with its bytes (sk-queues.img)."""
         image = self.image("sk-queues.img", kind=_kind("SK_QUEUES"))
+        return [(entry, extra or b"") for entry, extra in zip(image.entries, image.extras)]
+
+    def tcp_stream(self, inode: int) -> tuple[tcp_stream_pb2.TcpStreamEntry, bytes, bytes] | None:
+        """The stream state of the TCP socket whose InetSkEntry.ino is ``inode``, with its receive
+        queue and its send queue (tcp-stream-<inode in hex>.img); None if the dump has none
+        (a listening or closed socket has no stream)."""
+        kind = _kind("TCP_STREAM")
+        name = file_name(kind.file_names[0], inode)
+        image = self.image(name, kind=kind)
+        if not image.entries:
+            return None
+        if len(image.entries) != 1:
+            raise BadRecord(str(self.path(name)), f"holds {len(image.entries)} records, expected 1")
+        entry, payload = image.entries[0], image.extras[0] or b""
+        return entry, payload[:entry.inq_len], payload[entry.inq_len:]
+
+    def tty_info(self) -> list[tty_pb2.TtyInfoEntry]:
+        """Every terminal the dump's tty fds refer to (tty-info.img; TtyFileEntry.tty_info_id)."""
+        return self._entries("TTY_INFO")
+
+    def tty_data(self) -> list[tty_pb2.TtyDataEntry]:
+        """Unread terminal input, per TtyInfoEntry id (tty-data.img; written with --shell-job)."""
+        return self._entries("TTY_DATA")
+
+    def fifo_data(self) -> list[tuple[pipe_data_pb2.PipeDataEntry, bytes]]:
+        """Unread FIFO contents, each record with its bytes (fifo-data.img)."""
+        image = self.image("fifo-data.img", kind=_kind("FIFO_DATA"))
         return [(entry, extra or b"") for entry, extra in zip(image.entries, image.extras)]
 
     # --- namespaces, seccomp, statistics ------------------------------------------------

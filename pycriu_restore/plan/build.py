@@ -22,7 +22,9 @@ from typing import Iterable
 from pycriu_restore.images import ImageSet
 from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
-from pycriu_restore.plan.refusals import check_refusals
+from pycriu_restore.plan.refusals import Refusal, find_refusals, summarize
+from pycriu_restore.files import registry
+from pycriu_restore.files import memfd as memfd_kind
 from pycriu_restore.plan.model import (
     Creds,
     PosixTimer,
@@ -31,19 +33,13 @@ from pycriu_restore.plan.model import (
     ItimerValue,
     MappedFile,
     MmFields,
-    OpenFile,
-    ExtFileEnd,
     PageRun,
-    PipeBuffer,
-    PipeEnd,
-    SharedMemory,
-    UnixSocketEnd,
-    UnixSocketPair,
     RestorePlan,
     Rseq,
     SchedParams,
     SigAction,
     Task,
+    TaskState,
     Thread,
     TimeOffsets,
     Vma,
@@ -85,7 +81,17 @@ _UNSUPPORTED_VMA_BITS = {
     VMA_AREA_UPROBES: "uprobes area",
 }
 
-TASK_STATE_ALIVE = 1  # task_core_entry.task_state: ALIVE 1, DEAD 2, STOPPED 3 (CRIU's TASK_*)
+# Wait statuses (wait(2), <bits/waitstatus.h>): a task that exited has its exit code in bits
+# 8-15; one killed by a signal has the signal in bits 0-6 and 0x80 if it dumped core; 0x7f
+# in bits 0-6 is a stopped task, never a dead one.
+WAIT_TERMSIG_MASK = 0x7F
+WAIT_COREDUMP = 0x80
+WAIT_EXITCODE_MASK = 0xFF00
+WAIT_STOPPED = 0x7F
+# signal(7): the signals whose default action does not end a process, so none of them can
+# have killed a zombie; the stop signals among them are what a stopped task was stopped by.
+_STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+_NON_FATAL_SIGNALS = _STOP_SIGNALS | {signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH}
 MTYPE_X86_64 = 1  # core_entry.mtype
 REGS_NATIVE = 1  # user_x86_regs_entry.mode: NATIVE 1, COMPAT 2
 O_APPEND = os.O_APPEND
@@ -126,21 +132,35 @@ def build_plan(images: ImageSet) -> RestorePlan:
     entries = list(images.pstree())
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
-    # First, every field whose state cannot be restored, all in one error (plan/coverage.py).
-    check_refusals(images)
     files = {f.id: f for f in images.files()}
-    memfds = _shared_memory(images, files)
-    tasks = tuple(_build_task(images, entry, files, memfds) for entry in _parents_first(entries))
+    # First, every object and field whose state cannot be restored, all in one error: the
+    # fds each kind module refuses (naming task and fd), then the coverage table's fields.
+    found = _fd_refusals(images, entries, files) + list(find_refusals(images))
+    if found:
+        raise UnsupportedFeature(found[0].image, summarize(found))
+    memfds = memfd_kind.read_inodes(images)
+    notes: list[str] = []
+    tasks = tuple(_build_task(images, entry, files, memfds, notes) for entry in _parents_first(entries))
+    _check_zombies(tasks)
     return RestorePlan(
         images_dir=str(images.directory),
         tasks=tasks,
         timens=_time_offsets(images),
-        shared_files=_shared_files(tasks),
-        pipes=_pipe_buffers(images, tasks),
-        socket_pairs=_socket_pairs(images, tasks, files),
-        shared_memory=tuple(memfds.values()),
+        shared=tuple(obj for kind in registry.all_kinds()
+                     for obj in kind.shared(registry.TreeContext(tasks=tasks, images=images, files=files))),
         dump_cpu=_dump_cpu(images, tasks),
+        notes=tuple(notes),
     )
+
+
+def _fd_refusals(images: ImageSet, entries: list, files: dict) -> list[Refusal]:
+    """Every fd of every task that its kind module refuses (or that no module owns)."""
+    found: list[Refusal] = []
+    for entry in entries:
+        if not images.exists(f"ids-{entry.pid}.img"):
+            continue  # a zombie holds no fds
+        _build_files(images, entry.pid, images.ids(entry.pid).files_id, files, found)
+    return found
 
 
 def _parents_first(entries: list) -> list:
@@ -159,25 +179,37 @@ def _parents_first(entries: list) -> list:
     return ordered
 
 
-def _build_task(images: ImageSet, entry, files: dict, memfds: dict) -> Task:
-    """One task: its threads, memory, files and signal state."""
+def _build_task(images: ImageSet, entry, files: dict, memfds: dict, notes: list[str]) -> Task:
+    """One task: its threads, memory, files and signal state (a zombie: its exit status)."""
     pid = entry.pid
-    if not entry.threads or entry.threads[0] != pid:
-        raise InconsistentImages("pstree.img", f"task {pid}: first thread is not the task itself ({list(entry.threads)})")
     core = images.core(pid)
     core_name = f"core-{pid}.img"
     if core.mtype != MTYPE_X86_64:
         raise UnsupportedFeature(core_name, f"machine type {core.mtype} (only x86_64 is restored)")
+    if not core.HasField("tc"):
+        raise InconsistentImages(core_name, "no tc (task core): the task's state is unknown")
     tc = core.tc
-    if tc.task_state != TASK_STATE_ALIVE:
-        raise UnsupportedFeature(core_name, f"task state {tc.task_state} (only running tasks are restored)")
+    try:
+        state = TaskState(tc.task_state)
+    except ValueError:
+        raise UnsupportedFeature(core_name, f"tc.task_state = {tc.task_state} (restored: "
+                                 f"{', '.join(f'{s.value} {s.name}' for s in TaskState)})") from None
+    # The state decides which images exist, so it is read before pstree's thread list:
+    # a zombie's list is not to be trusted (see _build_zombie).
+    if state is TaskState.DEAD:
+        return _build_zombie(entry, core_name, tc)
+    if not entry.threads or entry.threads[0] != pid:
+        raise InconsistentImages("pstree.img", f"task {pid}: first thread is not the task itself ({list(entry.threads)})")
+    stop_signo = 0
+    if state is TaskState.STOPPED:
+        stop_signo = _stop_signal(core_name, tc, notes)
     threads = tuple(_build_thread(images, tid, images.core(tid) if tid != pid else core) for tid in entry.threads)
 
     mm = images.mm(pid)
     vmas = _build_vmas(images, pid, mm, files, memfds)
     ids = images.ids(pid)
     fs = images.fs(pid)
-    fds = _build_files(images, ids.files_id, files)
+    fds = _build_files(images, pid, ids.files_id, files)
     return Task(
         pid=pid,
         ppid=entry.ppid,
@@ -201,7 +233,81 @@ def _build_task(images: ImageSet, entry, files: dict, memfds: dict) -> Task:
         child_subreaper=tc.child_subreaper,
         loginuid=tc.loginuid if tc.HasField("loginuid") and tc.loginuid != INVALID_UID else None,
         oom_score_adj=tc.oom_score_adj if tc.HasField("oom_score_adj") else None,
+        state=state,
+        stop_signo=stop_signo,
     )
+
+
+def _build_zombie(entry, core_name: str, tc) -> Task:
+    """A task that had exited and was not yet reaped: its identity and its wait status.
+
+    CRIU dumps a zombie as core-PID.img alone (cr-dump.c dump_one_zombie: comm, task_state,
+    exit_code); there is nothing else to restore. Its pstree.img thread list is not read:
+    CRIU's dump never fills in the thread id of a zombie (seize.c collect_threads counts the
+    leader as collected before its id in the pid namespace is read, which only the parasite
+    of a live task does), so the one entry holds leftover heap memory (3949993008 in
+    criu-4.2-more/zombie). CRIU's restore does not read it for a zombie either.
+    """
+    if len(entry.threads) > 1:
+        raise InconsistentImages("pstree.img", f"task {entry.pid}: a zombie with {len(entry.threads)} threads "
+                                 "(CRIU dumps a zombie with one)")
+    no_timer = ItimerValue(0, 0, 0, 0)
+    return Task(
+        pid=entry.pid, ppid=entry.ppid, pgid=entry.pgid, sid=entry.sid, comm=tc.comm,
+        threads=(), vmas=(), pages_path="", mm=None, files=(), cwd="", root="", umask=0,
+        rlimits=(), sigactions=(), itimers=(no_timer, no_timer, no_timer),
+        state=TaskState.DEAD, exit_status=_exit_status(core_name, tc.exit_code),
+    )
+
+
+def _exit_status(core_name: str, status: int) -> int:
+    """A zombie's ``tc.exit_code``, checked to be a wait status a dead task can have."""
+    where = f"tc.exit_code = {status:#x}"
+    termsig = status & WAIT_TERMSIG_MASK
+    if termsig == 0:
+        if status & ~WAIT_EXITCODE_MASK:
+            raise InconsistentImages(core_name, f"{where}: not a wait status (exit code << 8, or a signal number)")
+        return status
+    if termsig == WAIT_STOPPED or status >> 8:
+        raise InconsistentImages(core_name, f"{where}: not the wait status of a dead task")
+    if termsig > SIGRTMAX or termsig in _NON_FATAL_SIGNALS:
+        raise InconsistentImages(core_name, f"{where}: killed by signal {termsig}, which does not end a process")
+    if status & WAIT_COREDUMP:
+        raise UnsupportedFeature(core_name, f"{where}: killed by signal {termsig} with a core dump: the "
+                                 "core-dump flag (0x80) cannot be given back without dumping core again")
+    return status
+
+
+def _stop_signal(core_name: str, tc, notes: list[str]) -> int:
+    """The signal that stops a STOPPED task again once it is restored: SIGSTOP.
+
+    CRIU sends the dumped ``tc.stop_signo`` when it is SIGSTOP or SIGTSTP (compel's
+    compel_resume_task_sig). pycrestore always sends SIGSTOP, because the others may not
+    stop the task at all: a handler may catch SIGTSTP, SIGTTIN and SIGTTOU, and the kernel
+    discards them in an orphaned process group (kernel/signal.c get_signal), which a
+    restored tree's root group usually is. Only the stop report a parent may wait for
+    again (WSTOPSIG) differs; the plan says so in a note.
+    """
+    signo = tc.stop_signo if tc.HasField("stop_signo") else 0
+    if signo and signo not in _STOP_SIGNALS:
+        raise InconsistentImages(core_name, f"tc.stop_signo = {signo}: not a stop signal "
+                                 f"({', '.join(str(int(s)) for s in sorted(_STOP_SIGNALS))})")
+    if signo and signo != signal.SIGSTOP:
+        notes.append(f"{core_name}: stopped by {signal.Signals(signo).name} at dump, stopped by SIGSTOP after "
+                     "the restore (a parent's waitpid(WUNTRACED) reports SIGSTOP)")
+    return signal.SIGSTOP
+
+
+def _check_zombies(tasks: tuple[Task, ...]) -> None:
+    """A zombie needs a restored parent to hold it, and cannot be anyone's parent."""
+    if tasks[0].is_zombie:
+        raise UnsupportedFeature(f"core-{tasks[0].pid}.img", f"the root task {tasks[0].pid} is a zombie: "
+                                 "nothing restored would be its parent")
+    zombies = {t.pid for t in tasks if t.is_zombie}
+    for task in tasks:
+        if task.ppid in zombies:
+            raise InconsistentImages("pstree.img", f"task {task.pid}: its parent {task.ppid} is a zombie "
+                                     "(a task's children are reparented when it exits)")
 
 
 def _build_thread(images: ImageSet, tid: int, core) -> Thread:
@@ -572,40 +678,32 @@ def _build_mm(pid: int, mm, files: dict) -> MmFields:
     )
 
 
-def _build_files(images: ImageSet, files_id: int, files: dict) -> tuple[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd, ...]:
-    """The fd table (fdinfo-N.img): each fd with the regular file or pipe end it holds."""
+def _build_files(images: ImageSet, pid: int, files_id: int, files: dict,
+                 refusals: list[Refusal] | None = None) -> tuple:
+    """The fd table (fdinfo-N.img) of task ``pid``: one spec per fd, read by the module that
+    owns its kind (files/registry.py). With ``refusals``, a refused fd is appended there and
+    the others are still read (so that all are reported at once); without, it raises."""
     name = f"fdinfo-{files_id}.img"
-    out: list[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd] = []
-    for fdinfo in images.fdinfo(files_id):
+    out = []
+    fdinfos = images.fdinfo(files_id)
+    table = {fdinfo.fd: fdinfo.id for fdinfo in fdinfos}
+    for fdinfo in fdinfos:
         entry = files.get(fdinfo.id)
         if entry is None:
             raise InconsistentImages(name, f"fd {fdinfo.fd}: file id {fdinfo.id} is not in files.img")
-        if entry.HasField("pipe"):
-            out.append(PipeEnd(fd=fdinfo.fd, pipe_id=entry.pipe.pipe_id, flags=entry.pipe.flags, cloexec=bool(fdinfo.flags & 1)))
-            continue
-        if entry.HasField("ext"):
-            out.append(ExtFileEnd(fd=fdinfo.fd, file_id=entry.ext.id, flags=0, cloexec=bool(fdinfo.flags & 1)))
-            continue
-        if entry.HasField("usk"):
-            out.append(UnixSocketEnd(fd=fdinfo.fd, socket_id=entry.usk.ino, flags=entry.usk.flags, cloexec=bool(fdinfo.flags & 1)))
-            continue
-        if not entry.HasField("reg"):
-            raise UnsupportedFeature(name, f"fd {fdinfo.fd}: file type {_file_type_name(entry)} (restored in a later version)")
-        reg = entry.reg
-        is_regular = (reg.mode & S_IFMT) == S_IFREG
-        check_size = is_regular and reg.HasField("size") and not reg.flags & O_APPEND
-        out.append(
-            OpenFile(
-                fd=fdinfo.fd,
-                path=reg.name,
-                flags=reg.flags,
-                pos=reg.pos,
-                cloexec=bool(fdinfo.flags & 1),  # fdinfo.flags holds FD_CLOEXEC
-                file_id=fdinfo.id,
-                expected_size=reg.size if check_size else None,
-                expected_mode=reg.mode if reg.HasField("mode") else None,
-            )
-        )
+        ctx = registry.FdContext(pid=pid, fd=fdinfo.fd, cloexec=bool(fdinfo.flags & 1),  # FD_CLOEXEC
+                                 file_id=fdinfo.id, entry=entry, images=images, files=files, table=table)
+        type_name = registry.type_name(entry)
+        kind = registry.kind_for(type_name)
+        try:
+            if kind is None:
+                word = registry.TYPE_WORDS.get(type_name, "file")
+                raise ctx.refuse(f"{word} ({type_name}, file id {fdinfo.id})")
+            out.append(kind.read(ctx))
+        except UnsupportedFeature as err:
+            if refusals is None:
+                raise
+            refusals.append(Refusal(err.image, err.feature))
     return tuple(sorted(out, key=lambda f: f.fd))
 
 
@@ -619,91 +717,6 @@ def _mapped_file(files: dict, file_id: int, open_flags: int, what: str) -> Mappe
     return MappedFile(file_id=file_id, path=path, open_flags=open_flags, expected_size=size, build_id=build_id)
 
 
-def _pipe_buffers(images: ImageSet, tasks: tuple[Task, ...]) -> tuple[PipeBuffer, ...]:
-    """The buffer of every pipe any task holds an end of, with its unread data if any."""
-    wanted = {f.pipe_id for t in tasks for f in t.files if isinstance(f, PipeEnd)}
-    if not wanted:
-        return ()
-    data = {entry.pipe_id: (entry.size if entry.HasField("size") else None, extra or b"") for entry, extra in images.pipes_data()}
-    out = []
-    for pipe_id in sorted(wanted):
-        size, queued = data.get(pipe_id, (None, b""))
-        out.append(PipeBuffer(pipe_id=pipe_id, size_bytes=size, queued=queued))
-    return tuple(out)
-
-
-def _shared_files(tasks: tuple[Task, ...]) -> tuple[OpenFile, ...]:
-    """Regular-file entries held by more than one task: one open file, inherited by all."""
-    holders: dict[int, list[OpenFile]] = {}
-    for task in tasks:
-        for f in task.files:
-            if isinstance(f, OpenFile):
-                holders.setdefault(f.file_id, []).append(f)
-    return tuple(fs[0] for fs in holders.values() if len(fs) > 1)
-
-
-# <linux/net.h> socket types; CRIU's sk_unix.proto names them STREAM/DGRAM/SEQPACKET.
-_SOCK_TYPES = {1: "stream", 2: "datagram", 5: "seqpacket"}
-TCP_ESTABLISHED = 1  # CRIU reuses the TCP state names for unix sockets
-
-
-def _socket_pairs(images: ImageSet, tasks: tuple[Task, ...], files: dict) -> tuple[UnixSocketPair, ...]:
-    """Every unix socket held must be one end of an unnamed connected pair (socketpair(2))."""
-    held = sorted({f.socket_id for t in tasks for f in t.files if isinstance(f, UnixSocketEnd)})
-    if not held:
-        return ()
-    by_ino = {e.usk.ino: (e.id, e.usk) for e in files.values() if e.HasField("usk")}
-    queues: dict[int, list[bytes]] = {}
-    for packet, data in images.sk_queues():
-        queues.setdefault(packet.id_for, []).append(data or b"")
-    pairs, done = [], set()
-    for ino in held:
-        if ino in done:
-            continue
-        file_id, usk = by_ino[ino]
-        where = f"unix socket {ino}"
-        if usk.name:
-            raise UnsupportedFeature("files.img", f"{where}: bound to a name (only socketpairs are restored)")
-        if usk.type not in _SOCK_TYPES:
-            raise UnsupportedFeature("files.img", f"{where}: socket type {usk.type}")
-        if usk.state != TCP_ESTABLISHED or usk.peer not in by_ino:
-            raise UnsupportedFeature("files.img", f"{where}: not connected to a socket in the images (state {usk.state}, peer {usk.peer})")
-        peer_id, peer = by_ino[usk.peer]
-        if peer.peer != ino:
-            raise InconsistentImages("files.img", f"{where}: its peer {usk.peer} is connected to {peer.peer}")
-        pairs.append(UnixSocketPair(a=ino, b=usk.peer, sock_type=usk.type,
-                                    queued_a=tuple(queues.get(file_id, ())), queued_b=tuple(queues.get(peer_id, ())),
-                                    bufs_a=_socket_bufs(usk), bufs_b=_socket_bufs(peer)))
-        done.update((ino, usk.peer))
-    return tuple(pairs)
-
-
-def _shared_memory(images: ImageSet, files: dict) -> dict[int, SharedMemory]:
-    """Every memfd inode of memfd.img with its pages (pagemap-shmem-<shmid>.img), by inode id."""
-    out = {}
-    for inode in images.memfd_inodes():
-        name = f"pagemap-shmem-{inode.shmid}.img"
-        pagemap = images.shmem_pagemap(inode.shmid)
-        runs, offset = [], 0
-        if pagemap.pages_id is not None:
-            pages_path = images.pages_path(pagemap.pages_id)
-            for index, entry in enumerate(pagemap.iter_entries()):
-                if not entry.flags & PE_PRESENT:
-                    continue
-                nr_pages = entry.nr_pages or entry.compat_nr_pages
-                if entry.vaddr + nr_pages * PAGE_SIZE > inode.size:
-                    raise InconsistentImages(name, f"entry {index}: pages past the memfd's size {inode.size}")
-                runs.append(PageRun(start_addr=entry.vaddr, nr_pages=nr_pages, file_offset=offset))
-                offset += nr_pages * PAGE_SIZE
-            if offset > os.path.getsize(pages_path):
-                raise InconsistentImages(name, f"covers {offset} bytes, {pages_path.name} holds {os.path.getsize(pages_path)}")
-        else:
-            pages_path = images.directory
-        out[inode.inode_id] = SharedMemory(inode_id=inode.inode_id, name=inode.name, size_bytes=inode.size,
-                                          seals=inode.seals, pages_path=str(pages_path), page_runs=tuple(runs))
-    return out
-
-
 def _memfd_mapping(files: dict, memfds: dict, vma, what: str) -> MappedFile:
     entry = files.get(vma.shmid)
     if entry is None or not entry.HasField("memfd"):
@@ -713,13 +726,6 @@ def _memfd_mapping(files: dict, memfds: dict, vma, what: str) -> MappedFile:
         raise InconsistentImages("memfd.img", f"{what}: memfd inode {inode} is missing")
     return MappedFile(file_id=vma.shmid, path=f"memfd:{memfds[inode].name} (inode {inode})",
                       open_flags=vma.fdflags, memfd_inode=inode)
-
-
-def _file_type_name(entry) -> str:
-    try:
-        return entry.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[entry.type].name
-    except (KeyError, AttributeError):
-        return str(entry.type)
 
 
 def _reg_path(files: dict, file_id: int, what: str) -> str:
@@ -790,10 +796,3 @@ def _sched_params(name: str, thc) -> SchedParams | None:
     if policy in _SCHED_TIMESHARE and prio != 0:
         raise InconsistentImages(name, f"thread_core.sched_prio = {prio} with {_SCHED_TIMESHARE[policy]}, expected 0")
     return SchedParams(policy=policy, nice=nice, prio=prio)
-
-
-def _socket_bufs(usk) -> tuple[int, int] | None:
-    """A unix socket's (SO_SNDBUF, SO_RCVBUF) as dumped, or None if the image has no options."""
-    if not usk.HasField("opts"):
-        return None
-    return usk.opts.so_sndbuf, usk.opts.so_rcvbuf

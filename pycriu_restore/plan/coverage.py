@@ -259,8 +259,11 @@ CORE = RecordKind("core", "core-TID.img", core_pb2.CoreEntry, (
     *(I(f"thread_info.tls.{f}", "meaningful only for a present descriptor, which is refused")
       for f in _TLS_IGNORED),
     A("tc", "Task (the sub-fields below)"),
-    A("tc.task_state", "plan/build.py _build_task: only TASK_ALIVE, others refused there"),
-    R("tc.exit_code", "an exit code (zombie state)"),
+    A("tc.task_state", "Task.state: ALIVE runs; DEAD is forked and exits at once, a zombie under its parent "
+      "(restore/zombie.py); STOPPED is restored, then sent SIGSTOP before detach (restore/orchestrator.py); "
+      "other values refused (plan/build.py _build_task)"),
+    A("tc.exit_code", "Task.exit_status (zombies): the zombie exits with that code or is killed by that "
+      "signal (restore/zombie.py); 0 for other tasks, as CRIU dumps them"),
     A("tc.personality", BLOB_CREDS_STEP),
     I("tc.flags", "the task's PF_* flags from /proc/PID/stat: the kernel's own; CRIU does not restore them"),
     A("tc.blk_sigset", "Thread.blk_sigset (leader): sigframe uc_sigmask", probe=f"{_TH}.blk_sigset"),
@@ -292,7 +295,8 @@ CORE = RecordKind("core", "core-TID.img", core_pb2.CoreEntry, (
     R("tc.sigactions.mask_extended", "a signal mask above signal 64 (MIPS)"),
     A("tc.child_subreaper", BLOB_CREDS_STEP),
     R("tc.blk_sigset_extended", "a blocked mask above signal 64 (MIPS)"),
-    R("tc.stop_signo", "the signal that stopped the task (stopped tasks)"),
+    A("tc.stop_signo", "Task.stop_signo (stopped tasks): SIGSTOP is sent before detach; SIGTSTP/SIGTTIN/SIGTTOU "
+      "become SIGSTOP with a plan note (plan/build.py _stop_signal says why)"),
     R("tc.membarrier_registration_mask", "membarrier() registrations"),
     I("ids", "a legacy copy; ids-PID.img is required and read instead", subtree=True),
     A("thread_core", "Thread (the sub-fields below)"),
@@ -405,6 +409,42 @@ FDINFO = RecordKind("fdinfo", "fdinfo-N.img", fdinfo_pb2.FdinfoEntry, (
 
 _FILE_KIND_ID = "the same id as FileEntry.id, which links it"
 
+# FileEntry payloads of fd kinds pycrestore does not restore (yet), and what each one is.
+_UNRESTORED_FILE_KINDS = (
+    ("isk", "an inet socket (TCP, UDP, raw; with its tcp-stream-INO.img)"),
+    ("nsf", "an fd on a namespace file (/proc/PID/ns/*)"),
+    ("psk", "a packet socket (AF_PACKET)"),
+    ("nlsk", "a netlink socket"),
+    ("epfd", "an epoll instance and its watches"),
+    ("sgfd", "a signalfd"),
+    ("tunf", "a tun/tap fd"),
+    ("tfd", "a timerfd"),
+    ("ify", "an inotify instance and its watches"),
+    ("ffy", "a fanotify instance and its marks"),
+    ("fifo", "a FIFO (named pipe)"),
+    ("bpf", "a BPF map"),
+    ("pidfd", "a pidfd"),
+)
+
+
+def _required_fields(field: FieldDescriptor) -> dict[str, object]:
+    """The smallest valid value of a message field (its required fields, zero): the ``bad``
+    value tests/test_plan_coverage.py sets to prove that a refused payload is refused."""
+    out: dict[str, object] = {}
+    for sub in field.message_type.fields:
+        if not sub.is_required:
+            continue
+        if sub.type == FieldDescriptor.TYPE_MESSAGE:
+            out[sub.name] = _required_fields(sub)
+        elif sub.type == FieldDescriptor.TYPE_STRING:
+            out[sub.name] = ""
+        elif sub.type == FieldDescriptor.TYPE_BOOL:
+            out[sub.name] = False
+        else:
+            out[sub.name] = 0
+    return out
+
+
 FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     R("type", "a file of this kind", lambda v, ctx: v in SUPPORTED_FILE_TYPES,
       names={v: k for k, v in fdinfo_pb2.fd_types.items()}, bad=6, final=True),
@@ -427,6 +467,9 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     R("reg.checksum_parameter", "a file checksum to validate (--file-validation checksum)"),
     R("efd", "an eventfd", subtree=True, bad={"id": 1, "flags": 0, "counter": 0,
                                                "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}),
+    # fd kinds no restore code handles yet: the whole payload is refused (any set payload is).
+    *(R(name, what, subtree=True, bad=_required_fields(fdinfo_pb2.FileEntry.DESCRIPTOR.fields_by_name[name]))
+      for name, what in _UNRESTORED_FILE_KINDS),
     A("ext", "ExtFileEnd: restored by a plugin (plugins/api.py restore_ext_file)"),
     A("ext.id", "ExtFileEnd.file_id"),
     A("ext.fown", "checked through its fields"),
@@ -477,6 +520,7 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     I("usk.name_dir", "the directory of a bound socket's name; bound sockets are refused (name)"),
     I("usk.deleted", "a bound socket's file was deleted; bound sockets are refused (name)"),
     R("usk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
+    I("usk.mnt_id", "the mount of a bound socket's file; bound sockets are refused (name)"),
     A("pipe", "PipeEnd"),
     I("pipe.id", _FILE_KIND_ID),
     A("pipe.pipe_id", "PipeEnd.pipe_id: ends with one pipe_id are one pipe"),

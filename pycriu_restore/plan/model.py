@@ -16,6 +16,15 @@ import enum
 from dataclasses import dataclass, field
 
 
+class TaskState(enum.IntEnum):
+    """``core.tc.task_state``: what the task was doing at dump (compel/include/uapi/task-state.h,
+    COMPEL_TASK_*; crit prints 3 as "Zombie" and 2 as a bare number, so go by the numbers)."""
+
+    ALIVE = 1  # running or sleeping: restored in full, then it runs
+    DEAD = 2  # a zombie: exited, not yet reaped by its parent; only core-PID.img exists
+    STOPPED = 3  # stopped by a stop signal: restored in full, then stopped again
+
+
 class VmaKind(enum.Enum):
     """How the blob recreates a VMA (CRIU's VMA_AREA_* status bits, reduced to what differs)."""
 
@@ -303,7 +312,12 @@ class MmFields:
 
 @dataclass(frozen=True)
 class Task:
-    """One process of the tree: identity, memory, files and signal state."""
+    """One process of the tree: identity, memory, files and signal state.
+
+    A zombie (``state`` DEAD) is only an identity (pid, ppid, pgid, sid, comm) and an
+    ``exit_status``: it has no threads, VMAs, files or mm (None), and its other fields are
+    empty. Its parent forks it, and it exits at once (restore/zombie.py).
+    """
 
     pid: int
     ppid: int
@@ -313,8 +327,10 @@ class Task:
     threads: tuple[Thread, ...]  # the main thread (tid == pid) first
     vmas: tuple[Vma, ...]  # sorted by address, vsyscall left out
     pages_path: str  # pages-N.img for this task's page runs
-    mm: MmFields
-    files: tuple[OpenFile | PipeEnd | UnixSocketEnd | ExtFileEnd, ...]  # sorted by fd
+    mm: MmFields | None  # None for a zombie
+    # One spec per fd, sorted by fd: OpenFile, PipeEnd, ... and the classes of the kind
+    # modules under files/ (files/registry.py); each has .fd and .cloexec.
+    files: tuple
     cwd: str
     root: str
     umask: int
@@ -327,10 +343,20 @@ class Task:
     child_subreaper: bool = False
     loginuid: int | None = None  # /proc/PID/loginuid; None: never set (the image's (uid_t)-1)
     oom_score_adj: int | None = None  # /proc/PID/oom_score_adj; None: not in the image
+    state: TaskState = TaskState.ALIVE
+    # DEAD: the wait status the parent will read (wait(2): exit code << 8, or the signal
+    # that killed it), as the kernel keeps it in task_struct.exit_code.
+    exit_status: int = 0
+    # STOPPED: the signal the orchestrator sends it just before detach, to stop it again.
+    stop_signo: int = 0
 
     @property
     def main_thread(self) -> Thread:
         return self.threads[0]
+
+    @property
+    def is_zombie(self) -> bool:
+        return self.state is TaskState.DEAD
 
 
 @dataclass(frozen=True)
@@ -366,16 +392,39 @@ class RestorePlan:
     timens: TimeOffsets | None = None
     # Kernel objects used by more than one task, or by one task through several fds: the
     # root task creates each once, before it forks, so every task inherits the same object.
-    shared_files: tuple[OpenFile, ...] = ()  # one per FileEntry id held by several tasks
-    pipes: tuple[PipeBuffer, ...] = ()  # one per pipe_id, with its unread bytes
-    socket_pairs: tuple[UnixSocketPair, ...] = ()
-    shared_memory: tuple[SharedMemory, ...] = ()
+    # files/registry.py SharedObject: (kind, key, nr_fds, spec), made by each kind's module.
+    shared: tuple = ()
     notes: tuple[str, ...] = field(default=())  # things accepted but not restored, for the log
     dump_cpu: DumpCpu | None = None
 
     @property
     def root(self) -> Task:
         return self.tasks[0]
+
+    def shared_of(self, kind: str) -> tuple:
+        """The specs of the shared objects of one kind ("PIPE"), in plan order."""
+        return tuple(obj.spec for obj in self.shared if obj.kind == kind)
+
+    @property
+    def shared_files(self) -> tuple[OpenFile, ...]:  # one per FileEntry id held by several fds
+        return self.shared_of("REG")
+
+    @property
+    def pipes(self) -> tuple[PipeBuffer, ...]:  # one per pipe_id, with its unread bytes
+        return self.shared_of("PIPE")
+
+    @property
+    def socket_pairs(self) -> tuple[UnixSocketPair, ...]:
+        return self.shared_of("UNIXSK")
+
+    @property
+    def shared_memory(self) -> tuple[SharedMemory, ...]:
+        return self.shared_of("MEMFD")
+
+    @property
+    def live_tasks(self) -> tuple[Task, ...]:
+        """The tasks that get memory, registers and files: all but the zombies."""
+        return tuple(t for t in self.tasks if not t.is_zombie)
 
     def tasks_threads(self) -> tuple[Thread, ...]:
         """Every thread of every task, in plan order."""

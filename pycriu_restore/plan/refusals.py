@@ -50,7 +50,7 @@ from pycriu_restore.plan.coverage import (
 )
 from pycriu_restore.plan.errors import UnsupportedFeature
 
-TASK_STATE_ALIVE = 1  # task_core_entry.task_state (CRIU's TASK_ALIVE)
+TASK_STATE_DEAD = 2  # task_core_entry.task_state of a zombie (plan/model.py TaskState)
 _SHARED_IDS = ("vm_id", "files_id", "fs_id", "sighand_id")
 _MAX_LISTED = 4  # refusals spelled out in the one-line message after the first
 
@@ -99,13 +99,17 @@ def find_refusals(images: ImageSet) -> Iterator[Refusal]:
     """Every refusal, image by image in the order the plan reads them."""
     inventory = images.inventory
     tasks = list(images.pstree())
-    alive = [t for t in tasks if t.threads and images.core(t.pid).tc.task_state == TASK_STATE_ALIVE]
+    # Running and stopped tasks have every image; a zombie only its core (plan/build.py).
+    dead = [t for t in tasks if images.core(t.pid).tc.task_state == TASK_STATE_DEAD]
+    alive = [t for t in tasks if t.threads and t not in dead]
     task_ids = {t.pid: images.ids(t.pid) for t in alive}
     holders = {name: dict(Counter(getattr(i, name) for i in task_ids.values())) for name in _SHARED_IDS}
     ctx = RefusalContext(inventory=inventory, id_holders=holders)
 
     yield from _scan("inventory.img", INVENTORY, [inventory], ctx)
     yield from _scan("pstree.img", PSTREE, tasks, ctx, lambda e, i: f"pid {e.pid}: ")
+    for task in dead:
+        yield from _scan(f"core-{task.pid}.img", CORE, [images.core(task.pid)], ctx)
     fd_tables = []
     for task in alive:  # plan/build.py refuses the others itself; a dead one has no more images
         pid = task.pid

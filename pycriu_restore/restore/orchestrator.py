@@ -37,7 +37,7 @@ from pycriu_restore.images import ImageSet
 from pycriu_restore.linux import ptrace, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
-from pycriu_restore.plan.model import RestorePlan
+from pycriu_restore.plan.model import RestorePlan, TaskState
 from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
@@ -131,7 +131,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                 for plugin in plugins:
                     plugin.post_forking(ctx)
 
-            spawned = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
+            tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
+            spawned = tree.tasks  # the zombies have exited already: they need nothing more
         _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
             bootstraps = [_enter_blob(s) for s in spawned]
@@ -158,7 +159,12 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                     plugin.resume_devices_late(ctx, s.pid)
                 if options.before_detach is not None:
                     options.before_detach(s.tracee)
-            for s in spawned:  # all together, at the very end
+            for s in spawned:  # all together, at the very end, parents first
+                if s.task.state is TaskState.STOPPED:
+                    # As CRIU's finalize_restore: queued while the task is still held, the
+                    # stop signal is taken as soon as it runs untraced, and it stops in T.
+                    # Its parent, detached before it, gets the stop's SIGCHLD as CRIU's does.
+                    os.kill(s.pid, s.task.stop_signo)
                 for thread in s.threads:
                     thread.detach()
                 s.tracee.detach()
@@ -172,7 +178,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
     if pidns is not None:
         pidns.watch(plan.root.pid)
     rollback.forget()
-    return Restored(plan=plan, pids={s.task.pid: s.pid for s in spawned}, timeline=timeline,
+    ours = {**{s.task.pid: s.pid for s in spawned}, **tree.zombies}
+    return Restored(plan=plan, pids={t.pid: ours[t.pid] for t in plan.tasks}, timeline=timeline,
                     init_pid=pidns.init_pid if pidns else None, plugins=plugins)
 
 

@@ -14,7 +14,7 @@ import stat
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan
+from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan, Task
 from pycriu_restore.restore.errors import FileMismatch, PidAboveMax, PidTaken, SeccompNotSuspendable
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
@@ -36,10 +36,10 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
     _check_seccomp_suspendable(plan)
     if not new_pid_ns:
         for task in plan.tasks:
-            for thread in task.threads:
-                _check_pid_free(thread.tid)
+            for tid in _ids(task):
+                _check_pid_free(tid)
     seen: set[str] = set()
-    for task in plan.tasks:
+    for task in plan.live_tasks:  # a zombie has no files, mappings or directories
         for f in task.files:
             if isinstance(f, OpenFile):  # pipes are created anew: nothing to check
                 _check_open_file(f.path, f.expected_size, f.expected_mode)
@@ -57,9 +57,14 @@ def _check_pid_max(plan: RestorePlan, new_pid_ns: bool) -> None:
     ours, or with --pid-ns the new namespace's (see PER_PIDNS_PID_MAX_SINCE)."""
     per_pidns = _kernel_version() >= PER_PIDNS_PID_MAX_SINCE
     pid_max = PID_MAX_LIMIT if new_pid_ns and per_pidns else _read_pid_max()
-    highest = max(thread.tid for task in plan.tasks for thread in task.threads)
+    highest = max(tid for task in plan.tasks for tid in _ids(task))
     if highest >= pid_max:
         raise PidAboveMax(highest, pid_max, needed=highest + 1, pid_ns_helps=per_pidns and not new_pid_ns)
+
+
+def _ids(task: Task) -> list[int]:
+    """The pids and tids a task takes: a zombie has no threads, but it has its pid."""
+    return [task.pid] + [thread.tid for thread in task.threads if thread.tid != task.pid]
 
 
 def _read_pid_max() -> int:

@@ -4,8 +4,10 @@ A pipe between two restored tasks must be *one* pipe; a MAP_SHARED memfd must be
 memfd; fds that several tasks got from one open() before fork must share *one* file offset.
 CRIU sends such fds between tasks over unix sockets. pycrestore's tree is created by fork
 from the root, so it is enough that the root creates every shared object before it forks:
-each object sits at a fixed "parked" fd (from ``SHARED_FD_BASE`` up, the numbers are the
-same in every task), each task dups what it needs to its own fd numbers, then closes them all.
+each object sits at fixed "parked" fds (the same numbers in every task, above every fd of
+the images and every task's service fds: files/fdlayout.py), each task dups what it needs
+to its own fd numbers, then closes them all. Which objects exist, and how each is made, is
+up to the kind modules (files/registry.py: ``shared`` and ``create``).
 
     root:  create all ──► fork children ──► install own fds ──► close parked
     child:                (inherits all) ─► fork its children ► install own ► close parked
@@ -16,68 +18,68 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from pycriu_restore.files import memfd, pipe, regular, unix_socket
+from pycriu_restore.files import registry
+from pycriu_restore.files.fdlayout import FdLayout
 from pycriu_restore.plan.model import RestorePlan
-
-# Parked fds live from here up: above the fds of the images (and the service fds, which
-# start right above them), below files.TEMP_FD_BASE and the status fd (restore/task.py).
-SHARED_FD_BASE = 700
 
 
 @dataclass(frozen=True)
 class SharedFds:
-    """The parked fd of every shared object, by key; the same numbers in every task."""
+    """The parked fds of every shared object, by (kind, key); the same numbers in every task,
+    and the plan-wide fd ranges (``layout``) they were placed by."""
 
-    files: dict[int, int] = field(default_factory=dict)  # FileEntry id -> fd
-    pipes: dict[int, tuple[int, int]] = field(default_factory=dict)  # pipe_id -> (read, write)
-    sockets: dict[int, int] = field(default_factory=dict)  # socket inode -> fd
-    memfds: dict[int, int] = field(default_factory=dict)  # memfd inode id -> fd
+    fds: dict[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
+    layout_: FdLayout | None = None
 
     @staticmethod
     def layout(plan: RestorePlan) -> SharedFds:
         """Assign parked numbers to every shared object of the plan (no side effect)."""
-        next_fd = SHARED_FD_BASE
+        fd_layout = FdLayout.of(plan, sum(obj.nr_fds for obj in plan.shared))
+        next_fd = fd_layout.parked_base
+        out: dict[tuple[str, int], tuple[int, ...]] = {}
+        for obj in plan.shared:
+            kind = registry.kind_for(obj.kind)
+            assert kind is not None, f"SharedFds.layout: no kind module for {obj.kind}"
+            numbers = tuple(range(next_fd, next_fd + obj.nr_fds))
+            next_fd += obj.nr_fds
+            keys = kind.parked_keys(obj)
+            assert len(keys) == obj.nr_fds, f"SharedFds.layout: {obj.kind} {obj.key}: {len(keys)} keys for {obj.nr_fds} fds"
+            for key, number in zip(keys, numbers):
+                out[(obj.kind, key)] = out.get((obj.kind, key), ()) + (number,)
+        assert next_fd <= fd_layout.status_fd, "SharedFds.layout: parked fds overlap the status fd"
+        return SharedFds(fds=out, layout_=fd_layout)
 
-        def take() -> int:
-            nonlocal next_fd
-            next_fd += 1
-            return next_fd - 1
-
-        out = SharedFds()
-        for f in plan.shared_files:
-            out.files[f.file_id] = take()
-        for buf in plan.pipes:
-            out.pipes[buf.pipe_id] = (take(), take())
-        for pair in plan.socket_pairs:
-            out.sockets[pair.a] = take()
-            out.sockets[pair.b] = take()
-        for mem in plan.shared_memory:
-            out.memfds[mem.inode_id] = take()
-        assert next_fd < 900, "SharedFds.layout: too many shared objects for the parked range"
-        return out
+    def get(self, kind: str, key: int) -> tuple[int, ...]:
+        """The parked fds of one object, or () if it is not shared (the task makes its own)."""
+        return self.fds.get((kind, key), ())
 
     @property
     def all(self) -> list[int]:
-        fds = [*self.files.values(), *self.sockets.values(), *self.memfds.values()]
-        for read_fd, write_fd in self.pipes.values():
-            fds += [read_fd, write_fd]
-        return fds
+        return sorted(fd for fds in self.fds.values() for fd in fds)
+
+    @property
+    def fd_layout(self) -> FdLayout:
+        assert self.layout_ is not None, "SharedFds.fd_layout: made without SharedFds.layout"
+        return self.layout_
+
+    # Views by kind, for readers of the older attributes.
+    @property
+    def memfds(self) -> dict[int, int]:
+        return {key: fds[0] for (kind, key), fds in self.fds.items() if kind == "MEMFD"}
 
 
 def create_shared_objects(plan: RestorePlan, parked: SharedFds) -> None:
-    """In the root task, before any fork: create each shared object at its parked fd."""
-    for f in plan.shared_files:
-        _park_at(regular.open_file(f), parked.files[f.file_id])
-    for buf in plan.pipes:
-        read_fd, write_fd = pipe.create(buf)
-        _park_at(read_fd, parked.pipes[buf.pipe_id][0])
-        _park_at(write_fd, parked.pipes[buf.pipe_id][1])
-    for pair in plan.socket_pairs:
-        a, b = unix_socket.create(pair)
-        _park_at(a, parked.sockets[pair.a])
-        _park_at(b, parked.sockets[pair.b])
-    for mem in plan.shared_memory:
-        _park_at(memfd.create(mem), parked.memfds[mem.inode_id])
+    """In the root task, before any fork: create each shared object at its parked fds."""
+    for obj in plan.shared:
+        kind = registry.kind_for(obj.kind)
+        assert kind is not None, f"create_shared_objects: no kind module for {obj.kind}"
+        temps = kind.create(obj)
+        keys = kind.parked_keys(obj)
+        taken: dict[int, int] = {}
+        for key, temp in zip(keys, temps):
+            index = taken.get(key, 0)
+            taken[key] = index + 1
+            _park_at(temp, parked.get(obj.kind, key)[index])
 
 
 def close_parked(parked: SharedFds) -> None:

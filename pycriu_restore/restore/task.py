@@ -14,8 +14,10 @@ order (CRIU's restore task does the same in C, research/criu-restore-internals.m
     its parked fd (restore/shared.py), so that all tasks inherit the same objects;
  6. fork its children with their pids (clone3 set_tid); they start again at 1;
  7. oom_score_adj and loginuid (/proc/self); root, cwd, umask;
- 8. install every fd of the image at its number: shared objects are dups of the parked fds,
-    files only this task holds are opened now;
+ 8. install every fd of the image at its number, each by the module of its kind
+    (files/registry.py), in an order that puts an fd after those it needs (an epoll set
+    after its targets): shared objects are dups of the parked fds, files only this task
+    holds are opened now;
  9. open the files the blob needs at the service fds (pages image, exe, mapped files);
 10. close the parked fds, report "ready" on the status pipe, and stop itself with SIGSTOP.
 
@@ -28,16 +30,20 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NoReturn
 
-from pycriu_restore.files import close_all_except, install, park, pipe, regular
+from pycriu_restore import files
+from pycriu_restore.files import close_all_except, registry
+from pycriu_restore.files.fdlayout import FdLayout, ServiceFds
 from pycriu_restore.linux import namespaces
 from pycriu_restore.linux.clone3 import clone3
-from pycriu_restore.plan.model import ExtFileEnd, OpenFile, PipeEnd, RestorePlan, Task, TimeOffsets, UnixSocketEnd
-from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
-from pycriu_restore.restore.shared import SHARED_FD_BASE, SharedFds, close_parked, create_shared_objects
+from pycriu_restore.plan.model import RestorePlan, Task, TimeOffsets
+from pycriu_restore.plugins.api import Plugin, RestoreContext
+from pycriu_restore.restore.shared import SharedFds, close_parked, create_shared_objects
+from pycriu_restore.restore.zombie import collect_zombies, exit_as_zombie, hold_child_exits
 
 READY = b"R"
 # Exit codes of a task that failed before the blob (the JSON line says why).
@@ -45,47 +51,6 @@ CHILD_FAILED = 111
 CHILD_NOT_TAKEN_OVER = 112
 
 _NSEC_PER_SEC = 1_000_000_000
-
-# The status pipe and mount-namespace fd are parked at fixed high numbers: above any fd an
-# image of a normal process names and above the parked shared objects, out of the way while
-# the task's own fds are installed.
-_HIGH_STATUS_FD = 1000
-_HIGH_MNTNS_FD = 1001
-
-
-@dataclass(frozen=True)
-class ServiceFds:
-    """Fd numbers, above every fd of the image, where the task leaves files for the blob.
-
-    The blob reads pages through ``pages``, maps files through ``mapped`` and sets the exe
-    link from ``exe``, then closes them all; the restored task never sees them.
-    """
-
-    pages: int
-    exe: int
-    mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, open flags) -> fd
-    memfds: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> memfd inode id
-
-    @staticmethod
-    def for_task(task: Task) -> ServiceFds:
-        base = max([f.fd for f in task.files] + [2]) + 1
-        base = max(base, 64)  # leave low numbers alone: they are the task's
-        mapped: dict[tuple[str, int], int] = {}
-        memfds: dict[tuple[str, int], int] = {}
-        for vma in task.vmas:
-            if vma.file is not None:
-                key = (vma.file.path, vma.file.open_flags)
-                if key not in mapped:
-                    mapped[key] = base + 2 + len(mapped)
-                if vma.file.memfd_inode is not None:
-                    memfds[key] = vma.file.memfd_inode
-        assert base + 2 + len(mapped) < SHARED_FD_BASE, "ServiceFds.for_task: fds reach the parked range"
-        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds)
-
-    @property
-    def all(self) -> list[int]:
-        return [self.pages, self.exe, *self.mapped.values()]
-
 
 @dataclass(frozen=True)
 class TaskLink:
@@ -122,27 +87,42 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
     link = tree.links[task.pid]
     status_fd = link.status_fd
     is_root = task is tree.plan.root
+    layout = tree.parked.fd_layout
     try:
         if not is_root:
             # Drop the parent's status pipe (inherited at fork) at once: the orchestrator
             # reads the parent's report to its end, and we would hold that end open.
-            _close_quietly(_HIGH_STATUS_FD)
+            _close_quietly(layout.status_fd)
+        else:
+            # Before the first fd is moved up: every number of the layout must be allowed.
+            _step("RLIMIT_NOFILE", lambda: _allow_fds(layout))
+            files.set_temp_base(layout.temp_base)  # children inherit both
+        if task.is_zombie:
+            # Never seized, so no go to wait for: it exits before its parent reports ready,
+            # which waits for it (restore/zombie.py says why then).
+            _set_session(task)
+            _step("become a zombie", lambda: exit_as_zombie(task, status_fd, READY))
         os.read(link.go_fd, 1)
         below = _descendants(tree.plan, task)
         status_fd = _keep_only(link, tree, below, keep_mntns=is_root)
         if is_root:
             if tree.mntns_fd is not None:
-                _step("join mount namespace", lambda: namespaces.setns(_HIGH_MNTNS_FD, namespaces.CLONE_NEWNS))
-                os.close(_HIGH_MNTNS_FD)
+                _step("join mount namespace", lambda: namespaces.setns(layout.mntns_fd, namespaces.CLONE_NEWNS))
+                os.close(layout.mntns_fd)
             if tree.plan.timens is not None:
                 _step("time namespace", lambda: _enter_time_namespace(tree.plan.timens))
         _set_session(task)
         if is_root:
             _step("create shared objects", lambda: create_shared_objects(tree.plan, tree.parked))
+        zombies = [child.pid for child in tree.plan.children(task) if child.is_zombie]
+        if zombies:  # before the forks: no zombie may be reaped, no SIGCHLD left (restore/zombie.py)
+            old_mask = _step("hold SIGCHLD", hold_child_exits)
         for child in tree.plan.children(task):
             pid = _step(f"fork task {child.pid}", lambda child=child: clone3(0, [child.pid]))
             if pid == 0:
                 run_child(child, tree)  # never returns
+        if zombies:
+            _step(f"wait for zombies {zombies}", lambda: collect_zombies(zombies, old_mask))
         for pid in below:  # the children have their copies now
             os.close(tree.links[pid].go_fd)
             os.close(tree.links[pid].status_fd)
@@ -162,6 +142,18 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
     except BaseException as err:  # noqa: BLE001 - anything must become a report, never a return
         _report(status_fd, {"step": "prepare", "cause": f"{type(err).__name__}: {err}", "path": None})
     os._exit(CHILD_FAILED)
+
+
+def _allow_fds(layout: FdLayout) -> None:
+    """Raise this task's RLIMIT_NOFILE soft limit to what the fd layout needs (the hard limit
+    bounds it, as for CRIU's service fds); the blob sets the restored task's own limits later."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = layout.nofile_needed
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise ChildStepFailed("RLIMIT_NOFILE", f"the images' fds and the restore's own need {need} fds "
+                                  f"(service fds from {layout.parked_base}), the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _close_quietly(fd: int) -> None:
@@ -191,16 +183,17 @@ def _step(name: str, action) -> object:
 
 def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bool) -> int:
     """Close every inherited fd except ours, the parked objects and the pipes of tasks below."""
-    keep = {os.dup2(link.status_fd, _HIGH_STATUS_FD, inheritable=False)}
+    layout = tree.parked.fd_layout
+    keep = {os.dup2(link.status_fd, layout.status_fd, inheritable=False)}
     if keep_mntns and tree.mntns_fd is not None:
-        keep.add(os.dup2(tree.mntns_fd, _HIGH_MNTNS_FD, inheritable=False))
+        keep.add(os.dup2(tree.mntns_fd, layout.mntns_fd, inheritable=False))
     keep.update(tree.parked.all)
     for plugin in tree.plugins:
         keep.update(plugin.inherited_fds())
     for pid in below:
         keep.update((tree.links[pid].go_fd, tree.links[pid].status_fd))
     close_all_except(keep)
-    return _HIGH_STATUS_FD
+    return layout.status_fd
 
 
 def _set_session(task: Task) -> None:
@@ -260,33 +253,49 @@ def _restore_fs(task: Task) -> None:
 
 
 def _install_fds(task: Task, tree: TreeSetup) -> None:
-    """Install each fd of the image at its number (files/: one module per kind of file)."""
-    parked = tree.parked
-    for f in task.files:
-        if isinstance(f, PipeEnd):
-            read_fd, write_fd = parked.pipes[f.pipe_id]
-            _step(f"pipe fd {f.fd}", lambda f=f, r=read_fd, w=write_fd: pipe.install_end(f, r, w))
-        elif isinstance(f, UnixSocketEnd):
-            _step(f"unix socket fd {f.fd}", lambda f=f: install(park(os.dup(parked.sockets[f.socket_id])), f.fd, f.cloexec))
-        elif isinstance(f, OpenFile) and f.file_id in parked.files:
-            _step(f"fd {f.fd} ({f.path})", lambda f=f: install(park(os.dup(parked.files[f.file_id])), f.fd, f.cloexec))
-        elif isinstance(f, OpenFile):
-            _step(f"open fd {f.fd} ({f.path})", lambda f=f: regular.restore(f))
-        elif isinstance(f, ExtFileEnd):
-            _step(f"plugin file fd {f.fd} (id {f.file_id})", lambda f=f: _restore_ext_file(task, f, tree))
-        else:
-            raise AssertionError(f"_install_fds: unknown fd kind {f!r}")
+    """Install each fd of the image at its number, by the module of its kind (files/registry.py).
+
+    Order: by fd number, except that an fd waits for the fds it depends on (an epoll set
+    for the fds it watches), as CRIU's epoll waits for its targets to be open.
+    """
+    ctx = registry.InstallContext(task=task, parked=tree.parked.get, plugins=tree.plugins,
+                                  plugin_ctx=tree.plugin_ctx)
+    # Fds a plugin keeps open until now (the amdgpu channel) must not be installed over.
+    held = {fd for plugin in tree.plugins for fd in plugin.inherited_fds()}
+    for spec in _dependency_order(task):
+        kind = registry.kind_of(spec)
+        if spec.fd in held:
+            raise ChildStepFailed(f"fd {spec.fd}", f"the number is held by a plugin's channel {sorted(held)}: "
+                                  "an image fd that high is not restored with this plugin")
+        _step(f"{kind.fd_type} fd {spec.fd}{_describe(spec)}", lambda spec=spec, kind=kind: kind.install(spec, ctx))
 
 
-def _restore_ext_file(task: Task, f: ExtFileEnd, tree: TreeSetup) -> None:
-    """RESTORE_EXT_FILE: the first plugin that claims the file gives the fd to install."""
-    for plugin in tree.plugins:
-        fd = plugin.restore_ext_file(tree.plugin_ctx, task, ExtFile(file_id=f.file_id, fd=f.fd, flags=f.flags))
-        if fd is not None:
-            install(park(fd), f.fd, f.cloexec)
+def _dependency_order(task: Task) -> list:
+    """The task's fd specs by number, each after the fds its kind says it needs."""
+    by_fd = {spec.fd: spec for spec in task.files}
+    done: set[int] = set()
+    out: list = []
+
+    def visit(spec, path: tuple[int, ...]) -> None:
+        if spec.fd in done:
             return
-    names = ", ".join(p.name for p in tree.plugins) or "none installed"
-    raise ChildStepFailed(f"fd {f.fd}", f"no plugin restores EXT file id {f.file_id} (plugins: {names})")
+        if spec.fd in path:
+            raise ChildStepFailed(f"fd {spec.fd}", f"fds depend on each other in a cycle: {list(path)}")
+        for need in registry.kind_of(spec).depends_on(spec):
+            if need not in by_fd:
+                raise ChildStepFailed(f"fd {spec.fd}", f"needs fd {need}, which the task's image does not hold")
+            visit(by_fd[need], path + (spec.fd,))
+        done.add(spec.fd)
+        out.append(spec)
+
+    for spec in task.files:
+        visit(spec, ())
+    return out
+
+
+def _describe(spec) -> str:
+    path = getattr(spec, "path", None)
+    return f" ({path})" if path else ""
 
 
 def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:
@@ -297,7 +306,7 @@ def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> N
         inode = service.memfds.get((path, flags))
 
         def open_at(path=path, flags=flags, fd=fd, inode=inode) -> None:
-            tmp = os.dup(parked.memfds[inode]) if inode is not None else os.open(path, flags | os.O_CLOEXEC)
+            tmp = os.dup(parked.get("MEMFD", inode)[0]) if inode is not None else os.open(path, flags | os.O_CLOEXEC)
             os.dup2(tmp, fd, inheritable=False)
             os.close(tmp)
 

@@ -33,6 +33,7 @@ from pycriu_restore.restore.errors import FileMismatch, RestoreFailed
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.shared import SharedFds
 from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
+from pycriu_restore.restore.zombie import check_zombie
 from pycriu_restore.tracee import DEFAULT_OPTIONS, Tracee
 
 # How long a child may take to prepare itself (open files, enter namespaces).
@@ -115,9 +116,17 @@ class SpawnedTask:
     threads: list[Tracee] = field(default_factory=list)  # the others, once the blob made them
 
 
+@dataclass
+class SpawnedTree:
+    """What spawn_tree made: the live tasks, stopped under ptrace, and the zombies."""
+
+    tasks: list[SpawnedTask]  # plan order, zombies left out
+    zombies: dict[int, int]  # checkpointed pid -> pid in our namespace; never traced
+
+
 def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None,
                plugins: tuple[Plugin, ...] = (), plugin_ctx: RestoreContext | None = None,
-               after_root_fork: Callable[[], None] | None = None) -> list[SpawnedTask]:
+               after_root_fork: Callable[[], None] | None = None) -> SpawnedTree:
     """Create every task of the plan with its pid, let each prepare itself, hold all stopped.
 
     The orchestrator forks only the root; each task forks its own children during its
@@ -126,6 +135,8 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     other threads (clone3 copies only the caller). On failure the error names the task and
     the step; the caller's ``rollback`` kills what was made. ``after_root_fork`` runs in the
     orchestrator as soon as the root exists (POST_FORKING: threads may start from then on).
+    A zombie is not seized: it has exited by the time its parent is ready, and is checked
+    in /proc (restore/zombie.py).
     """
     links: dict[int, TaskLink] = {}
     ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
@@ -151,6 +162,7 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     if after_root_fork is not None:
         after_root_fork()
     spawned: list[SpawnedTask] = []
+    zombies: dict[int, int] = {}
     outer = {plan.root.pid: pid}
     try:
         for task in plan.tasks:
@@ -159,12 +171,29 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
                 outer[task.pid] = _child_outer_pid(parent, task.pid, pidns is not None)
                 rollback.add(outer[task.pid])
             go_w, status_r = ours[task.pid]
+            if task.is_zombie:
+                _check_zombie(task, outer[task.pid], status_r)
+                zombies[task.pid] = outer[task.pid]
+                continue
             spawned.append(_take_over(task, outer[task.pid], go_w, status_r, links[task.pid].service))
     finally:
         for go_w, status_r in ours.values():
             os.close(go_w)
             os.close(status_r)
-    return spawned
+    return SpawnedTree(tasks=spawned, zombies=zombies)
+
+
+def _check_zombie(task: Task, pid: int, status_r: int) -> None:
+    """A zombie's report, then its state: exited, unreaped, with the dumped wait status.
+
+    Precondition: its parent has reported ready, which it does only after the zombie exited.
+    """
+    report = _read_status(status_r, task.pid)
+    if report != READY:
+        _raise_child_failure(task.pid, report)
+    problem = check_zombie(pid, task)
+    if problem is not None:
+        raise RestoreFailed(task.pid, "zombie", problem)
 
 
 def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds) -> SpawnedTask:
