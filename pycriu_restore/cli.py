@@ -130,9 +130,11 @@ def info(directory: str, section: str) -> None:
 @click.option("--cpu-cap", "cpu_cap", default="fpu", show_default=True, metavar="CAP[,CAP]",
               help="What the CPU check compares, as CRIU's: fpu (refuse XSAVE state this CPU cannot hold), "
                    "ins and cpu (also the dump CPU's capability words, from cpuinfo.img), all, none (no check).")
+@click.option("--tcp-established", is_flag=True,
+              help="Restore ESTABLISHED TCP connections (TCP repair), as CRIU's; without it they are refused.")
 @_reports_errors
 def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None,
-            gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str) -> None:
+            gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str, tcp_established: bool) -> None:
     """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
 
     Needs root. Without -d, pycrestore stays the parent of the restored root task and
@@ -150,7 +152,7 @@ def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str 
     _setup_logging(verbose, log_file)
     restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns, gpu_backend=gpu_backend,
                                                      parallel_gpu=not no_parallel_gpu_restore,
-                                                     cpu_cap=caps))
+                                                     cpu_cap=caps, tcp_established=tcp_established))
     root = restored.root_pid
     if pidfile:
         with open(pidfile, "w") as f:

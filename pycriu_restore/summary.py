@@ -18,6 +18,7 @@ _STATUS = dict(MMAP_STATUS)
 _MAP = dict(MMAP_FLAGS)
 _PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 PAGE_SIZE = 4096
+TASK_STATE_DEAD = 2  # core tc.task_state of a zombie (plan/model.py TaskState)
 
 
 def render(images: ImageSet, section: str = "all") -> str:
@@ -37,6 +38,10 @@ def render_overview(images: ImageSet) -> str:
     """One paragraph per task: pid, threads, VMAs, mapped and dumped sizes."""
     lines = [f"Checkpoint {images.directory}"]
     for entry in images.pstree():
+        tc = images.core(entry.pid).tc
+        if tc.task_state == TASK_STATE_DEAD:  # a zombie has its core image alone
+            lines.append(f"  task {entry.pid} ({tc.comm}): a zombie, wait status {tc.exit_code:#x}")
+            continue
         mm = images.mm(entry.pid)
         vmas = [v for v in mm.vmas if v.status & _STATUS["VMA_AREA_REGULAR"]]
         mapped = sum(v.end - v.start for v in vmas)
@@ -90,7 +95,7 @@ def render_fds(images: ImageSet) -> str:
     """``crit x fds``: each task's fds, then its cwd and root."""
     files = {f.id: f for f in images.files()}
     out = []
-    for entry in images.pstree():
+    for entry in _not_dead(images):
         out.append(f"{entry.pid}")
         for fd in images.fdinfo(images.ids(entry.pid).files_id):
             out.append("\t%7s: %s" % (fd.fd, _file_name(files, fd.id)))
@@ -126,7 +131,7 @@ def render_mems(images: ImageSet) -> str:
     """``crit x mems``: each task's exe and VMAs with protections and backing files."""
     files = {f.id: f for f in images.files()}
     out = []
-    for entry in images.pstree():
+    for entry in _not_dead(images):
         mm = images.mm(entry.pid)
         out.append(f"{entry.pid}")
         out.append("\t%-36s    %s" % ("exe", _file_name(files, mm.exe_file_id)))
@@ -134,6 +139,12 @@ def render_mems(images: ImageSet) -> str:
             prot = "".join(c if vma.prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
             out.append("\t%-36s%s%s" % ("%08x-%08x" % (vma.start, vma.end), prot, _vma_name(vma, files)))
     return "\n".join(out) + "\n"
+
+
+def _not_dead(images: ImageSet) -> list:
+    """The pstree entries of tasks that have files and memory: all but zombies (where
+    ``crit x fds/mems`` stop with an error, these leave them out)."""
+    return [e for e in images.pstree() if images.core(e.pid).tc.task_state != TASK_STATE_DEAD]
 
 
 def _size(n_bytes: int) -> str:

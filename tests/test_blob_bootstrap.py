@@ -11,6 +11,7 @@ compares with the plan and with crit's own JSON of the core images (one per thre
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import mmap
@@ -197,6 +198,19 @@ def test_close_fds_and_mm(task: Task, blob: Blob) -> None:
         assert getattr(mm, name) == getattr(task.mm, name), name
     assert mm.exe_fd == service.exe
     assert _array(boot, ctypes.c_uint64, mm.auxv, mm.auxv_size // 8) == list(task.mm.auxv)
+
+
+def test_an_exe_that_is_already_the_task_s_is_kept(task: Task, blob: Blob) -> None:
+    """The orchestrator runs the restored program's own binary (Debian's python3): the exe
+    link stays (the kernel refuses to replace a still-mapped exe with EBUSY) and the exe
+    service fd is closed with the others."""
+    service = ServiceFds.for_task(task)
+    keep = dataclasses.replace(FIXTURE_RUNTIME, keep_exe=True)
+    boot = _bootstrap(task, blob, keep)
+    args = _args(boot)
+    assert args.mm.exe_fd == 0xFFFFFFFF
+    assert service.exe in _array(boot, ctypes.c_int32, args.close_fds, args.nr_close_fds)
+    assert boot.size == bootstrap_size(task, keep, blob=blob)
 
 
 # --- signals, limits, timers, thread -----------------------------------------------------

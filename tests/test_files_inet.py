@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import time
@@ -248,3 +249,89 @@ def _listen_and_udp() -> None:
 
 def test_listening_and_udp_sockets() -> None:
     _in_new_netns(_listen_and_udp)
+
+
+# --- the network lock (files/inet_lock.py) -------------------------------------------------
+
+def _connection(src: tuple[str, int], dst: tuple[str, int], file_id: int) -> inet.InetSocketFd:
+    stream = inet.TcpStream(inq_seq=0, outq_seq=0, inq=b"", outq=b"", unsent_bytes=0, mss_clamp=65495,
+                            opt_mask=0, snd_wscale=0, rcv_wscale=0, timestamp=0, window=None)
+    sk = inet.InetSocket(ino=file_id, family=socket.AF_INET, sock_type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                         state=tcp_repair.TCP_ESTABLISHED, src_addr=src[0], src_port=src[1], dst_addr=dst[0],
+                         dst_port=dst[1], stream=stream)
+    return inet.InetSocketFd(fd=3, cloexec=False, file_id=file_id, sock=sk)
+
+
+def _plan_of(*specs: inet.InetSocketFd):
+    from types import SimpleNamespace
+
+    from pycriu_restore.images.schemas import inventory_pb2
+
+    plan = SimpleNamespace(tasks=[SimpleNamespace(pid=100 + i, files=(s,)) for i, s in enumerate(specs)])
+    return plan, SimpleNamespace(inventory=inventory_pb2.InventoryEntry(img_version=2))
+
+
+def test_connections_need_tcp_established() -> None:
+    from pycriu_restore.files.inet_lock import ConnectionLock
+    from pycriu_restore.plan.errors import UnsupportedFeature
+
+    plan, images = _plan_of(_connection(("10.0.0.1", 80), ("10.0.0.2", 5000), 1))
+    with pytest.raises(UnsupportedFeature) as caught:
+        ConnectionLock.for_plan(plan, images, tcp_established=False)
+    assert "pid 100 fd 3: TCP socket 10.0.0.1:80 -> 10.0.0.2:5000 in state ESTABLISHED: restored only with " \
+           "--tcp-established" in str(caught.value)
+    assert caught.value.exit_code == 3
+
+
+def test_outside_peer_needs_nft(monkeypatch) -> None:
+    """Both ends in the tree: no lock needed. A peer outside: refused (exit 4) without nft."""
+    from pycriu_restore.files import inet_lock
+
+    monkeypatch.setattr(inet_lock.shutil, "which", lambda name: None)
+    pair = _plan_of(_connection(("127.0.0.1", 80), ("127.0.0.1", 5000), 1),
+                    _connection(("127.0.0.1", 5000), ("127.0.0.1", 80), 2))
+    lock = inet_lock.ConnectionLock.for_plan(*pair, tcp_established=True)
+    assert len(lock.connections) == 2 and lock.outside_peer == []
+    lock.lock()  # no nft, nothing outside: a no-op
+    lone = _plan_of(_connection(("127.0.0.1", 80), ("10.0.0.2", 5000), 1))
+    with pytest.raises(inet_lock.NetworkLockUnavailable) as caught:
+        inet_lock.ConnectionLock.for_plan(*lone, tcp_established=True)
+    assert "pid 100 fd 3: TCP socket 127.0.0.1:80 -> 10.0.0.2:5000" in str(caught.value)
+    assert "nftables" in str(caught.value) and caught.value.exit_code == 4
+
+
+def _lock_drops_until_unlocked() -> None:
+    import subprocess
+
+    from pycriu_restore.files.inet_lock import ConnectionLock, HeldSocket
+
+    listener = socket.create_server(("127.0.0.1", 41234))
+    client = socket.create_connection(("127.0.0.1", 41234))
+    server, _ = listener.accept()
+    here, there = client.getsockname(), client.getpeername()
+    spec = _connection(here, there, 1)
+    lock = ConnectionLock([HeldSocket(100, spec)], [HeldSocket(100, spec)], shutil.which("nft"), 2, "")
+    lock.lock()
+    table = subprocess.run(["nft", "list", "table", "inet", lock.table], capture_output=True, text=True,
+                           check=True).stdout
+    # Both directions, in both hooks (nft prints the matches in its own order).
+    for sport, dport in ((here[1], 41234), (41234, here[1])):
+        rule = f"ip saddr 127.0.0.1 tcp sport {sport} tcp dport {dport} ip daddr 127.0.0.1 drop"
+        assert table.count(rule) == 2, table
+    client.send(b"held")
+    server.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        server.recv(4)  # dropped on its way out
+    lock.unlock()
+    assert subprocess.run(["nft", "list", "table", "inet", lock.table], capture_output=True).returncode != 0
+    server.settimeout(10)
+    assert server.recv(4) == b"held"  # retransmitted once the lock is gone
+    lock.unlock()  # twice is harmless
+    for s in (client, server, listener):
+        s.close()
+
+
+def test_network_lock_drops_the_connection_until_unlocked() -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("nft not installed (Debian package nftables): the network lock needs it")
+    _in_new_netns(_lock_drops_until_unlocked)  # nftables tables are per network namespace

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from pycriu_restore.linux import (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls,
-                                  taskinfo, waitstatus, xstate)
+from pycriu_restore.linux import (anonfds, clone3, libc, memory, mount, namespaces, ptrace, regs, selfctl,
+                                  syscalls, taskinfo, waitstatus, xstate)
 
 
 GLIBC_SIDE_PRELUDE = """
@@ -25,6 +25,7 @@ GLIBC_SIDE_PRELUDE = """
 #include <stddef.h>
 #include <stdio.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <sys/mount.h>
 #include <sys/user.h>
@@ -36,6 +37,11 @@ GLIBC_SIDE_PRELUDE = """
 #include <linux/kcmp.h>
 #include <asm/ldt.h>
 #include <asm/unistd_64.h>
+#include <sys/timerfd.h>
+#include <sys/signalfd.h>
+#include <sys/epoll.h>
+#include <sys/inotify.h>
+#include <sys/eventfd.h>
 """
 
 KERNEL_SIDE_PRELUDE = """
@@ -43,6 +49,8 @@ KERNEL_SIDE_PRELUDE = """
 #include <stdio.h>
 #include <asm/sigcontext.h>
 #include <asm/signal.h>
+#include <linux/timerfd.h>
+#include <linux/inotify.h>
 """
 
 # (module, constant name) -> C expression, for headers that glibc's side can include.
@@ -59,7 +67,16 @@ GLIBC_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (taskinfo, "SYS_GET_ROBUST_LIST"): "__NR_get_robust_list",
     (taskinfo, "SYS_KCMP"): "__NR_kcmp",
     (taskinfo, "KCMP_FILE"): "KCMP_FILE",
+    (selfctl, "PR_SET_DUMPABLE"): "PR_SET_DUMPABLE",
+    (selfctl, "PR_SET_NAME"): "PR_SET_NAME",
+    (selfctl, "SIGACTION_SIZE"): "sizeof(struct sigaction)",
+    (anonfds, "SYS_SIGNALFD4"): "__NR_signalfd4",
+    (anonfds, "EPOLL_EVENT_SIZE"): "sizeof(struct epoll_event)",
 }
+for _name in ("TFD_CLOEXEC", "TFD_NONBLOCK", "TFD_TIMER_ABSTIME", "TFD_TIMER_CANCEL_ON_SET", "SFD_CLOEXEC",
+              "SFD_NONBLOCK", "EPOLL_CLOEXEC", "EPOLL_CTL_ADD", "IN_CLOEXEC", "IN_NONBLOCK", "IN_ALL_EVENTS",
+              "EFD_SEMAPHORE", "EFD_CLOEXEC", "EFD_NONBLOCK"):
+    GLIBC_CONSTANTS[(anonfds, _name)] = _name
 for _name in dir(ptrace):
     if _name.startswith("PTRACE_") and (ptrace, _name) not in GLIBC_CONSTANTS:
         GLIBC_CONSTANTS[(ptrace, _name)] = _name
@@ -80,6 +97,9 @@ KERNEL_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (xstate, "XSAVE_HEADER_OFFSET"): "offsetof(struct _xstate, xstate_hdr)",
     (xstate, "XSAVE_HEADER_SIZE"): "sizeof(struct _header)",
     (ptrace, "KERNEL_SIGSET_SIZE"): "sizeof(sigset_t)",   # asm/signal.h: the kernel's mask
+    (anonfds, "SIGSET_BYTES"): "sizeof(sigset_t)",
+    (anonfds, "TFD_IOC_SET_TICKS"): "TFD_IOC_SET_TICKS",   # <linux/timerfd.h>, not glibc's
+    (anonfds, "INOTIFY_IOC_SETNEXTWD"): "INOTIFY_IOC_SETNEXTWD",
 }
 
 # Constants with no uapi header to compare against, and why.
@@ -95,6 +115,7 @@ NOT_IN_UAPI = {
     (xstate, "PKRU_LINUX_DEFAULT"),    # arch/x86/mm/pkeys.c; test_xsave_kernel.py reads it
                                        # from a fresh task's frame where the CPU has PKU
     (waitstatus, "SYSCALL_STOP_SIG"),  # SIGTRAP | 0x80, from ptrace(2)
+    (selfctl, "TASK_COMM_LEN"),        # include/linux/sched.h (internal); prctl(2) says 16 bytes
 }
 
 
@@ -194,7 +215,7 @@ def test_every_linux_constant_is_checked() -> None:
     checked = set(GLIBC_CONSTANTS) | set(KERNEL_CONSTANTS) | NOT_IN_UAPI
     checked_names = {name for _module, name in checked}
     missing = []
-    for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, syscalls, taskinfo,
+    for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, selfctl, syscalls, taskinfo,
                    waitstatus, xstate):
         for name, value in vars(module).items():
             if name.startswith("_") or not name.isupper() or name in checked_names:

@@ -101,9 +101,9 @@ def test_shared_anonymous_memory_is_one_memfd_for_both_tasks():
 def test_unsupported_feature_is_named(tmp_path):
     d = _copy(tmp_path, "counter")
     core = load_image(d / "core-31100.img")
-    core.entries[0].tc.task_state = 3  # stopped
+    core.entries[0].tc.task_state = 6  # compel's TASK_ZOMBIE: never in an image (zombies are DEAD, 2)
     (d / "core-31100.img").write_bytes(dump_image(core))
-    with pytest.raises(UnsupportedFeature, match=r"core-31100.img: unsupported: task state 3"):
+    with pytest.raises(UnsupportedFeature, match=r"core-31100.img: unsupported: tc.task_state = 6"):
         build_plan(ImageSet.open(d))
     assert UnsupportedFeature.exit_code == 3
 

@@ -49,7 +49,24 @@ GLOBS = {
     "cpuinfo": "cpuinfo.img",
 }
 # Parents no fixture has, made up so that a check below them can be exercised.
-SEEDS = {("files", "ext"): {"id": 99, "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}}
+_FOWN = {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}
+SEEDS = {
+    ("files", "ext"): {"id": 99, "fown": _FOWN},
+    # fd kinds the pack (criu-4.2) does not hold; criu-4.2-more's evloop has them all.
+    ("files", "efd"): {"id": 99, "flags": 2, "fown": _FOWN, "counter": 0},
+    ("files", "epfd"): {"id": 99, "flags": 2, "fown": _FOWN},
+    ("files", "sgfd"): {"id": 99, "flags": 2, "fown": _FOWN, "sigmask": 0},
+    ("files", "tfd"): {"id": 99, "flags": 2, "fown": _FOWN, "clockid": 1, "ticks": 0, "settime_flags": 0,
+                       "vsec": 0, "vnsec": 0, "isec": 0, "insec": 0},
+    ("files", "ify"): {"id": 99, "flags": 0, "fown": _FOWN,
+                       "wd": [{"id": 0, "i_ino": 1, "mask": 2, "ignored_mask": 0, "s_dev": 0, "wd": 1,
+                               "f_handle": {"bytes": 8, "type": 1, "path": "/"}}]},
+    # criu-4.2-more's tcpecho and memcached hold inet sockets.
+    ("files", "isk"): {"id": 99, "ino": 1, "family": 2, "type": 1, "proto": 6, "state": 10, "src_port": 1,
+                       "dst_port": 0, "flags": 2, "backlog": 1, "fown": _FOWN, "ip_opts": {"ttl": 64},
+                       "opts": {"so_sndbuf": 0, "so_rcvbuf": 0, "so_snd_tmo_sec": 0, "so_snd_tmo_usec": 0,
+                                "so_rcv_tmo_sec": 0, "so_rcv_tmo_usec": 0}},
+}
 
 pytestmark = pytest.mark.skipif(not IMAGES.is_dir(), reason=f"fixture pack not found at {FIXTURES}")
 

@@ -339,11 +339,11 @@ def test_unsupported_feature_is_named(tmp_path):
     images = tmp_path / "counter"
     shutil.copytree(IMAGES / "counter", images)
     core = load_image(images / "core-31100.img")
-    core.entries[0].tc.task_state = 3  # a stopped task
+    core.entries[0].tc.task_state = 6  # compel's TASK_ZOMBIE: never in an image (zombies are DEAD, 2)
     (images / "core-31100.img").write_bytes(dump_image(core))
     pidfile = tmp_path / "pid"
     result = pycrestore("restore", "--cpu-cap", PACK_CPU_CAP, "-D", str(images), "-d", "--pidfile", str(pidfile))
-    _assert_clean_failure(result, 3, "core-31100.img: unsupported: task state 3", pidfile)
+    _assert_clean_failure(result, 3, "core-31100.img: unsupported: tc.task_state = 6", pidfile)
 
 
 def test_vma_that_cannot_be_mapped_fails_cleanly(tmp_path):

@@ -6,13 +6,16 @@ zombie: core-40801.img only, tc.exit_code 1792 = 7 << 8), 40802 stopped itself w
 in our pid namespace and in a new one, check it with its verify.py and in /proc, then kill
 every task by pid and check that none is left (the zombie goes when its parent dies; the
 stopped task dies of SIGKILL like any other). Tampered copies prove the exit status is
-applied, for an exit code and for a killing signal. Runs as root; the pids need
-kernel.pid_max above 32768.
+applied, for an exit code and for a killing signal. Last, a program of our own
+(tests/c/zombie_sigchld.c), dumped by upstream CRIU during the test: a zombie killed by a
+signal under a parent with a SIGCHLD handler, which must not run again after the restore.
+Runs as root; the pids need kernel.pid_max above 32768.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES_MORE, kill_and_wait, needs_fixtures_more, pid_max_at_least, wait_gone
+from conftest import FIXTURES_MORE, REPO, kill_and_wait, needs_fixtures_more, pid_max_at_least, wait_gone
+from realprogs import dumped_program, restored, wait_for
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
@@ -115,14 +119,21 @@ def test_plan_refuses_a_child_of_a_zombie(tmp_path):
         build_plan(ImageSet.open(str(images)))
 
 
+def test_info_shows_the_zombie():
+    from pycriu_restore.summary import render
+    text = render(ImageSet.open(str(IMAGES)))
+    assert "task 40801 (zombie): a zombie, wait status 0x700" in text
+    assert "\n40801\n" not in render(ImageSet.open(str(IMAGES)), "mems")  # no memory: left out, as crit cannot
+
+
 # -- restores (root) -----------------------------------------------------------------------
 
 @pytest.fixture
 def _pid_max():
     with pid_max_at_least(65536):
         yield
-    for pid in (PARENT, ZOMBIE, STOPPED, RUNNING):
-        assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} is still in use after the test"
+    for pid in (PARENT, ZOMBIE, STOPPED, RUNNING):  # an orphaned zombie waits for init to reap it
+        assert wait_gone(pid), f"pid {pid} is still in use after the test"
 
 
 def install() -> None:
@@ -164,13 +175,21 @@ def inner_pid(pid: int) -> int:
 
 
 def kill_tree(root: int, init: int | None) -> None:
-    """SIGKILL every task by pid, children first, and wait until each /proc/PID is gone."""
+    """SIGKILL every task by pid, children first, and wait until each /proc/PID is gone.
+
+    The stopped child dies of SIGKILL like any task; the zombie, already dead, goes only
+    when its parent is gone and its new parent (init) reaps it.
+    """
     pids = children(root) if os.path.exists(f"/proc/{root}") else []
-    for pid in pids + [root]:
-        kill_and_wait(pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    kill_and_wait(root)
     if init is not None:
         kill_and_wait(init)
-    for pid in pids + [root]:
+    for pid in pids:
         assert wait_gone(pid), f"pid {pid} is still there"
 
 
@@ -218,3 +237,39 @@ def test_tampered_exit_status_is_applied(_pid_max, tmp_path, status, parent_sees
         assert parent_sees in check.stdout, check.stdout
     finally:
         kill_tree(root, None)
+
+
+# -- a checkpoint of our own, by upstream CRIU ------------------------------------------------
+
+SIGCHLD_PROGRAM = REPO / "tests" / "c" / "zombie_sigchld.c"
+SIGCHLD_PARENT = 47800  # free of the fixture packs and of test_real_programs.py
+
+
+def _ticks(workdir: Path) -> list[str]:
+    return (workdir / "stdout").read_text().splitlines()
+
+
+def test_criu_dumped_zombie_killed_by_a_signal(tmp_path):
+    """CRIU records the signal as the wait status (SIGUSR1 = 10); after the restore the
+    parent's waitid still sees CLD_KILLED with SIGUSR1, and its SIGCHLD handler, which ran
+    once before the dump, does not run again (restore/zombie.py consumes the new exit's
+    SIGCHLD before the parent's handler is back)."""
+    binary = tmp_path / "zombie_sigchld"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SIGCHLD_PROGRAM)], check=True)
+    with dumped_program("zombie-sigchld", SIGCHLD_PARENT, [str(binary)],
+                        ready=lambda w: len(_ticks(w)) >= 5) as dumped:
+        child = dumped.pids[1]
+        core = load_image(dumped.images / f"core-{child}.img").entries[0]
+        assert (core.tc.task_state, core.tc.exit_code) == (TaskState.DEAD, signal.SIGUSR1)
+        before = _ticks(dumped.workdir)
+        assert before.count("SIGCHLD") == 1, before
+        with restored(dumped) as result:
+            assert result.returncode == 0, result.stderr
+            wait_for("new ticks", lambda: len(_ticks(dumped.workdir)) >= len(before) + 10)
+            stat = proc_stat(child)
+            assert (stat[0], int(stat[1]), int(stat[49])) == ("Z", SIGCHLD_PARENT, signal.SIGUSR1)
+            after = _ticks(dumped.workdir)
+            assert after.count("SIGCHLD") == 1, after
+            # CLD_KILLED (2) by SIGUSR1, on every line after the restore too.
+            new = after[len(before):]
+            assert all(re.fullmatch(rf"tick \d+ code=2 status={int(signal.SIGUSR1)}", line) for line in new), new

@@ -82,6 +82,8 @@ KERNEL_AREAS = (VVAR, VVAR_VCLOCK, VDSO)
 SETTABLE_DUMPABLE = (0, 1)
 
 _ARRAY_ALIGN = 8
+# struct blob_mm.exe_fd meaning "leave the exe link as it is" (abi.h: (uint32_t)-1).
+KEEP_EXE = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ class RuntimeLayout:
     xstate_size: int             # sw_bytes.xstate_size: fpstate->user_size
     xfeatures: int               # sw_bytes.xfeatures: fpstate->user_xfeatures
     xsave_layout: tuple[XsaveComponent, ...] | None = None
+    # The running task's exe is already the image's exe file (the orchestrator runs the same
+    # binary as the restored program, e.g. Debian's python3): PR_SET_MM_MAP must then leave
+    # the exe link alone, since the kernel refuses to replace an exe file that is still
+    # mapped (replace_mm_exe_file: EBUSY), and the blob just closes the exe service fd.
+    keep_exe: bool = False
 
     @classmethod
     def from_task(cls, maps: Iterable[MapEntry], rseq: RseqConfig | None,
@@ -206,7 +213,8 @@ def bootstrap_size(task: Task, runtime: RuntimeLayout, *, blob: Blob | None = No
     The same for every base address; ``blob`` defaults to the packaged one.
     """
     blob = blob or default_blob()
-    return _Layout.of(_Contents.of(task, ServiceFds.for_task(task)), runtime, blob).size
+    return _Layout.of(_Contents.of(task, ServiceFds.for_task(task), runtime.keep_exe), runtime,
+                      blob).size
 
 
 def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: ServiceFds, *,
@@ -225,7 +233,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     blob = blob or default_blob()
     if not task.threads:
         raise AssertionError(f"build_bootstrap: task {task.pid} has no thread")
-    contents = _Contents.of(task, service)
+    contents = _Contents.of(task, service, runtime.keep_exe)
     layout = _Layout.of(contents, runtime, blob)
     _check_region(task, runtime, base, layout.size)
 
@@ -254,7 +262,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     args.close_fds, args.nr_close_fds = writer.array(ctypes.c_int32, contents.close_fds)
 
     auxv_addr, nr_auxv = writer.array(ctypes.c_uint64, contents.auxv)
-    _fill_mm(args.mm, task, auxv_addr, nr_auxv, service.exe)
+    _fill_mm(args.mm, task, auxv_addr, nr_auxv, KEEP_EXE if runtime.keep_exe else service.exe)
     notes = list(_prctl_fields(args, task))
 
     args.sigactions, args.nr_sigactions = writer.array(abi.BlobSigaction, contents.sigactions)
@@ -327,7 +335,7 @@ class _Contents:
     nr_posix_timers: int
 
     @classmethod
-    def of(cls, task: Task, service: ServiceFds) -> _Contents:
+    def of(cls, task: Task, service: ServiceFds, keep_exe: bool = False) -> _Contents:
         reads, iovs = [], []
         for batch in page_batches(task.vmas):
             reads.append(abi.BlobPageRead(file_off=batch.file_off, first_iov=len(iovs),
@@ -337,8 +345,10 @@ class _Contents:
             vmas=[_blob_vma(index, vma, service) for index, vma in enumerate(task.vmas)
                   if vma.kind not in (VmaKind.VDSO, VmaKind.VVAR)],
             reads=reads, iovs=iovs,
-            # The pages image, then each mapped file once; the exe fd stays for PR_SET_MM_MAP.
-            close_fds=[service.pages, *sorted(set(service.mapped.values()))],
+            # The pages image, then each mapped file once; the exe fd stays for PR_SET_MM_MAP
+            # (which closes it), unless the exe link is kept.
+            close_fds=[service.pages, *sorted(set(service.mapped.values())),
+                       *([service.exe] if keep_exe else [])],
             auxv=list(task.mm.auxv),
             sigactions=[abi.BlobSigaction(signo=sa.signo, handler=sa.handler, flags=sa.flags,
                                           restorer=sa.restorer, mask=sa.mask)

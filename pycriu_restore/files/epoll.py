@@ -13,6 +13,7 @@ Readiness is the targets' state: what was ready at dump is ready again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ from pycriu_restore.plan.errors import UnsupportedFeature
 # <sys/epoll.h>: every event bit epoll_ctl accepts for a watch (EPOLLIN .. EPOLLRDHUP,
 # EPOLLEXCLUSIVE, EPOLLWAKEUP, EPOLLONESHOT, EPOLLET).
 EPOLL_EVENT_BITS = 0x3FFF | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 31)
+SETTABLE_FLAGS = os.O_NONBLOCK
+ACCESS_MODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+O_LARGEFILE = 0o100000
 MAX_WATCHES = 1 << 20  # a bound for untrusted images (max_user_watches is about 4% of RAM / 90 bytes)
 
 
@@ -39,6 +43,7 @@ class EpollFd:
     fd: int
     cloexec: bool
     file_id: int
+    flags: int  # file status flags (O_NONBLOCK)
     watches: tuple[EpollWatch, ...]
 
 
@@ -49,6 +54,9 @@ def read(ctx: FdContext) -> EpollFd:
     if not ctx.entry.HasField("epfd"):
         raise ctx.inconsistent("type EVENTPOLL without its epfd payload")
     ep = ctx.entry.epfd
+    extra = ep.flags & ~(ACCESS_MODE | SETTABLE_FLAGS | O_LARGEFILE)
+    if extra:
+        raise ctx.refuse(f"epoll set with file flags {ep.flags:#o} ({extra:#o} is not restored)")
     if len(ep.tfd) > MAX_WATCHES:
         raise ctx.inconsistent(f"epoll set with {len(ep.tfd)} watches, at most {MAX_WATCHES} are read")
     watches = []
@@ -60,7 +68,7 @@ def read(ctx: FdContext) -> EpollFd:
         if w.events & ~EPOLL_EVENT_BITS:
             raise ctx.refuse(f"epoll watch of fd {w.tfd} with events {w.events:#x}")
         watches.append(EpollWatch(target_fd=w.tfd, events=w.events, data=w.data))
-    return EpollFd(fd=ctx.fd, cloexec=ctx.cloexec, file_id=ctx.file_id, watches=tuple(watches))
+    return EpollFd(fd=ctx.fd, cloexec=ctx.cloexec, file_id=ctx.file_id, flags=ep.flags, watches=tuple(watches))
 
 
 def depends_on(spec: EpollFd) -> tuple[int, ...]:
@@ -85,6 +93,7 @@ def open(spec: EpollFd) -> int:  # noqa: A001 - the interface's name (files/regi
     """A new epoll set with every watch; the targets are at their numbers already."""
     fd = park(anonfds.epoll_create1(anonfds.EPOLL_CLOEXEC))
     try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, spec.flags & SETTABLE_FLAGS)
         for w in spec.watches:
             anonfds.epoll_add(fd, w.target_fd, w.events, w.data)
     except BaseException:

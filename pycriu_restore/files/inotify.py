@@ -60,8 +60,6 @@ def read(ctx: FdContext) -> InotifyFd:
             raise ctx.refuse(f"inotify watch {w.wd} (inode {w.i_ino}) known only by its file handle")
         if not 1 <= w.wd <= WD_MAX:
             raise ctx.inconsistent(f"inotify watch descriptor {w.wd} is out of range")
-        if w.ignored_mask:
-            raise ctx.refuse(f"inotify watch {w.wd} on {path} with ignored_mask {w.ignored_mask:#x}")
         watches.append(InotifyWatch(wd=w.wd, path=path, mask=w.mask & anonfds.IN_ALL_EVENTS))
     watches.sort(key=lambda w: w.wd)
     if len({w.wd for w in watches}) != len(watches):

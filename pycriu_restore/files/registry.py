@@ -45,6 +45,11 @@ Creating the object: two styles
     under ``obj.key``), and ``install(spec, ctx: InstallContext) -> None`` (in the task: put
     the fd at ``spec.fd`` using ``ctx.parked(kind, key)``).
 
+``after_session(task, plan, parked) -> None``  *(optional)*
+    Runs in every live task once its session and process group exist and the shared
+    objects exist, before it forks its children (restore/task.py): state that belongs to a
+    session rather than to an fd (ttys: the controlling terminal, the foreground group).
+
 Undo on failure
     ``open``/``create``/``install`` either succeed or close every fd they made before
     raising. What is already installed belongs to the task being prepared: a failure ends
@@ -79,6 +84,7 @@ KIND_MODULES: dict[str, str] = {
     "SIGNALFD": "pycriu_restore.files.signalfd",
     "TIMERFD": "pycriu_restore.files.timerfd",
     "INOTIFY": "pycriu_restore.files.inotify",
+    "TTY": "pycriu_restore.files.tty",
 }
 
 # A readable name for refusals of the types no module owns (yet).
@@ -185,6 +191,11 @@ class FileKind:
     def parked_keys(self, obj: SharedObject) -> tuple[int, ...]:
         fn = getattr(self.module, "parked_keys", None)
         return tuple(fn(obj)) if fn else (obj.key,) * obj.nr_fds
+
+    def after_session(self, task: Any, plan: Any, parked: Callable[[str, int], tuple[int, ...]]) -> None:
+        fn = getattr(self.module, "after_session", None)
+        if fn is not None:
+            fn(task, plan, parked)
 
     def install(self, spec: Any, ctx: InstallContext) -> None:
         from pycriu_restore.files import install, park

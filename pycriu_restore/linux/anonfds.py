@@ -54,6 +54,9 @@ class EpollEvent(ctypes.Structure):
     _fields_ = [("events", ctypes.c_uint32), ("data", ctypes.c_uint64)]
 
 
+EPOLL_EVENT_SIZE = ctypes.sizeof(EpollEvent)
+
+
 _timerfd_create = libc_function("timerfd_create", ctypes.c_int, [ctypes.c_int, ctypes.c_int])
 _timerfd_settime = libc_function("timerfd_settime", ctypes.c_int,
                                  [ctypes.c_int, ctypes.c_int, ctypes.POINTER(Itimerspec), ctypes.c_void_p])

@@ -34,6 +34,7 @@ NR_PROCESS_VM_WRITEV = 311
 NR_RSEQ = 334
 NR_PIDFD_OPEN = 434
 NR_CLONE3 = 435
+NR_PIDFD_GETFD = 438
 
 
 def syscall_name(nr: int) -> str:

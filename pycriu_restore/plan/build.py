@@ -94,9 +94,6 @@ _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 _NON_FATAL_SIGNALS = _STOP_SIGNALS | {signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH}
 MTYPE_X86_64 = 1  # core_entry.mtype
 REGS_NATIVE = 1  # user_x86_regs_entry.mode: NATIVE 1, COMPAT 2
-O_APPEND = os.O_APPEND
-S_IFMT = 0o170000
-S_IFREG = 0o100000
 
 # Bounds and values for credentials, seccomp and timers; the blob's own limits are in
 # blob/abi.py, where abi.h names their kernel headers.
@@ -698,7 +695,7 @@ def _build_files(images: ImageSet, pid: int, files_id: int, files: dict,
         try:
             if kind is None:
                 word = registry.TYPE_WORDS.get(type_name, "file")
-                raise ctx.refuse(f"{word} ({type_name}, file id {fdinfo.id})")
+                raise ctx.refuse(f"{word} (file type {type_name}, file id {fdinfo.id})")
             out.append(kind.read(ctx))
         except UnsupportedFeature as err:
             if refusals is None:

@@ -32,6 +32,7 @@ from typing import Callable
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from pycriu_restore.files.registry import KIND_MODULES
 from pycriu_restore.images.flags import PMAP_FLAGS
 from pycriu_restore.images.schemas import (
     core_pb2,
@@ -47,6 +48,7 @@ from pycriu_restore.images.schemas import (
     pstree_pb2,
     seccomp_pb2,
     sk_queues_pb2,
+    tcp_stream_pb2,
     timens_pb2,
 )
 
@@ -134,8 +136,9 @@ INVALID_UID = 0xFFFFFFFF  # (uid_t)-1: loginuid never set
 PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
 PE_LAZY = dict(PMAP_FLAGS)["PE_LAZY"]
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
-# files.img kinds the plan restores; any other FileEntry type is refused.
-SUPPORTED_FILE_TYPES = {1: "REG", 2: "PIPE", 5: "UNIXSK", 16: "EXT", 18: "MEMFD"}
+# files.img kinds the plan restores: those a module owns (files/registry.py); any other
+# FileEntry type is refused.
+SUPPORTED_FILE_TYPES = {fdinfo_pb2.fd_types.Value(name): name for name in KIND_MODULES}
 # <sched.h>
 SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
                   6: "SCHED_DEADLINE"}
@@ -199,12 +202,13 @@ INVENTORY = RecordKind("inventory", "inventory.img", inventory_pb2.InventoryEntr
     I("lsmtype", "which LSM the creds' profiles are for; the profiles are refused when set"),
     I("dump_uptime", "dump-side bookkeeping (pid reuse detection between pre-dumps)"),
     I("pre_dump_mode", "how parent (pre-dump) images were written; pages in a parent are refused"),
-    R("tcp_close", "dumped with --tcp-close (TCP sockets are not restored)"),
-    I("network_lock_method", "how CRIU locked the network at dump; no network state is restored"),
+    R("tcp_close", "dumped with --tcp-close (connections without their state, to be restored closed)"),
+    A("network_lock_method", "files/inet_lock.py release: the lock a CRIU dump on this host left for the "
+      "connections (nftables table or iptables rules) is removed once they are restored"),
     I("plugins_entry", "the plugins the dump used; a plugin restores its own images, and a "
       "plugin file no installed plugin claims fails the restore (restore/task.py _restore_ext_file)",
       subtree=True),
-    I("dump_criu_run_id", "dump-side bookkeeping (names CRIU's nftables lock table)"),
+    A("dump_criu_run_id", "files/inet_lock.py release: names the dump's nftables lock table (CRIU-<id>)"),
     R("allow_uprobes", "dumped with --allow-uprobes (uprobes areas are not restored)"),
 ))
 
@@ -411,15 +415,10 @@ _FILE_KIND_ID = "the same id as FileEntry.id, which links it"
 
 # FileEntry payloads of fd kinds pycrestore does not restore (yet), and what each one is.
 _UNRESTORED_FILE_KINDS = (
-    ("isk", "an inet socket (TCP, UDP, raw; with its tcp-stream-INO.img)"),
     ("nsf", "an fd on a namespace file (/proc/PID/ns/*)"),
     ("psk", "a packet socket (AF_PACKET)"),
     ("nlsk", "a netlink socket"),
-    ("epfd", "an epoll instance and its watches"),
-    ("sgfd", "a signalfd"),
     ("tunf", "a tun/tap fd"),
-    ("tfd", "a timerfd"),
-    ("ify", "an inotify instance and its watches"),
     ("ffy", "a fanotify instance and its marks"),
     ("fifo", "a FIFO (named pipe)"),
     ("bpf", "a BPF map"),
@@ -445,9 +444,75 @@ def _required_fields(field: FieldDescriptor) -> dict[str, object]:
     return out
 
 
+# INETSK entries (files/inet.py): read() turns them into InetSocket, refusing (naming task, fd
+# and socket) the families, types, protocols and states it cannot rebuild; create_socket()
+# applies the rest, finish_socket() the last of it once every task is restored.
+_INET = "files/inet.py"
+_INET_SOCKET = (
+    A("isk", f"InetSocketFd / InetSocket ({_INET} read)"),
+    I("isk.id", _FILE_KIND_ID),
+    A("isk.ino", "InetSocket.ino: names the connection's tcp-stream-<ino>.img"),
+    A("isk.family", f"socket(): IPv4 and IPv6; other families refused by {_INET} read"),
+    A("isk.type", f"socket(): TCP (SOCK_STREAM) and UDP (SOCK_DGRAM); others refused by {_INET} read"),
+    A("isk.proto", f"socket(): IPPROTO_TCP, IPPROTO_UDP; others refused by {_INET} read"),
+    A("isk.state", f"LISTEN: bind + listen; ESTABLISHED TCP: TCP repair ({_INET} _repair_connection, "
+      f"only with --tcp-established); CLOSE: bind only; other states refused by {_INET} read"),
+    A("isk.src_port", f"bind() ({_INET} _bind)"),
+    A("isk.dst_port", "connect(): a TCP connection in repair mode (no SYN), a UDP socket plainly"),
+    A("isk.flags", "InetSocket.flags: F_SETFL (O_NONBLOCK), last"),
+    A("isk.backlog", "listen(backlog)"),
+    A("isk.src_addr", f"bind() ({_INET} _bind)"),
+    A("isk.dst_addr", "connect()"),
+    A("isk.fown", "checked through its fields"),
+    *_fown("isk"),
+    A("isk.opts", "the socket options below"),
+    A("isk.opts.so_sndbuf", f"SO_SNDBUFFORCE, before the queues are refilled ({_INET} _set_buffers)"),
+    A("isk.opts.so_rcvbuf", f"SO_RCVBUFFORCE, before the queues are refilled ({_INET} _set_buffers)"),
+    A("isk.opts.so_snd_tmo_sec", "SO_SNDTIMEO"),
+    A("isk.opts.so_snd_tmo_usec", "SO_SNDTIMEO"),
+    A("isk.opts.so_rcv_tmo_sec", "SO_RCVTIMEO"),
+    A("isk.opts.so_rcv_tmo_usec", "SO_RCVTIMEO"),
+    A("isk.opts.reuseaddr", f"SO_REUSEADDR: forced on while the tree's sockets are bound, the dumped value "
+      f"once all exist ({_INET} finish_socket, from files/inet_lock.py)"),
+    A("isk.opts.so_priority", "SO_PRIORITY"),
+    A("isk.opts.so_rcvlowat", "SO_RCVLOWAT"),
+    A("isk.opts.so_mark", "SO_MARK"),
+    A("isk.opts.so_passcred", "SO_PASSCRED"),
+    A("isk.opts.so_passsec", "SO_PASSSEC"),
+    A("isk.opts.so_dontroute", "SO_DONTROUTE"),
+    A("isk.opts.so_no_check", "SO_NO_CHECK"),
+    A("isk.opts.so_bound_dev", "SO_BINDTODEVICE"),
+    R("isk.opts.so_filter", "a socket filter (SO_ATTACH_FILTER)"),
+    A("isk.opts.so_reuseport", f"SO_REUSEPORT: as reuseaddr ({_INET} finish_socket)"),
+    A("isk.opts.so_broadcast", "SO_BROADCAST"),
+    A("isk.opts.so_keepalive", "SO_KEEPALIVE"),
+    A("isk.opts.tcp_keepcnt", "TCP_KEEPCNT (older images; tcp_opts.keepcnt wins)"),
+    A("isk.opts.tcp_keepidle", "TCP_KEEPIDLE (older images; tcp_opts.keepidle wins)"),
+    A("isk.opts.tcp_keepintvl", "TCP_KEEPINTVL (older images; tcp_opts.keepintvl wins)"),
+    A("isk.opts.so_oobinline", "SO_OOBINLINE"),
+    A("isk.opts.so_linger", "SO_LINGER on, with this many seconds"),
+    A("isk.opts.so_buf_lock", "SO_BUF_LOCK, after the sizes (which lock both): autotuning goes on as dumped"),
+    A("isk.v6only", "IPV6_V6ONLY, before bind"),
+    A("isk.ip_opts", "the IP options below"),
+    A("isk.ip_opts.freebind", "IP_FREEBIND / IPV6_FREEBIND"),
+    R("isk.ip_opts.raw", "raw-socket IP options (raw sockets are refused)", subtree=True, bad={"hdrincl": True}),
+    A("isk.ip_opts.pktinfo", "IP_PKTINFO / IPV6_RECVPKTINFO"),
+    A("isk.ip_opts.tos", "IP_TOS"),
+    A("isk.ip_opts.ttl", "IP_TTL"),
+    A("isk.ifname", "IPv6: the scope id of bind(), by if_nametoindex"),
+    R("isk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
+    A("isk.shutdown", f"UDP: shutdown(2); a shut-down TCP socket (a FIN in a queue) refused by {_INET} read"),
+    A("isk.tcp_opts", "the TCP options below"),
+    A("isk.tcp_opts.cork", "TCP_CORK"),
+    A("isk.tcp_opts.nodelay", "TCP_NODELAY"),
+    A("isk.tcp_opts.keepcnt", "TCP_KEEPCNT"),
+    A("isk.tcp_opts.keepidle", "TCP_KEEPIDLE"),
+    A("isk.tcp_opts.keepintvl", "TCP_KEEPINTVL"),
+)
+
 FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     R("type", "a file of this kind", lambda v, ctx: v in SUPPORTED_FILE_TYPES,
-      names={v: k for k, v in fdinfo_pb2.fd_types.items()}, bad=6, final=True),
+      names={v: k for k, v in fdinfo_pb2.fd_types.items()}, bad=3, final=True),
     A("id", "links fdinfo, VMAs, fs and exe to the entry"),
     A("reg", "OpenFile / MappedFile"),
     I("reg.id", _FILE_KIND_ID),
@@ -465,8 +530,63 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     R("reg.checksum", "a file checksum to validate (--file-validation checksum)"),
     R("reg.checksum_config", "a file checksum to validate (--file-validation checksum)"),
     R("reg.checksum_parameter", "a file checksum to validate (--file-validation checksum)"),
-    R("efd", "an eventfd", subtree=True, bad={"id": 1, "flags": 0, "counter": 0,
-                                               "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}),
+    A("efd", "EventfdFd (files/eventfd.py)"),
+    I("efd.id", _FILE_KIND_ID),
+    A("efd.flags", "EventfdFd.flags: O_NONBLOCK via F_SETFL; other flags refused (files/eventfd.py read)"),
+    A("efd.counter", "EventfdFd.counter: eventfd(counter) (files/eventfd.py)"),
+    A("efd.fown", "checked through its fields"),
+    *_fown("efd"),
+    A("epfd", "EpollFd (files/epoll.py), installed after its targets"),
+    I("epfd.id", _FILE_KIND_ID),
+    A("epfd.flags", "EpollFd.flags: O_NONBLOCK via F_SETFL; other flags refused (files/epoll.py read)"),
+    A("epfd.fown", "checked through its fields"),
+    *_fown("epfd"),
+    A("epfd.tfd", "EpollFd.watches: epoll_ctl(EPOLL_CTL_ADD) each (files/epoll.py)"),
+    I("epfd.tfd.id", "the epoll's own id in images of CRIU < 3.x (eventpoll-tfd.img); 0 when embedded"),
+    A("epfd.tfd.tfd", "EpollWatch.target_fd: the task's fd, installed first (depends_on)"),
+    A("epfd.tfd.events", "EpollWatch.events: epoll_ctl"),
+    A("epfd.tfd.data", "EpollWatch.data: epoll_ctl (the u64 epoll_wait returns)"),
+    I("epfd.tfd.dev", "identifies the target file for CRIU's dump-time check of dup'ed targets; "
+      "the target is the task's fd tfd"),
+    I("epfd.tfd.inode", "identifies the target file for CRIU's dump-time check of dup'ed targets"),
+    I("epfd.tfd.pos", "identifies the target file for CRIU's dump-time check of dup'ed targets"),
+    A("sgfd", "SignalfdFd (files/signalfd.py)"),
+    I("sgfd.id", _FILE_KIND_ID),
+    A("sgfd.flags", "SignalfdFd.flags: SFD_NONBLOCK; other flags refused (files/signalfd.py read)"),
+    A("sgfd.fown", "checked through its fields"),
+    *_fown("sgfd"),
+    A("sgfd.sigmask", "SignalfdFd.sigmask: signalfd4 (files/signalfd.py)"),
+    A("tfd", "TimerfdFd (files/timerfd.py)"),
+    I("tfd.id", _FILE_KIND_ID),
+    A("tfd.flags", "TimerfdFd.flags: TFD_NONBLOCK; other flags refused (files/timerfd.py read)"),
+    A("tfd.fown", "checked through its fields"),
+    *_fown("tfd"),
+    A("tfd.clockid", "TimerfdFd.clockid: timerfd_create"),
+    A("tfd.ticks", "TimerfdFd.ticks: TFD_IOC_SET_TICKS after arming, as CRIU's timerfd_arm"),
+    A("tfd.settime_flags", "TimerfdFd.settime_flags: timerfd_settime (ABSTIME: now is added)"),
+    A("tfd.vsec", "TimerfdFd.value: time left, timerfd_settime"),
+    A("tfd.vnsec", "TimerfdFd.value: time left, timerfd_settime"),
+    A("tfd.isec", "TimerfdFd.interval: timerfd_settime"),
+    A("tfd.insec", "TimerfdFd.interval: timerfd_settime"),
+    A("ify", "InotifyFd (files/inotify.py)"),
+    I("ify.id", _FILE_KIND_ID),
+    A("ify.flags", "InotifyFd.flags: IN_NONBLOCK; other flags refused (files/inotify.py read)"),
+    A("ify.fown", "checked through its fields"),
+    *_fown("ify"),
+    A("ify.wd", "InotifyFd.watches: inotify_add_watch each (files/inotify.py)"),
+    I("ify.wd.id", "the inotify's own id in images of old CRIU (inotify-wd.img); 0 when embedded"),
+    I("ify.wd.i_ino", "identifies the watched inode for the handle; the watch is re-added by path"),
+    A("ify.wd.mask", "InotifyWatch.mask: the event bits (IN_ALL_EVENTS), as CRIU's restore_one_inotify"),
+    R("ify.wd.ignored_mask", "an ignored mask (inotify keeps none)"),
+    I("ify.wd.s_dev", "identifies the watched inode for the handle; the watch is re-added by path"),
+    A("ify.wd.wd", "InotifyWatch.wd: INOTIFY_IOC_SETNEXTWD, then checked"),
+    A("ify.wd.f_handle", "through its path"),
+    I("ify.wd.f_handle.bytes", "the file handle is stale after a reinstall; the path is used "
+      "(a watch without one is refused, files/inotify.py read)"),
+    I("ify.wd.f_handle.type", "the file handle is stale after a reinstall; the path is used"),
+    I("ify.wd.f_handle.handle", "the file handle is stale after a reinstall; the path is used"),
+    A("ify.wd.f_handle.path", "InotifyWatch.path: inotify_add_watch"),
+    I("ify.wd.f_handle.mnt_id", "paths are opened in the restorer's mount namespace"),
     # fd kinds no restore code handles yet: the whole payload is refused (any set payload is).
     *(R(name, what, subtree=True, bad=_required_fields(fdinfo_pb2.FileEntry.DESCRIPTOR.fields_by_name[name]))
       for name, what in _UNRESTORED_FILE_KINDS),
@@ -537,6 +657,29 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     A("memfd.fown", "checked through its fields"),
     *_fown("memfd"),
     A("memfd.inode_id", "MappedFile.memfd_inode: links memfd.img"),
+    *_INET_SOCKET,
+))
+
+_REPAIR = f"{_INET} _repair_connection (TCP repair, libsoccr's order)"
+TCP_STREAM = RecordKind("tcp-stream", "tcp-stream-INO.img", tcp_stream_pb2.TcpStreamEntry, (
+    A("inq_len", "TcpStream.inq: that many payload bytes, refilled into the receive queue"),
+    A("inq_seq", f"TCP_QUEUE_SEQ of the receive queue (inq_seq - inq_len, then the refill): {_REPAIR}"),
+    A("outq_len", "TcpStream.outq: the payload bytes after inq, the send queue"),
+    A("outq_seq", f"TCP_QUEUE_SEQ of the send queue (outq_seq - outq_len, then the refill): {_REPAIR}"),
+    A("opt_mask", f"TCP_REPAIR_OPTIONS: SACK, window scale, timestamps ({_INET} negotiated_options)"),
+    A("snd_wscale", "TCP_REPAIR_OPTIONS TCPOPT_WINDOW"),
+    A("mss_clamp", "TCP_REPAIR_OPTIONS TCPOPT_MAXSEG"),
+    A("rcv_wscale", "TCP_REPAIR_OPTIONS TCPOPT_WINDOW"),
+    A("timestamp", "TCP_TIMESTAMP: the connection's timestamp clock continues (PAWS)"),
+    A("cork", "TCP_CORK (older images; TcpOptsEntry in newer ones)"),
+    A("nodelay", "TCP_NODELAY (older images; TcpOptsEntry in newer ones)"),
+    A("unsq_len", f"the never-sent tail of outq: sent with a plain send() once repair mode is off "
+      f"({_INET} finish_socket); the rest is refilled as sent-but-unacknowledged"),
+    A("snd_wl1", "TCP_REPAIR_WINDOW, after the queues"),
+    A("snd_wnd", "TCP_REPAIR_WINDOW, after the queues"),
+    A("max_window", "TCP_REPAIR_WINDOW, after the queues"),
+    A("rcv_wnd", "TCP_REPAIR_WINDOW, after the queues"),
+    A("rcv_wup", "TCP_REPAIR_WINDOW, after the queues"),
 ))
 
 PIPES_DATA = RecordKind("pipes-data", "pipes-data.img", pipe_data_pb2.PipeDataEntry, (
@@ -590,7 +733,7 @@ CPUINFO = RecordKind("cpuinfo", "cpuinfo.img", cpuinfo_pb2.CpuinfoEntry, (
 ))
 
 RECORD_KINDS: tuple[RecordKind, ...] = (INVENTORY, PSTREE, CORE, MM, PAGEMAP_HEAD, PAGEMAP, FS, IDS, FDINFO, FILES,
-                                       PIPES_DATA, SK_QUEUES, TIMENS, SECCOMP, MEMFD, CPUINFO)
+                                       PIPES_DATA, SK_QUEUES, TCP_STREAM, TIMENS, SECCOMP, MEMFD, CPUINFO)
 BY_NAME = {k.name: k for k in RECORD_KINDS}
 
 

@@ -23,6 +23,7 @@ detached together at the very end.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -38,6 +39,7 @@ from pycriu_restore.linux import ptrace, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.model import RestorePlan, TaskState
+from pycriu_restore.files.inet_lock import ConnectionLock
 from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
@@ -74,6 +76,7 @@ class RestoreOptions:
     parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
     gpu_bytes_per_s: float | None = None  # simgpu: per-GPU copy bandwidth cap (models PCIe/SDMA)
     cpu_cap: CpuCap = DEFAULT_CPU_CAP  # CRIU's --cpu-cap: what the CPU check compares
+    tcp_established: bool = False  # CRIU's --tcp-established: rebuild ESTABLISHED TCP connections
 
 
 @dataclass
@@ -112,6 +115,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             log.warning("%s", warning)
         for note in cpu.notes:
             log.info("%s", note)
+        # Connections need --tcp-established, and a lock if a peer is outside (files/inet_lock.py).
+        connections = ConnectionLock.for_plan(plan, images, options.tcp_established)
     plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
     ctx = RestoreContext(images=images, plan=plan,
                          options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
@@ -124,6 +129,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         for plugin in plugins:  # RESTORE_INIT: before any fork, so the tasks inherit its IPC
             plugin.restore_init(ctx)
         with timeline.stage(Stage.FORK, f"{len(plan.tasks)} task(s)"):
+            connections.lock()  # before the first connection exists: none of its packets may pass
             if options.pid_ns:
                 pidns = rollback.pidns = PidNamespace.create()
 
@@ -159,6 +165,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                     plugin.resume_devices_late(ctx, s.pid)
                 if options.before_detach is not None:
                     options.before_detach(s.tracee)
+            # Every task is restored: unlock the network, then TCP repair off (files/inet_lock.py).
+            connections.release({s.task.pid: s.pid for s in spawned})
             for s in spawned:  # all together, at the very end, parents first
                 if s.task.state is TaskState.STOPPED:
                     # As CRIU's finalize_restore: queued while the task is still held, the
@@ -173,6 +181,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         rollback.kill_all()
         raise
     finally:
+        connections.unlock()  # after release() a no-op; on failure the lock goes with the tree
         for plugin in plugins:
             plugin.cleanup(ctx, failed)
     if pidns is not None:
@@ -191,7 +200,8 @@ def _notify(options: RestoreOptions, stage: Stage, spawned: list[SpawnedTask]) -
 def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     """Map the bootstrap region in the stopped task, fill it, and point the task at the blob."""
     tracee = spawned.tracee
-    runtime: RuntimeLayout = runtime_layout(tracee)
+    runtime: RuntimeLayout = dataclasses.replace(
+        runtime_layout(tracee), keep_exe=_same_file(f"/proc/{tracee.pid}/exe", spawned.task.mm.exe.path))
     size = bootstrap_size(spawned.task, runtime)
     base = choose_bootstrap_base(tracee.maps(), spawned.task.vmas, size)
     # Built (and so checked: vdso fit, FPU state) before the task is touched.
@@ -208,6 +218,15 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     tracee.regs = regs
     log.debug("bootstrap region %#x-%#x, entry %#x", base, base + size, bootstrap.entry)
     return bootstrap
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True if the two paths name one file (device and inode)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _wait_blob(spawned: SpawnedTask, bootstrap: Bootstrap) -> None:

@@ -39,15 +39,17 @@ class PidNamespace:
     _go_fd: int  # write end: the root task's pid inside the namespace, then close
 
     @classmethod
-    def create(cls) -> PidNamespace:
-        """Fork the init into new pid and mount namespaces and wait until /proc is mounted."""
+    def create(cls, fresh_devpts: bool = False) -> PidNamespace:
+        """Fork the init into new pid and mount namespaces and wait until /proc is mounted
+        (and, with ``fresh_devpts``, a devpts of its own on /dev/pts: the restored ptys get
+        their dumped indexes whatever the host's terminals hold; restore/terminals.py)."""
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         pid = clone3(namespaces.CLONE_NEWPID | namespaces.CLONE_NEWNS, set_tid=[])
         if pid == 0:
             os.close(go_w)
             os.close(ready_r)
-            _init_main(go_r, ready_w)
+            _init_main(go_r, ready_w, fresh_devpts)
         os.close(go_r)
         os.close(ready_w)
         try:
@@ -84,12 +86,14 @@ class PidNamespace:
             pass
 
 
-def _init_main(go_fd: int, ready_fd: int) -> NoReturn:
+def _init_main(go_fd: int, ready_fd: int, fresh_devpts: bool) -> NoReturn:
     """Pid 1 of the new namespace. Never returns."""
     _detach_from_caller_fds(keep={go_fd, ready_fd})
     try:
         mount.make_mounts_private()
         mount.mount_proc()
+        if fresh_devpts:
+            mount.mount_devpts()
         os.write(ready_fd, b"ok")
     except Exception as err:  # noqa: BLE001 - reported to the orchestrator, then exit
         os.write(ready_fd, str(err).encode()[:200])

@@ -12,7 +12,10 @@ order (CRIU's restore task does the same in C, research/criu-restore-internals.m
  4. session and process group: setsid for a session leader, setpgid for a group leader;
  5. root only: create every shared object (pipes, socketpairs, memfds, shared open files) at
     its parked fd (restore/shared.py), so that all tasks inherit the same objects;
- 6. fork its children with their pids (clone3 set_tid); they start again at 1;
+ 5b. what belongs to the session (files/registry.py after_session): the session leader takes
+    its controlling terminal, the foreground group's leader sets the group;
+ 6. fork its children with their pids (clone3 set_tid); they start again at 1 (a zombie
+    child exits at once, and the parent waits for it without reaping it: restore/zombie.py);
  7. oom_score_adj and loginuid (/proc/self); root, cwd, umask;
  8. install every fd of the image at its number, each by the module of its kind
     (files/registry.py), in an order that puts an fd after those it needs (an epoll set
@@ -93,6 +96,7 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
             # Drop the parent's status pipe (inherited at fork) at once: the orchestrator
             # reads the parent's report to its end, and we would hold that end open.
             _close_quietly(layout.status_fd)
+            _close_siblings_pipes(tree, task)
         else:
             # Before the first fd is moved up: every number of the layout must be allowed.
             _step("RLIMIT_NOFILE", lambda: _allow_fds(layout))
@@ -114,6 +118,10 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
         _set_session(task)
         if is_root:
             _step("create shared objects", lambda: create_shared_objects(tree.plan, tree.parked))
+        # After setsid/setpgid and the shared objects, before the forks: children inherit a
+        # controlling terminal only if their session leader took it first (files/tty.py).
+        for kind in registry.all_kinds():
+            _step(f"{kind.fd_type} session state", lambda kind=kind: kind.after_session(task, tree.plan, tree.parked.get))
         zombies = [child.pid for child in tree.plan.children(task) if child.is_zombie]
         if zombies:  # before the forks: no zombie may be reaped, no SIGCHLD left (restore/zombie.py)
             old_mask = _step("hold SIGCHLD", hold_child_exits)
@@ -154,6 +162,23 @@ def _allow_fds(layout: FdLayout) -> None:
             raise ChildStepFailed("RLIMIT_NOFILE", f"the images' fds and the restore's own need {need} fds "
                                   f"(service fds from {layout.parked_base}), the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def _close_siblings_pipes(tree: TreeSetup, task: Task) -> None:
+    """Close the go and status pipes of our siblings and their subtrees, inherited at fork.
+
+    The parent holds them, at their own numbers, until it has forked all its children. The
+    orchestrator reads each task's report to its end, so a sibling forked after us must not
+    keep ours open while it waits for its go (nor we its): with three children or more,
+    the report of the first would never end. Ancestors' pipes are closed already (their
+    numbers may hold other fds now), so only the parent's other subtrees are touched.
+    """
+    parent = next(t for t in tree.plan.tasks if t.pid == task.ppid)
+    mine = {task.pid, *_descendants(tree.plan, task)}
+    for pid in _descendants(tree.plan, parent):
+        if pid not in mine:
+            _close_quietly(tree.links[pid].go_fd)
+            _close_quietly(tree.links[pid].status_fd)
 
 
 def _close_quietly(fd: int) -> None:
@@ -267,7 +292,7 @@ def _install_fds(task: Task, tree: TreeSetup) -> None:
         if spec.fd in held:
             raise ChildStepFailed(f"fd {spec.fd}", f"the number is held by a plugin's channel {sorted(held)}: "
                                   "an image fd that high is not restored with this plugin")
-        _step(f"{kind.fd_type} fd {spec.fd}{_describe(spec)}", lambda spec=spec, kind=kind: kind.install(spec, ctx))
+        _step(_describe(kind, spec), lambda spec=spec, kind=kind: kind.install(spec, ctx))
 
 
 def _dependency_order(task: Task) -> list:
@@ -293,9 +318,10 @@ def _dependency_order(task: Task) -> list:
     return out
 
 
-def _describe(spec) -> str:
+def _describe(kind: registry.FileKind, spec) -> str:
+    """The step's name: ``open fd 3 (/var/log/x)`` for a file with a path, else ``EVENTFD fd 6``."""
     path = getattr(spec, "path", None)
-    return f" ({path})" if path else ""
+    return f"open fd {spec.fd} ({path})" if path else f"{kind.fd_type} fd {spec.fd}"
 
 
 def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:
