@@ -132,9 +132,13 @@ def info(directory: str, section: str) -> None:
                    "ins and cpu (also the dump CPU's capability words, from cpuinfo.img), all, none (no check).")
 @click.option("--tcp-established", is_flag=True,
               help="Restore ESTABLISHED TCP connections (TCP repair), as CRIU's; without it they are refused.")
+@click.option("--shell-job", is_flag=True,
+              help="As CRIU's: the tree ran on a terminal and in a session outside it (dumped with --shell-job); "
+                   "it gets this process's session and its stdin terminal.")
 @_reports_errors
 def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None,
-            gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str, tcp_established: bool) -> None:
+            gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str, tcp_established: bool,
+            shell_job: bool) -> None:
     """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
 
     Needs root. Without -d, pycrestore stays the parent of the restored root task and
@@ -152,7 +156,8 @@ def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str 
     _setup_logging(verbose, log_file)
     restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns, gpu_backend=gpu_backend,
                                                      parallel_gpu=not no_parallel_gpu_restore,
-                                                     cpu_cap=caps, tcp_established=tcp_established))
+                                                     cpu_cap=caps, tcp_established=tcp_established,
+                                                     shell_job=shell_job))
     root = restored.root_pid
     if pidfile:
         with open(pidfile, "w") as f:

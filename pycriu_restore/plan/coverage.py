@@ -50,6 +50,7 @@ from pycriu_restore.images.schemas import (
     sk_queues_pb2,
     tcp_stream_pb2,
     timens_pb2,
+    tty_pb2,
 )
 
 
@@ -448,6 +449,7 @@ def _required_fields(field: FieldDescriptor) -> dict[str, object]:
 # and socket) the families, types, protocols and states it cannot rebuild; create_socket()
 # applies the rest, finish_socket() the last of it once every task is restored.
 _INET = "files/inet.py"
+_TTY = "files/tty.py"
 _INET_SOCKET = (
     A("isk", f"InetSocketFd / InetSocket ({_INET} read)"),
     I("isk.id", _FILE_KIND_ID),
@@ -647,8 +649,13 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     A("pipe.flags", "PipeEnd.flags: O_NONBLOCK via F_SETFL (files/pipe.py)", probe=f"{_TC}.files[PipeEnd].flags"),
     A("pipe.fown", "checked through its fields"),
     *_fown("pipe"),
-    R("tty", "a terminal", subtree=True, bad={"id": 1, "tty_info_id": 1, "flags": 0,
-                                                "fown": {"uid": 0, "euid": 0, "signum": 0, "pid_type": 0, "pid": 0}}),
+    A("tty", f"PtyFd ({_TTY} read): a pty master or slave; other terminals refused there"),
+    I("tty.id", _FILE_KIND_ID),
+    A("tty.tty_info_id", "links the fd to its tty-info.img entry (the pair, by pty index)"),
+    A("tty.flags", f"open() access mode and F_SETFL (O_NONBLOCK, O_APPEND); other flags refused by {_TTY} read"),
+    A("tty.fown", "checked through its fields"),
+    *_fown("tty"),
+    A("tty.regf_id", "the path the master (/dev/ptmx) or slave (/dev/pts/N) is opened by"),
     A("memfd", "MappedFile.memfd_inode: a memfd mapped MAP_SHARED"),
     I("memfd.id", _FILE_KIND_ID),
     I("memfd.flags", "the open mode of an fd holding the memfd; memfd fds are refused (plan/build.py "
@@ -658,6 +665,53 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     *_fown("memfd"),
     A("memfd.inode_id", "MappedFile.memfd_inode: links memfd.img"),
     *_INET_SOCKET,
+))
+
+_TTY_PARAMS = f"{_TTY} _apply, as CRIU's restore_tty_params"
+_TERMIOS = "TCSETS (TIOCSLCKTRMIOS for termios_locked)"
+
+
+def _termios_fields(prefix: str) -> tuple[Field, ...]:
+    return (
+        A(prefix, f"{_TERMIOS}: {_TTY_PARAMS}"),
+        A(f"{prefix}.c_iflag", _TERMIOS),
+        A(f"{prefix}.c_oflag", _TERMIOS),
+        A(f"{prefix}.c_cflag", _TERMIOS),
+        A(f"{prefix}.c_lflag", _TERMIOS),
+        A(f"{prefix}.c_line", _TERMIOS),
+        I(f"{prefix}.c_ispeed", "CRIU neither fills nor applies it (termios_copy); the speed is in c_cflag"),
+        I(f"{prefix}.c_ospeed", "CRIU neither fills nor applies it (termios_copy); the speed is in c_cflag"),
+        A(f"{prefix}.c_cc", f"{_TERMIOS}: the first 19 bytes of the words as CRIU packs them ({_TTY} _control_chars)"),
+    )
+
+
+TTY_INFO = RecordKind("tty-info", "tty-info.img", tty_pb2.TtyInfoEntry, (
+    A("id", "links files.img tty entries and tty-data.img"),
+    A("type", f"PTY; other terminal types refused by {_TTY} read"),
+    A("locked", "TIOCSPTLCK 1 on the master, after every slave is open"),
+    A("exclusive", "TIOCEXCL, after every open (CRIU dumps it but does not set it)"),
+    A("packet_mode", "TIOCPKT on the master"),
+    A("sid", f"the session whose leader takes the slave as controlling terminal (TIOCSCTTY, {_TTY} after_session); "
+      "--shell-job: the outside session, replaced by the caller's (restore/terminals.py)"),
+    A("pgrp", f"the foreground group: TIOCSPGRP by its leader ({_TTY} after_session)"),
+    A("rdev", f"master (ptmx or a Unix98 master major) or slave; a slave's must match pty.index ({_TTY} read)"),
+    *_termios_fields("termios"),
+    *_termios_fields("termios_locked"),
+    A("winsize", f"TIOCSWINSZ: {_TTY_PARAMS}"),
+    A("winsize.ws_row", "TIOCSWINSZ"),
+    A("winsize.ws_col", "TIOCSWINSZ"),
+    A("winsize.ws_xpixel", "TIOCSWINSZ"),
+    A("winsize.ws_ypixel", "TIOCSWINSZ"),
+    A("pty", "the pair's index: /dev/ptmx is opened until TIOCGPTN gives it (as CRIU's __pty_open_ptmx_index)"),
+    A("pty.index", "TIOCGPTN; under --pid-ns in a devpts of the namespace's own (restore/terminals.py)"),
+    I("dev", "the devpts instance at dump; the slave is opened by its path in the restorer's (or --pid-ns's own)"),
+    A("uid", "fchown of the slave's /dev/pts node (a master's entry names /dev/ptmx, shared by all: left as is)"),
+    A("gid", "fchown of the slave's /dev/pts node (a master's entry names /dev/ptmx, shared by all: left as is)"),
+))
+
+TTY_DATA = RecordKind("tty-data", "tty-data.img", tty_pb2.TtyDataEntry, (
+    A("tty_id", "the side (tty-info id) whose reader had not read the bytes"),
+    A("data", f"written into the other side of the pair after its settings, as CRIU's pty_restore_queued_data ({_TTY})"),
 ))
 
 _REPAIR = f"{_INET} _repair_connection (TCP repair, libsoccr's order)"
@@ -733,7 +787,8 @@ CPUINFO = RecordKind("cpuinfo", "cpuinfo.img", cpuinfo_pb2.CpuinfoEntry, (
 ))
 
 RECORD_KINDS: tuple[RecordKind, ...] = (INVENTORY, PSTREE, CORE, MM, PAGEMAP_HEAD, PAGEMAP, FS, IDS, FDINFO, FILES,
-                                       PIPES_DATA, SK_QUEUES, TCP_STREAM, TIMENS, SECCOMP, MEMFD, CPUINFO)
+                                       PIPES_DATA, SK_QUEUES, TCP_STREAM, TTY_INFO, TTY_DATA, TIMENS, SECCOMP, MEMFD,
+                                       CPUINFO)
 BY_NAME = {k.name: k for k in RECORD_KINDS}
 
 

@@ -48,6 +48,7 @@ from pycriu_restore.restore.cpucap import DEFAULT_CPU_CAP, CpuCap, check_cpu
 from pycriu_restore.restore.preflight import check_plan
 from pycriu_restore.restore.privileges import check_privileges
 from pycriu_restore.restore.sched import apply_sched
+from pycriu_restore.restore.terminals import prepare_terminals
 from pycriu_restore.restore.timeline import Stage, Timeline
 from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_tree
 from pycriu_restore.tracee import Tracee
@@ -77,6 +78,7 @@ class RestoreOptions:
     gpu_bytes_per_s: float | None = None  # simgpu: per-GPU copy bandwidth cap (models PCIe/SDMA)
     cpu_cap: CpuCap = DEFAULT_CPU_CAP  # CRIU's --cpu-cap: what the CPU check compares
     tcp_established: bool = False  # CRIU's --tcp-established: rebuild ESTABLISHED TCP connections
+    shell_job: bool = False  # CRIU's --shell-job: the tree takes the caller's session and terminal
 
 
 @dataclass
@@ -106,6 +108,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         images = ImageSet.open(images_dir)
         plan = build_plan(images)
     with timeline.stage(Stage.PREFLIGHT):
+        # --shell-job may move the tree into our session: the plan as restored (restore/terminals.py).
+        plan, terminals = prepare_terminals(plan, options.shell_job, options.pid_ns)
         check_plan(plan, new_pid_ns=options.pid_ns)
         check_privileges(plan)  # the creds the images ask for must be ours to give
         # Before the first fork: state this CPU cannot hold is refused here, not found
@@ -131,13 +135,14 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         with timeline.stage(Stage.FORK, f"{len(plan.tasks)} task(s)"):
             connections.lock()  # before the first connection exists: none of its packets may pass
             if options.pid_ns:
-                pidns = rollback.pidns = PidNamespace.create()
+                pidns = rollback.pidns = PidNamespace.create(fresh_devpts=terminals.fresh_devpts)
 
             def post_forking() -> None:  # the orchestrator forks nothing after the root
                 for plugin in plugins:
                     plugin.post_forking(ctx)
 
-            tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
+            with terminals.caller_terminal_held():  # the root keeps it at its parked number
+                tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
             spawned = tree.tasks  # the zombies have exited already: they need nothing more
         _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
