@@ -49,6 +49,42 @@ class Dumped:
     pids: tuple[int, ...]  # every process of the tree, root first
 
 
+# A shell job on a terminal, in a few lines of Python: a session leader whose controlling
+# terminal is its stdin (a pty slave the test holds) starts the program as a job in a
+# process group of its own, in the foreground, at the pid asked for, and waits for it.
+# argv: PID PROGRAM ARGS...; exit 3 if another process took the pid.
+_SHELL = """
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+pid = int(sys.argv[1])
+open("/proc/sys/kernel/ns_last_pid", "w").write(str(pid - 1))
+child = os.fork()
+if child == 0:
+    os.setpgid(0, 0)
+    os.execv(sys.argv[2], sys.argv[2:])
+os.setpgid(child, child)
+os.tcsetpgrp(0, child)
+if child != pid:
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+    sys.exit(3)
+os.waitpid(child, 0)
+"""
+
+# The caller of a --shell-job restore, as a user's shell would run it: a session leader
+# whose controlling terminal is its stdin runs pycrestore (argv: RCFILE ARGS...) on that
+# terminal, writes its exit status to RCFILE, and stays: the session and the terminal
+# live on while the restored job runs in it (its leader's exit would hang the terminal up).
+_CALLER = """
+import fcntl, os, signal, subprocess, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+rc = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1] + ".out", "w"), stderr=open(sys.argv[1] + ".err", "w")).returncode
+open(sys.argv[1], "w").write(str(rc))
+while True:
+    signal.pause()
+"""
+
+
 def require_program(*paths: str) -> None:
     """Skip, saying which, when the Debian package of a program is not installed here (the
     README's test command installs them; a user's bare machine may not have them)."""
@@ -79,22 +115,48 @@ def kill_all(pids: Sequence[int]) -> None:
         kill_and_wait(pid)
 
 
-def launch_at(pid: int, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch_at(pid: int, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None,
+              terminal: int | None = None) -> subprocess.Popen:
     """Start ``argv`` as process ``pid`` (a new session leader, stdin /dev/null, output to
-    files in ``workdir``), or fail after a few tries if another process takes the pid."""
+    files in ``workdir``), or fail after a few tries if another process takes the pid.
+
+    With ``terminal`` (a pty slave fd) the program is instead a job of a shell on that
+    terminal (``_SHELL``): stdin, stdout and stderr are the terminal, its session and
+    terminal are outside its tree, so CRIU dumps it with ``--shell-job``. The Popen is the
+    shell's then; the program is its child ``pid``.
+    """
+    env = env or {"PATH": "/usr/sbin:/usr/bin:/bin", "LC_ALL": "C"}
     for _attempt in range(5):
         if os.path.exists(f"/proc/{pid}"):
             raise AssertionError(f"pid {pid} is in use: cannot start {argv[0]} there")
+        if terminal is not None:
+            proc = subprocess.Popen([sys.executable, "-c", _SHELL, str(pid), shutil.which(argv[0]) or argv[0],
+                                     *argv[1:]], cwd=workdir, env=env, stdin=terminal, stdout=terminal,
+                                    stderr=terminal, close_fds=True, start_new_session=True)
+            with contextlib.suppress(AssertionError):
+                wait_for(f"{argv[0]} as pid {pid}", lambda: proc.poll() is not None or _child_of(pid, proc.pid))
+            if proc.poll() is None:
+                return proc
+            proc.wait()
+            continue
         with open(workdir / "stdout", "wb") as out, open(workdir / "stderr", "wb") as err:
             NS_LAST_PID.write_text(str(pid - 1))
-            proc = subprocess.Popen(list(argv), cwd=workdir, env=env or {"PATH": "/usr/sbin:/usr/bin:/bin", "LC_ALL": "C"},
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True,
-                                    start_new_session=True)
+            proc = subprocess.Popen(list(argv), cwd=workdir, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    close_fds=True, start_new_session=True)
         if proc.pid == pid:
             return proc
         proc.kill()
         proc.wait()
     raise AssertionError(f"could not start {argv[0]} as pid {pid} in 5 tries")
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == parent
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -108,12 +170,17 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 10.0) -> N
 @contextlib.contextmanager
 def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Path], bool],
                    prepare: Callable[[Path], None] | None = None, setup: Callable[[Path], None] | None = None,
-                   dump_options: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[Dumped]:
+                   dump_options: Sequence[str] = (), env: dict[str, str] | None = None,
+                   terminal: int | None = None) -> Iterator[Dumped]:
     """Run ``argv`` as ``pid``, wait until ``ready(workdir)``, let ``prepare(workdir)`` give it state,
     dump it with CRIU; yield the images; remove everything afterwards.
 
-    ``setup(workdir)`` writes config files before the start. Needs root and upstream CRIU.
+    ``setup(workdir)`` writes config files before the start. ``terminal`` (a pty slave fd)
+    runs the program as a shell job on that terminal (launch_at) and dumps it with
+    ``--shell-job``. Needs root and upstream CRIU.
     """
+    if terminal is not None:
+        dump_options = (*dump_options, "--shell-job")
     if os.geteuid() != 0:
         pytest.skip("needs root (fixed pids, criu dump)")
     criu = ensure_criu()
@@ -125,7 +192,7 @@ def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Pa
         try:
             if setup is not None:
                 setup(workdir)
-            proc = launch_at(pid, argv, workdir, env)
+            proc = launch_at(pid, argv, workdir, env, terminal=terminal)
             try:
                 wait_for(f"{name} to be ready", lambda: proc.poll() is None and ready(workdir))
                 if prepare is not None:
@@ -148,15 +215,34 @@ def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Pa
 
 
 @contextlib.contextmanager
-def restored(dumped: Dumped, *options: str) -> Iterator[subprocess.CompletedProcess]:
-    """Restore ``dumped`` with pycrestore (``-d``); yield the result; kill the tree after."""
+def restored(dumped: Dumped, *options: str, terminal: int | None = None) -> Iterator[subprocess.CompletedProcess]:
+    """Restore ``dumped`` with pycrestore (``-d``); yield the result; kill the tree after.
+
+    With ``terminal`` (a pty slave fd) pycrestore runs as a user's shell would run it for
+    ``--shell-job``: on that terminal, in a session it is the controlling terminal of
+    (``_CALLER``, which stays until the test ends and is killed with the tree).
+    """
+    command = [sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(dumped.images), "-d", *options]
+    caller = None
     with pid_max_at_least(PID_MAX_WANTED):
-        result = subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D",
-                                 str(dumped.images), "-d", *options], capture_output=True, text=True,
-                                timeout=120)
         try:
+            if terminal is None:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            else:
+                rcfile = Path(tempfile.mkdtemp(prefix="pycrestore-caller-", dir="/var/tmp")) / "rc"
+                caller = subprocess.Popen([sys.executable, "-c", _CALLER, str(rcfile), *command], cwd="/",
+                                          stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
+                                          start_new_session=True)
+                wait_for("pycrestore on the caller's terminal", lambda: rcfile.exists() and rcfile.read_text() != "",
+                         timeout_s=120)
+                result = subprocess.CompletedProcess(command, int(rcfile.read_text()),
+                                                     Path(f"{rcfile}.out").read_text(), Path(f"{rcfile}.err").read_text())
+                shutil.rmtree(rcfile.parent, ignore_errors=True)
             yield result
         finally:
             kill_all(sorted(set(tree_pids(dumped.pids[0]))) if os.path.exists(f"/proc/{dumped.pids[0]}") else [])
+            if caller is not None:
+                kill_all([caller.pid])
+                caller.wait()
             for pid in dumped.pids:
                 assert wait_gone(pid), f"pid {pid} of {dumped.name} still exists after the test"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pycriu_restore.linux import (anonfds, clone3, libc, memory, mount, namespaces, ptrace, regs, selfctl,
-                                  syscalls, taskinfo, waitstatus, xstate)
+                                  syscalls, taskinfo, tty, waitstatus, xstate)
 
 
 GLIBC_SIDE_PRELUDE = """
@@ -51,6 +51,9 @@ KERNEL_SIDE_PRELUDE = """
 #include <asm/signal.h>
 #include <linux/timerfd.h>
 #include <linux/inotify.h>
+#include <asm/termios.h>
+#include <asm/ioctls.h>
+#include <linux/major.h>
 """
 
 # (module, constant name) -> C expression, for headers that glibc's side can include.
@@ -102,6 +105,16 @@ KERNEL_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (anonfds, "INOTIFY_IOC_SETNEXTWD"): "INOTIFY_IOC_SETNEXTWD",
 }
 
+# linux/tty.py: the kernel's termios and ioctls (glibc's <termios.h> has another struct termios).
+for _name in ("TCGETS", "TCSETS", "TIOCEXCL", "TIOCSCTTY", "TIOCGPGRP", "TIOCSPGRP", "TIOCGWINSZ", "TIOCSWINSZ",
+              "TIOCPKT", "TIOCGSID", "TIOCGPTN", "TIOCSPTLCK", "TIOCGPKT", "TIOCGPTLCK", "TIOCGEXCL",
+              "TIOCGLCKTRMIOS", "TIOCSLCKTRMIOS", "NCCS", "TTYAUX_MAJOR", "UNIX98_PTY_MASTER_MAJOR",
+              "UNIX98_PTY_SLAVE_MAJOR", "UNIX98_PTY_MAJOR_COUNT"):
+    KERNEL_CONSTANTS[(tty, _name)] = _name
+KERNEL_CONSTANTS[(tty, "KERNEL_TERMIOS_SIZE")] = "sizeof(struct termios)"
+KERNEL_CONSTANTS[(tty, "KERNEL_TERMIOS_CC_OFFSET")] = "offsetof(struct termios, c_cc)"
+KERNEL_CONSTANTS[(tty, "WINSIZE_SIZE")] = "sizeof(struct winsize)"
+
 # Constants with no uapi header to compare against, and why.
 NOT_IN_UAPI = {
     (clone3, "MAX_PID_NS_LEVEL"),      # kernel/pid_namespace.c (internal)
@@ -116,6 +129,8 @@ NOT_IN_UAPI = {
                                        # from a fresh task's frame where the CPU has PKU
     (waitstatus, "SYSCALL_STOP_SIG"),  # SIGTRAP | 0x80, from ptrace(2)
     (selfctl, "TASK_COMM_LEN"),        # include/linux/sched.h (internal); prctl(2) says 16 bytes
+    (tty, "PTMX_MINOR"),               # Documentation/admin-guide/devices.txt: 5,2 is /dev/ptmx
+    (tty, "MINORS_PER_MAJOR"),         # drivers/tty/pty.c: 256 slaves per Unix98 major
 }
 
 
@@ -216,7 +231,7 @@ def test_every_linux_constant_is_checked() -> None:
     checked_names = {name for _module, name in checked}
     missing = []
     for module in (clone3, libc, memory, mount, namespaces, ptrace, regs, selfctl, syscalls, taskinfo,
-                   waitstatus, xstate):
+                   tty, waitstatus, xstate):
         for name, value in vars(module).items():
             if name.startswith("_") or not name.isupper() or name in checked_names:
                 continue   # private, not a constant, or imported from the module checked

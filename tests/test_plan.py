@@ -76,9 +76,11 @@ def test_pipe_between_two_tasks_is_one_pipe_with_its_queued_data():
 
 def test_socketpair_with_queued_data_both_ways():
     plan = plan_of("unixsk")
-    (pair,) = plan.socket_pairs
-    assert sum(map(len, pair.queued_a)) + sum(map(len, pair.queued_b)) == 160 + 56
-    pongs = b"".join(pair.queued_a if sum(map(len, pair.queued_a)) == 160 else pair.queued_b)
+    (unix,) = plan.unix_sockets
+    a, b = unix.sockets
+    assert {a.making.value, b.making.value} == {"pair"} and (a.peer, b.peer) == (b.socket_id, a.socket_id)
+    assert sum(map(len, a.queued)) + sum(map(len, b.queued)) == 160 + 56
+    pongs = b"".join(a.queued if sum(map(len, a.queued)) == 160 else b.queued)
     assert pongs.startswith(b"pong 36\n") and pongs.endswith(b"pong 55\n")
 
 

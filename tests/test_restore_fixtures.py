@@ -392,12 +392,17 @@ def test_pipe_between_tasks_is_one_pipe():
         kill_tree(parent)
 
 
-def _memfd_inode(pid: int, start: int) -> int:
+def _maps_line(pid: int, start: int) -> list[str]:
+    """The fields of the /proc/PID/maps line of the VMA at ``start`` (the name is fields[5:])."""
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             if int(line.split("-")[0], 16) == start:
-                return int(line.split()[4])
+                return line.split()
     raise AssertionError(f"no VMA at {start:#x} in {pid}")
+
+
+def _memfd_inode(pid: int, start: int) -> int:
+    return int(_maps_line(pid, start)[4])
 
 
 def test_shared_anonymous_memory_is_one_region():
@@ -406,6 +411,10 @@ def test_shared_anonymous_memory_is_one_region():
     parent, child = restored.pids[31700], restored.pids[31701]
     try:
         assert _memfd_inode(parent, 0x7EFE1A1ED000) == _memfd_inode(child, 0x7EFE1A1ED000) != 0
+        # MAP_SHARED|MAP_ANONYMOUS memory (dumped through CRIU's memfd path as "/dev/zero")
+        # is anonymous shmem again: maps names it as before the dump, not "/memfd:...".
+        for pid in (parent, child):
+            assert _maps_line(pid, 0x7EFE1A1ED000)[5:] == ["/dev/zero", "(deleted)"]
         # A write by one task is seen by the other: write through the parent's memory and
         # read it back through the child's, in bytes the workload never uses (verify.py
         # checks the workload's own traffic too).

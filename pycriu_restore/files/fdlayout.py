@@ -40,12 +40,14 @@ class ServiceFds:
     exe: int
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, open flags) -> fd
     memfds: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> memfd inode id
+    shmems: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> anon shmem shmid
 
     @staticmethod
     def for_task(task) -> ServiceFds:  # task: plan.model.Task
         base = max(image_top(task), SERVICE_MIN)
         mapped: dict[tuple[str, int], int] = {}
         memfds: dict[tuple[str, int], int] = {}
+        shmems: dict[tuple[str, int], int] = {}
         for vma in task.vmas:
             if vma.file is not None:
                 key = (vma.file.path, vma.file.open_flags)
@@ -53,7 +55,9 @@ class ServiceFds:
                     mapped[key] = base + 2 + len(mapped)
                 if vma.file.memfd_inode is not None:
                     memfds[key] = vma.file.memfd_inode
-        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds)
+                if vma.file.shmem_id is not None:
+                    shmems[key] = vma.file.shmem_id
+        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds, shmems=shmems)
 
     @property
     def all(self) -> list[int]:

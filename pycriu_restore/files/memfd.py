@@ -4,6 +4,8 @@ CRIU 4.2 dumps MAP_SHARED|MAP_ANONYMOUS memory as a memfd (fixture README). One 
 the dumped size is created and filled from the pages image at the offsets the shmem pagemap
 gives (holes stay zero); every task that maps it gets this one fd, so a write by one task
 is seen by all. Seals are added last: F_SEAL_WRITE or F_SEAL_GROW would forbid the fill.
+The anonymous memory among them (named "/dev/zero") is made as anonymous shmem instead
+(files/anon_shmem.py), so that the restored tasks' maps read as before the dump.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from pycriu_restore.files import park
+from pycriu_restore.files import anon_shmem, park
 from pycriu_restore.images.flags import PMAP_FLAGS
 from pycriu_restore.files.registry import FdContext, SharedObject, TreeContext
 from pycriu_restore.plan.errors import InconsistentImages
@@ -21,6 +23,8 @@ SPECS = ()  # no fd spec: an fd holding a memfd is refused, mappings are restore
 PAGE_SIZE = 4096
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 _COPY_CHUNK_BYTES = 8 << 20
+F_SEAL_SEAL = 0x0001  # <linux/fcntl.h>: what F_GET_SEALS reports for shmem that is not a memfd
+ANON_SHMEM_NAME = "/dev/zero"  # the name of the file behind MAP_SHARED|MAP_ANONYMOUS (mm/shmem.c)
 
 
 def read(ctx: FdContext):
@@ -63,10 +67,29 @@ def create(obj: SharedObject) -> tuple[int]:
     return (create_memfd(obj.spec),)
 
 
+def is_anon_shmem(mem: SharedMemory) -> bool:
+    """Whether a memfd.img inode is MAP_SHARED|MAP_ANONYMOUS memory that CRIU dumped through
+    its memfd path: CRIU strips "memfd:" from a memfd's name (criu/memfd.c dump_one_memfd),
+    so only a shmem file that is no memfd is named "/dev/zero" (mm/shmem.c shmem_zero_setup),
+    and it cannot be sealed. (memfd_create("/dev/zero") without MFD_ALLOW_SEALING looks the
+    same; it comes back as anonymous shmem, which differs only in its name in /proc/PID/maps.)"""
+    return mem.name == ANON_SHMEM_NAME and mem.seals == F_SEAL_SEAL
+
+
 def create_memfd(mem: SharedMemory) -> int:
-    """A filled, sealed memfd standing for ``mem``; returned parked high, close-on-exec."""
-    # memfd_create(2) names are for debugging only; the dumped one ("/dev/zero" for anon
-    # shared memory) is kept so /proc/PID/maps looks as it did.
+    """A filled, sealed memfd standing for ``mem``; returned parked high, close-on-exec.
+    Anonymous shared memory becomes an anonymous shmem object again (files/anon_shmem.py),
+    so that /proc/PID/maps names it "/dev/zero (deleted)" as before the dump."""
+    if is_anon_shmem(mem) and mem.size_bytes % PAGE_SIZE == 0 and mem.size_bytes > 0:
+        fd = anon_shmem.new_object(mem.size_bytes)
+        try:
+            anon_shmem.fill(fd, mem.pages_path, mem.page_runs)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    # memfd_create(2) names are for debugging only; the dumped one is kept so
+    # /proc/PID/maps looks as it did.
     fd = park(os.memfd_create(mem.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING))
     try:
         os.ftruncate(fd, mem.size_bytes)

@@ -85,6 +85,9 @@ KIND_MODULES: dict[str, str] = {
     "TIMERFD": "pycriu_restore.files.timerfd",
     "INOTIFY": "pycriu_restore.files.inotify",
     "TTY": "pycriu_restore.files.tty",
+    # Not a FileEntry type: MAP_SHARED|MAP_ANONYMOUS memory, which the root creates before
+    # forking like the shared objects above (files/anon_shmem.py).
+    "SHMEM": "pycriu_restore.files.anon_shmem",
 }
 
 # A readable name for refusals of the types no module owns (yet).

@@ -62,6 +62,11 @@ class KernelTermios(ctypes.Structure):
     ]
 
 
+KERNEL_TERMIOS_SIZE = 36  # sizeof(struct termios): checked against the header with the layout below
+KERNEL_TERMIOS_CC_OFFSET = 17
+WINSIZE_SIZE = 8
+
+
 class Winsize(ctypes.Structure):
     """``struct winsize`` of <asm-generic/termios.h>."""
 
@@ -177,3 +182,8 @@ def pty_slave_index(rdev: int) -> int | None:
     if not UNIX98_PTY_SLAVE_MAJOR <= major < UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT:
         return None
     return (major - UNIX98_PTY_SLAVE_MAJOR) * MINORS_PER_MAJOR + minor
+
+
+# The ctypes layouts must be the kernel's (tests/test_linux_abi.py compares the numbers above).
+assert ctypes.sizeof(KernelTermios) == KERNEL_TERMIOS_SIZE and KernelTermios.c_cc.offset == KERNEL_TERMIOS_CC_OFFSET
+assert ctypes.sizeof(Winsize) == WINSIZE_SIZE

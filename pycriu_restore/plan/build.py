@@ -14,6 +14,7 @@ pagemap-PID.img names pages-N.img, where the page data lives.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -25,6 +26,7 @@ from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
 from pycriu_restore.plan.refusals import Refusal, find_refusals, summarize
 from pycriu_restore.files import registry
 from pycriu_restore.files import memfd as memfd_kind
+from pycriu_restore.files import owner as fd_owner
 from pycriu_restore.plan.model import (
     Creds,
     PosixTimer,
@@ -65,6 +67,8 @@ VMA_AREA_SHSTK = _STATUS["VMA_AREA_SHSTK"]
 VMA_AREA_UPROBES = _STATUS["VMA_AREA_UPROBES"]
 VMA_AREA_GUARD = 1 << 16  # criu/include/image.h; crit has no name for it
 MAP_ANONYMOUS = dict(MMAP_FLAGS)["MAP_ANON"]
+MAP_SHARED = dict(MMAP_FLAGS)["MAP_SHARED"]
+MAP_HUGETLB = 0x40000  # <asm-generic/mman.h>; crit's flag table has no name for it
 PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 PAGE_SIZE = 4096  # x86_64
@@ -139,6 +143,7 @@ def build_plan(images: ImageSet) -> RestorePlan:
     notes: list[str] = []
     tasks = tuple(_build_task(images, entry, files, memfds, notes) for entry in _parents_first(entries))
     _check_zombies(tasks)
+    tasks = _with_fd_owners(images, tasks, files)
     return RestorePlan(
         images_dir=str(images.directory),
         tasks=tasks,
@@ -148,6 +153,28 @@ def build_plan(images: ImageSet) -> RestorePlan:
         dump_cpu=_dump_cpu(images, tasks),
         notes=tuple(notes),
     )
+
+
+def _with_fd_owners(images: ImageSet, tasks: tuple[Task, ...], files: dict) -> tuple[Task, ...]:
+    """Each live task with the owners (F_SETOWN) of its fds (files/owner.py). An owner must
+    exist when the task installs its fds: the task, an ancestor, or a child (forked before)."""
+    by_pid = {t.pid: t for t in tasks}
+    out = []
+    for task in tasks:
+        if task.is_zombie:
+            out.append(task)
+            continue
+        near = [task, *(t for t in tasks if t.ppid == task.pid)]
+        up = by_pid.get(task.ppid)
+        while up is not None and up.pid not in {t.pid for t in near}:
+            near.append(up)
+            up = by_pid.get(up.ppid)
+        reachable = {t.pid for t in near if not t.is_zombie} | {t.pgid for t in near}
+        table = images.fdinfo(images.ids(task.pid).files_id)
+        owners = tuple(o for o in (fd_owner.read(task.pid, fdi.fd, files[fdi.id], reachable,
+                                                 f"pid {task.pid} fd {fdi.fd}") for fdi in table) if o is not None)
+        out.append(dataclasses.replace(task, fd_owners=owners) if owners else task)
+    return tuple(out)
 
 
 def _fd_refusals(images: ImageSet, entries: list, files: dict) -> list[Refusal]:
@@ -554,7 +581,9 @@ def _vma_kind(name: str, index: int, vma) -> VmaKind | None:
     if status & VMA_FILE_PRIVATE:
         return VmaKind.FILE_PRIVATE
     if status & VMA_ANON_SHARED:
-        raise UnsupportedFeature(name, f"{where}: shared anonymous memory (restored in a later version)")
+        if vma.flags & MAP_HUGETLB:
+            raise UnsupportedFeature(name, f"{where}: shared anonymous hugetlb memory (flags {vma.flags:#x})")
+        return VmaKind.ANON_SHARED
     if status & VMA_ANON_PRIVATE:
         return VmaKind.ANON_PRIVATE
     raise UnsupportedFeature(name, f"{where}: status {status:#x}")
@@ -586,9 +615,11 @@ def _build_vmas(images: ImageSet, pid: int, mm, files: dict, memfds: dict) -> tu
             mapped = _mapped_file(files, vma.shmid, vma.fdflags, f"{name}: VMA at {vma.start:#x}")
         elif kind is VmaKind.MEMFD_SHARED:
             mapped = _memfd_mapping(files, memfds, vma, f"{name}: VMA at {vma.start:#x}")
+        elif kind is VmaKind.ANON_SHARED:
+            mapped = _anon_shmem_mapping(vma, f"{name}: VMA at {vma.start:#x}")
         flags = vma.flags
-        if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
-            flags &= ~MAP_ANONYMOUS
+        if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED, VmaKind.ANON_SHARED):
+            flags &= ~MAP_ANONYMOUS  # the blob maps these from an fd
         out.append(
             Vma(
                 start=vma.start,
@@ -638,7 +669,7 @@ def _page_runs(images: ImageSet, pid: int, vmas: list[tuple[int, int, VmaKind]])
             if vi == len(vmas) or vmas[vi][0] > addr:
                 raise InconsistentImages(name, f"entry {index}: page {addr:#x} is outside every VMA")
             start, vend, kind = vmas[vi]
-            if kind in (VmaKind.FILE_SHARED, VmaKind.MEMFD_SHARED):
+            if kind in (VmaKind.FILE_SHARED, VmaKind.MEMFD_SHARED, VmaKind.ANON_SHARED):
                 raise InconsistentImages(name, f"entry {index}: page {addr:#x} is in a shared mapping")
             piece_end = min(end, vend)
             n = (piece_end - addr) // PAGE_SIZE
@@ -723,6 +754,16 @@ def _memfd_mapping(files: dict, memfds: dict, vma, what: str) -> MappedFile:
         raise InconsistentImages("memfd.img", f"{what}: memfd inode {inode} is missing")
     return MappedFile(file_id=vma.shmid, path=f"memfd:{memfds[inode].name} (inode {inode})",
                       open_flags=vma.fdflags, memfd_inode=inode)
+
+
+def _anon_shmem_mapping(vma, what: str) -> MappedFile:
+    """A VMA_ANON_SHARED VMA as a mapping of the shmem object of its shmid (files/anon_shmem.py
+    makes one per shmid; the blob maps it by fd, O_RDWR as /proc/PID/map_files opens it)."""
+    if vma.shmid == 0:
+        raise InconsistentImages(f"{what}", "shared anonymous memory with shmid 0 (no object to share)")
+    if not vma.flags & MAP_SHARED:
+        raise InconsistentImages(f"{what}", f"VMA_ANON_SHARED without MAP_SHARED (flags {vma.flags:#x})")
+    return MappedFile(file_id=0, path=f"/dev/zero (shmid {vma.shmid})", open_flags=os.O_RDWR, shmem_id=vma.shmid)
 
 
 def _reg_path(files: dict, file_id: int, what: str) -> str:

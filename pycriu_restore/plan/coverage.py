@@ -139,7 +139,9 @@ PE_LAZY = dict(PMAP_FLAGS)["PE_LAZY"]
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 # files.img kinds the plan restores: those a module owns (files/registry.py); any other
 # FileEntry type is refused.
-SUPPORTED_FILE_TYPES = {fdinfo_pb2.fd_types.Value(name): name for name in KIND_MODULES}
+# (KIND_MODULES also names "SHMEM", shared anonymous memory, which is no FileEntry type.)
+SUPPORTED_FILE_TYPES = {fdinfo_pb2.fd_types.Value(name): name for name in KIND_MODULES
+                        if name in fdinfo_pb2.fd_types.keys()}
 # <sched.h>
 SCHED_POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE",
                   6: "SCHED_DEADLINE"}
@@ -176,17 +178,20 @@ def _only(*values: object) -> Accepts:
 
 
 _FOWN = (
-    # CRIU restore_fown(): F_SETSIG, then F_SETOWN_EX under the dumped uid/euid.
-    ("fown.signum", "R", "F_SETSIG signal not restored"),
-    ("fown.pid", "R", "F_SETOWN owner not restored"),
-    ("fown.pid_type", "I", "used only with fown.pid, which is refused when set"),
-    ("fown.uid", "I", "used only with fown.pid, which is refused when set"),
-    ("fown.euid", "I", "used only with fown.pid, which is refused when set"),
+    # CRIU restore_fown(): F_SETSIG, then F_SETOWN_EX under the dumped uid/euid; so does
+    # files/owner.py, in the task once its fds are installed (restore/task.py).
+    ("fown.signum", "A", "FdOwner.signum: F_SETSIG (files/owner.py restore)"),
+    ("fown.pid", "A", "FdOwner.pid: F_SETOWN_EX; an owner other than the task, an ancestor or a child is "
+     "refused by files/owner.py read"),
+    ("fown.pid_type", "A", "FdOwner.pid_type: struct f_owner_ex type"),
+    ("fown.uid", "A", "FdOwner.uid: the real uid F_SETOWN_EX is called with"),
+    ("fown.euid", "A", "FdOwner.euid: the effective uid F_SETOWN_EX is called with (sigio_perm)"),
 )
 
 
 def _fown(prefix: str) -> tuple[Field, ...]:
-    return tuple(R(f"{prefix}.{p}", w) if d == "R" else I(f"{prefix}.{p}", w) for p, d, w in _FOWN)
+    make = {"R": R, "I": I, "A": A}
+    return tuple(make[d](f"{prefix}.{p}", w) for p, d, w in _FOWN)
 
 
 _ITIMER_PROBES = {"real": 0, "virt": 1, "prof": 2}
@@ -352,10 +357,12 @@ MM = RecordKind("mm", "mm-PID.img", mm_pb2.MmEntry, (
     A("vmas.start", "Vma.start"),
     A("vmas.end", "Vma.end"),
     A("vmas.pgoff", "Vma.pgoff"),
-    A("vmas.shmid", "Vma.file: the files.img id of the mapped file (or memfd)"),
+    A("vmas.shmid", "Vma.file: the files.img id of the mapped file (or memfd); for VMA_ANON_SHARED the shmem "
+      "object's inode number: MappedFile.shmem_id, one AnonSharedMemory per shmid (files/anon_shmem.py)"),
     A("vmas.prot", "Vma.prot: blob step protect_vmas"),
     A("vmas.flags", "Vma.flags: blob step map_vmas"),
-    A("vmas.status", "Vma.kind: plan/build.py _vma_kind (kinds not restored are refused there)"),
+    A("vmas.status", "Vma.kind: plan/build.py _vma_kind (kinds not restored are refused there; VMA_ANON_SHARED: "
+      "VmaKind.ANON_SHARED, mapped MAP_SHARED from the root's shmem object, files/anon_shmem.py)"),
     I("vmas.fd", "dump-side: the fd the dumper mapped through (always -1 in images); files come from shmid"),
     A("vmas.madv", "Vma.madv: blob step protect_vmas (madvise)"),
     A("vmas.fdflags", "MappedFile.open_flags: the mode the mapped file is opened with"),
@@ -596,23 +603,25 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     A("ext.id", "ExtFileEnd.file_id"),
     A("ext.fown", "checked through its fields"),
     *_fown("ext"),
-    A("usk", "UnixSocketEnd / UnixSocketPair"),
+    A("usk", "UnixSocketEnd (the fd) / UnixSocket (the socket, made by the root: files/unix_build.py)"),
     I("usk.id", _FILE_KIND_ID),
     A("usk.ino", "UnixSocketEnd.socket_id"),
-    A("usk.type", "UnixSocketPair.sock_type (other types refused by plan/build.py _socket_pairs)"),
-    A("usk.state", "plan/build.py _socket_pairs: only connected pairs, others refused there"),
+    A("usk.type", "UnixSocket.sock_type: stream, datagram, seqpacket; others refused by files/unix_socket.py read"),
+    A("usk.state", "UnixSocket.state/making: listen(), connect(), socketpair() or accept(); states other than "
+      "connected, unconnected and listening refused by files/unix_socket.py read"),
     A("usk.flags", "UnixSocketEnd.flags (O_NONBLOCK)"),
     R("usk.uflags", "CRIU's external/service socket flags (USK_*)"),
-    I("usk.backlog", "for a connected socket the count of queued packets, which sk-queues.img holds; "
-      "listening sockets are refused (state)"),
-    A("usk.peer", "UnixSocketPair: the peer it is connected to"),
+    A("usk.backlog", "UnixSocket.backlog: listen(backlog) of a listening socket; for the others it is the "
+      "count of queued packets, which sk-queues.img holds"),
+    A("usk.peer", "UnixSocket.peer/making: the socket it is connected to (socketpair, accept from the listener "
+      "carrying its name, or connect() to the peer's name); a peer outside the images refused by files/unix_socket.py read"),
     A("usk.fown", "checked through its fields"),
     *_fown("usk"),
     A("usk.opts", "the socket options below"),
-    A("usk.opts.so_sndbuf", "UnixSocketPair.bufs_a/bufs_b: SO_SNDBUFFORCE (files/unix_socket.py)",
-      probe="socket_pairs[0].bufs_a[0]"),
-    A("usk.opts.so_rcvbuf", "UnixSocketPair.bufs_a/bufs_b: SO_RCVBUFFORCE (files/unix_socket.py)",
-      probe="socket_pairs[0].bufs_a[1]"),
+    A("usk.opts.so_sndbuf", "UnixSocket.bufs: SO_SNDBUFFORCE, after the queues (files/unix_build.py)",
+      probe="unix_sockets[0].sockets[0].bufs[0]"),
+    A("usk.opts.so_rcvbuf", "UnixSocket.bufs: SO_RCVBUFFORCE, after the queues (files/unix_build.py)",
+      probe="unix_sockets[0].sockets[0].bufs[1]"),
     R("usk.opts.so_snd_tmo_sec", "a send timeout (SO_SNDTIMEO)"),
     R("usk.opts.so_snd_tmo_usec", "a send timeout (SO_SNDTIMEO)"),
     R("usk.opts.so_rcv_tmo_sec", "a receive timeout (SO_RCVTIMEO)"),
@@ -636,13 +645,19 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     R("usk.opts.so_oobinline", "SO_OOBINLINE"),
     R("usk.opts.so_linger", "SO_LINGER", lambda v, ctx: False, bad=5),  # dumped only when lingering is on
     R("usk.opts.so_buf_lock", "SO_BUF_LOCK"),
-    A("usk.name", "plan/build.py _socket_pairs: only unnamed sockets, bound ones refused there"),
-    R("usk.shutdown", "a shut-down direction (shutdown(2))"),
-    I("usk.file_perms", "the socket file of a bound socket; bound sockets are refused (name)", subtree=True),
-    I("usk.name_dir", "the directory of a bound socket's name; bound sockets are refused (name)"),
-    I("usk.deleted", "a bound socket's file was deleted; bound sockets are refused (name)"),
+    A("usk.name", "UnixSocket.name: bind() to the path (a stale socket file removed first) or abstract name; "
+      "a connected stream/seqpacket socket made by socketpair() stays unbound, as in CRIU's bind_unix_sk"),
+    A("usk.shutdown", "UnixSocket.shutdown_how: shutdown(2) after the queues (files/unix_build.py)"),
+    A("usk.file_perms", "UnixSocket.file_perms: chown and chmod of the socket file after bind()"),
+    A("usk.file_perms.mode", "UnixSocket.file_perms: chmod of the socket file"),
+    A("usk.file_perms.uid", "UnixSocket.file_perms: chown of the socket file"),
+    A("usk.file_perms.gid", "UnixSocket.file_perms: chown of the socket file"),
+    A("usk.name_dir", "UnixSocket.name_dir: a relative name is bound and connected to from this directory"),
+    A("usk.deleted", "UnixSocket.deleted: bound, then its file unlinked once all are connected; a socket "
+      "connected to such a name refused by files/unix_socket.py read"),
     R("usk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
-    I("usk.mnt_id", "the mount of a bound socket's file; bound sockets are refused (name)"),
+    I("usk.mnt_id", "set only for a tree with its own mount namespace, which is refused (ids mnt_ns_id): "
+      "names are bound in the restorer's"),
     A("pipe", "PipeEnd"),
     I("pipe.id", _FILE_KIND_ID),
     A("pipe.pipe_id", "PipeEnd.pipe_id: ends with one pipe_id are one pipe"),
@@ -743,8 +758,9 @@ PIPES_DATA = RecordKind("pipes-data", "pipes-data.img", pipe_data_pb2.PipeDataEn
 ))
 
 SK_QUEUES = RecordKind("sk-queues", "sk-queues.img", sk_queues_pb2.SkPacketEntry, (
-    A("id_for", "UnixSocketPair.queued_a/queued_b: the socket the packet waits on"),
-    A("length", "UnixSocketPair.queued_*: the record's payload length"),
+    A("id_for", "UnixSocket.queued: the socket the packet waits on; sent through a socket connected to it "
+      "(files/unix_build.py)"),
+    A("length", "UnixSocket.queued: one message per record (datagram/seqpacket boundaries kept)"),
     R("scm", "fds or credentials in flight (SCM_RIGHTS)", bad=[{"type": 1, "rights": [3]}]),
     I("scm.type", "part of scm, refused"),
     I("scm.rights", "part of scm, refused"),

@@ -32,6 +32,9 @@ class VmaKind(enum.Enum):
     FILE_PRIVATE = "file-private"  # mmap(MAP_PRIVATE, fd, pgoff), dirty pages overlaid from the image
     FILE_SHARED = "file-shared"  # mmap(MAP_SHARED, fd, pgoff): the file itself holds the content
     MEMFD_SHARED = "memfd-shared"  # MAP_SHARED on a memfd restored from memfd.img (+ shmem pagemap)
+    # MAP_SHARED|MAP_ANONYMOUS (VMA_ANON_SHARED): MAP_SHARED on the one shmem object of its
+    # shmid, made by the root and filled from pagemap-shmem-<shmid>.img (files/anon_shmem.py)
+    ANON_SHARED = "anon-shared"
     VDSO = "vdso"  # the running kernel's [vdso], moved to the dumped address
     VVAR = "vvar"  # the running kernel's [vvar] (+ [vvar_vclock]), moved likewise
 
@@ -59,6 +62,10 @@ class MappedFile:
     # Set for a MAP_SHARED mapping of a memfd (memfd.img): the blob maps the one memfd that
     # every task sharing it received, instead of opening ``path``.
     memfd_inode: int | None = None
+    # Set for MAP_SHARED|MAP_ANONYMOUS memory (VMA_ANON_SHARED): the blob maps the one shmem
+    # object of this shmid (AnonSharedMemory) that every task sharing it received; ``path``
+    # only names it in messages.
+    shmem_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,24 +148,6 @@ class UnixSocketEnd:
 
 
 @dataclass(frozen=True)
-class UnixSocketPair:
-    """A connected pair of unnamed unix sockets (socketpair(2)), with the bytes queued at dump.
-
-    ``queued_a`` is what socket ``a`` had not read yet (it is written back through ``b``),
-    and the other way round.
-    """
-
-    a: int  # socket ids (inode numbers)
-    b: int
-    sock_type: int  # SOCK_STREAM / SOCK_DGRAM / SOCK_SEQPACKET
-    queued_a: tuple[bytes, ...] = ()
-    queued_b: tuple[bytes, ...] = ()
-    # (SO_SNDBUF, SO_RCVBUF) of each end as dumped (the kernel's doubled values); None: as new.
-    bufs_a: tuple[int, int] | None = None
-    bufs_b: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
 class SharedMemory:
     """A memfd (``memfd.img``) that tasks map MAP_SHARED: created once, filled, shared by fd."""
 
@@ -168,6 +157,17 @@ class SharedMemory:
     seals: int
     pages_path: str
     page_runs: tuple[PageRun, ...]  # start_addr here is the offset in the memfd
+
+
+@dataclass(frozen=True)
+class AnonSharedMemory:
+    """MAP_SHARED|MAP_ANONYMOUS memory (VMA_ANON_SHARED VMAs with one ``shmid``): one shmem
+    object, created once by the root and filled, which every VMA with this shmid maps."""
+
+    shmid: int  # the dumped object's inode number: names pagemap-shmem-<shmid>.img
+    size_bytes: int  # the largest pgoff + size of the VMAs that map it (criu/shmem.c collect_shmem)
+    pages_path: str
+    page_runs: tuple[PageRun, ...]  # start_addr here is the offset in the object
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,9 @@ class Task:
     exit_status: int = 0
     # STOPPED: the signal the orchestrator sends it just before detach, to stop it again.
     stop_signo: int = 0
+    # files/owner.py FdOwner: F_SETSIG / F_SETOWN_EX of the fds that have them, set once
+    # every fd is installed.
+    fd_owners: tuple = ()
 
     @property
     def main_thread(self) -> Thread:
@@ -414,12 +417,16 @@ class RestorePlan:
         return self.shared_of("PIPE")
 
     @property
-    def socket_pairs(self) -> tuple[UnixSocketPair, ...]:
+    def unix_sockets(self) -> tuple:  # files/unix_socket.py UnixSockets: every unix socket of the tree
         return self.shared_of("UNIXSK")
 
     @property
     def shared_memory(self) -> tuple[SharedMemory, ...]:
         return self.shared_of("MEMFD")
+
+    @property
+    def anon_shared_memory(self) -> tuple[AnonSharedMemory, ...]:
+        return self.shared_of("SHMEM")
 
     @property
     def live_tasks(self) -> tuple[Task, ...]:

@@ -44,7 +44,8 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
             if isinstance(f, OpenFile):  # pipes are created anew: nothing to check
                 _check_open_file(f.path, f.expected_size, f.expected_mode)
         for mapped in [task.mm.exe] + [v.file for v in task.vmas if v.file is not None]:
-            if mapped.memfd_inode is None and mapped.path not in seen:  # memfds are made anew
+            made_anew = mapped.memfd_inode is not None or mapped.shmem_id is not None  # memfds, anon shmem
+            if not made_anew and mapped.path not in seen:
                 seen.add(mapped.path)
                 check_mapped_file(mapped)
         for d in (task.cwd, task.root):

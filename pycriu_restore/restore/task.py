@@ -40,6 +40,7 @@ from typing import NoReturn
 
 from pycriu_restore import files
 from pycriu_restore.files import close_all_except, registry
+from pycriu_restore.files import owner as fd_owner
 from pycriu_restore.files.fdlayout import FdLayout, ServiceFds
 from pycriu_restore.linux import namespaces
 from pycriu_restore.linux.clone3 import clone3
@@ -137,6 +138,8 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
         _restore_proc_attrs(task)  # after the forks: children inherit both, and set their own
         _restore_fs(task)  # chroot last: /proc must still be reachable above
         _install_fds(task, tree)
+        for owner in task.fd_owners:  # once every fd is in place (files/owner.py)
+            _step(f"owner of fd {owner.fd} (F_SETOWN {owner.pid})", lambda owner=owner: fd_owner.restore(owner))
         for plugin in tree.plugins:  # e.g. the amdgpu channel: never left in the restored task
             plugin.close_inherited_fds()
         _open_service_files(task, link.service, tree.parked)
@@ -325,14 +328,17 @@ def _describe(kind: registry.FileKind, spec) -> str:
 
 
 def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:
-    """Open the pages image, the exe and every mapped file (or memfd) at their service fds."""
+    """Open the pages image, the exe and every mapped file at their service fds; a memfd or
+    shared anonymous memory is a dup of the one object the root parked (restore/shared.py)."""
     wanted = [(task.pages_path, os.O_RDONLY, service.pages), (task.mm.exe.path, os.O_RDONLY, service.exe)]
     wanted += [(path, flags, fd) for (path, flags), fd in service.mapped.items()]
     for path, flags, fd in wanted:
-        inode = service.memfds.get((path, flags))
+        key = (path, flags)
+        shared = (("MEMFD", service.memfds[key]) if key in service.memfds
+                  else ("SHMEM", service.shmems[key]) if key in service.shmems else None)
 
-        def open_at(path=path, flags=flags, fd=fd, inode=inode) -> None:
-            tmp = os.dup(parked.get("MEMFD", inode)[0]) if inode is not None else os.open(path, flags | os.O_CLOEXEC)
+        def open_at(path=path, flags=flags, fd=fd, shared=shared) -> None:
+            tmp = os.dup(parked.get(*shared)[0]) if shared is not None else os.open(path, flags | os.O_CLOEXEC)
             os.dup2(tmp, fd, inheritable=False)
             os.close(tmp)
 
