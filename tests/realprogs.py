@@ -20,6 +20,7 @@ with the fixture packs; pid_max is raised for the duration.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -47,6 +48,7 @@ class Dumped:
     images: Path
     workdir: Path
     pids: tuple[int, ...]  # every process of the tree, root first
+    notes: dict[str, int] = dataclasses.field(default_factory=dict)  # what a test noted at dump
 
 
 # A shell job on a terminal, in a few lines of Python: a session leader whose controlling
