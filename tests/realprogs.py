@@ -216,6 +216,29 @@ def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Pa
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _any_task_with(pids: Sequence[int]) -> list[str]:
+    """Every task (thread included, in any pid namespace) whose pid or tid is one of ``pids``."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/task/[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            text = status.read_text()
+            nspid = [int(x) for x in next(l for l in text.splitlines() if l.startswith("NSpid:")).split()[1:]]
+            if set(nspid) & set(pids):
+                found.append(f"{status.parent} NSpid {nspid} {text.splitlines()[0]}")
+    return found
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError as err:
+        return f"gone ({err.strerror})"
+    return f"{cmdline.strip()!r} state {stat.rsplit(')', 1)[1].split()[0]} ppid {stat.rsplit(')', 1)[1].split()[1]}"
+
+
 @contextlib.contextmanager
 def restored(dumped: Dumped, *options: str, terminal: int | None = None) -> Iterator[subprocess.CompletedProcess]:
     """Restore ``dumped`` with pycrestore (``-d``); yield the result; kill the tree after.

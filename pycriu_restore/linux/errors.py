@@ -72,8 +72,21 @@ class PidInUse(LinuxError):
 
     def __init__(self, pid: int, set_tid: Sequence[int]) -> None:
         self.set_tid = list(set_tid)
-        super().__init__(f"pid {pid} is already in use: clone3 set_tid={self.set_tid}",
+        super().__init__(f"pid {pid} is already in use{_holder(pid)}: clone3 set_tid={self.set_tid}",
                          pid=pid, errno=errno_mod.EEXIST)
+
+
+def _holder(pid: int) -> str:
+    """`` by 'comm' (state S, parent P)`` for the task holding ``pid`` now, if it can be read
+    (proc(5): /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')')."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return " (by a task that has gone since)"
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+    return f" by {comm!r} (state {state}, parent {ppid})"
 
 
 class PidNotAvailable(LinuxError):
