@@ -168,6 +168,24 @@ def test_memcached_listening_socket(free_ports) -> None:
         kill_and_wait(MEMCACHED_PID)
 
 
+def test_memcached_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
+    """memcached (8 threads: epoll, eventfds, pipes, a listener) under --pid-ns."""
+    install("memcached")
+    pidfile = tmp_path / "pid"
+    result = pycrestore("-v", "restore", "-D", str(IMAGES / "memcached"), "-d", "--pid-ns",
+                        "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    outer = int(pidfile.read_text())
+    init = int(result.stderr.split("init ")[1].split(")")[0])
+    try:
+        assert len(list(Path(f"/proc/{outer}/task").iterdir())) == 8
+        check = verify("memcached", pid_for_ns=outer)
+        assert check.returncode == 0 and check.stdout.startswith("PASS memcached"), check.stdout + check.stderr
+    finally:
+        kill_and_wait(outer)
+    assert wait_gone(init)
+
+
 def _tcpecho_with(tmp_path: Path, change) -> Path:
     """A copy of tcpecho's images whose files.img INETSK entries went through ``change``."""
     copy = tmp_path / "tcpecho"
