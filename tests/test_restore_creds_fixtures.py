@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES_MORE, kill_and_wait, pid_max_at_least, needs_fixtures_more
 from pycriu_restore.images import dump_image, load_image
+from packs import MORE, restore_cli
 
 pytestmark = needs_fixtures_more
 
@@ -36,22 +34,6 @@ def _pid_max():
         assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} is still in use after the test"
 
 
-def install(name: str) -> None:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), name], check=True, capture_output=True)
-
-
-def restore(images: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(images), "-d",
-                           *extra, "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=120)
-
-
-def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES_MORE / "verify.py"), name]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def proc_status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
         return {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
@@ -60,16 +42,16 @@ def proc_status(pid: int) -> dict[str, str]:
 @pytest.mark.parametrize("pid_ns", [False, True], ids=["host-pids", "pid-ns"])
 @pytest.mark.parametrize("name", sorted(PIDS))
 def test_restore_and_verify(name, pid_ns, tmp_path):
-    install(name)
+    MORE.install(name)
     pidfile = tmp_path / "pid"
-    result = restore(IMAGES / name, pidfile, *(["--pid-ns"] if pid_ns else []))
+    result = restore_cli(IMAGES / name, pidfile, *(["--pid-ns"] if pid_ns else []))
     assert result.returncode == 0, result.stderr
     pid = int(pidfile.read_text())
     init = int(result.stderr.split("init ")[1].split(")")[0]) if pid_ns else None
     try:
         if not pid_ns:
             assert pid == PIDS[name]
-        check = verify(name, pid_for_ns=pid if pid_ns else None)
+        check = MORE.verify(name, pid_for_ns=pid if pid_ns else None)
         assert check.returncode == 0 and check.stdout.startswith(f"PASS {name}"), check.stdout + check.stderr
         status = proc_status(pid)
         if name == "creds":
@@ -109,15 +91,15 @@ def test_tampered_field_is_applied(name, tamper, shows, tmp_path):
     core = load_image(core_path)
     tamper(core)
     core_path.write_bytes(dump_image(core))
-    install(name)
+    MORE.install(name)
     pidfile = tmp_path / "pid"
-    result = restore(images, pidfile)
+    result = restore_cli(images, pidfile)
     assert result.returncode == 0, result.stderr
     pid = int(pidfile.read_text())
     try:
         if shows is not None:
             assert proc_status(pid)[shows[0]] == shows[1]
-        check = verify(name)
+        check = MORE.verify(name)
         assert check.returncode == 1 and check.stdout.startswith(f"FAIL {name}"), check.stdout + check.stderr
     finally:
         kill_and_wait(pid)

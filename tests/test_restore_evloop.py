@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from pycriu_restore.files.timerfd import TimerfdFd
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
+from packs import MORE, restore_cli
 
 pytestmark = needs_fixtures_more
 
@@ -48,22 +47,6 @@ def _copy(tmp_path: Path) -> Path:
     out = tmp_path / NAME
     shutil.copytree(IMAGES, out)
     return out
-
-
-def _install() -> None:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), NAME], check=True, capture_output=True)
-
-
-def _restore(images: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(images), "-d",
-                           *extra, "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=120)
-
-
-def _verify(pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES_MORE / "verify.py"), NAME]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 # --- plan: each kind read by its module ------------------------------------------------
@@ -110,15 +93,15 @@ def test_epoll_target_missing_is_refused(tmp_path):
 
 @pytest.mark.parametrize("pid_ns", [False, True], ids=["host-pids", "pid-ns"])
 def test_restore_and_verify(pid_ns, tmp_path, pid_range):
-    _install()
+    MORE.install(NAME)
     pidfile = tmp_path / "pid"
-    result = _restore(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
+    result = restore_cli(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
     assert result.returncode == 0, result.stderr
     pid = int(pidfile.read_text())
     try:
         if not pid_ns:
             assert pid == PID
-        check = _verify(pid_for_ns=pid if pid_ns else None)
+        check = MORE.verify(NAME, pid_for_ns=pid if pid_ns else None)
         assert check.returncode == 0 and check.stdout.startswith(f"PASS {NAME}"), check.stdout + check.stderr
         links = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (4, 5, 6, 7, 8)}
         assert links == {4: "anon_inode:[eventpoll]", 5: "anon_inode:[timerfd]", 6: "anon_inode:[eventfd]",
@@ -133,13 +116,13 @@ def test_tampered_eventfd_counter_fails_verify(tmp_path, pid_range):
     files = load_image(d / "files.img")
     next(e for e in files.entries if e.id == 10).efd.counter = 5
     (d / "files.img").write_bytes(dump_image(files))
-    _install()
+    MORE.install(NAME)
     pidfile = tmp_path / "pid"
-    result = _restore(d, pidfile)
+    result = restore_cli(d, pidfile)
     assert result.returncode == 0, result.stderr
     pid = int(pidfile.read_text())
     try:
-        check = _verify()
+        check = MORE.verify(NAME)
         assert check.returncode == 1 and check.stdout.startswith(f"FAIL {NAME}"), check.stdout + check.stderr
         assert "efd" in check.stdout, check.stdout
     finally:
@@ -155,16 +138,16 @@ def test_fd_far_above_the_old_reserved_range_restores(tmp_path, pid_range):
     fdinfo.entries.append(type(first)(id=4, flags=0, type=first.type, fd=5000))
     fdinfo.extras.append(None)
     (d / "fdinfo-2.img").write_bytes(dump_image(fdinfo))
-    _install()
+    MORE.install(NAME)
     pidfile = tmp_path / "pid"
-    result = _restore(d, pidfile)
+    result = restore_cli(d, pidfile)
     assert result.returncode == 0, result.stderr
     pid = int(pidfile.read_text())
     try:
         assert os.readlink(f"/proc/{pid}/fd/5000") == "/dev/null"
         fds = sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd"))
         assert fds == [0, 1, 2, 3, 4, 5, 6, 7, 8, 5000], fds  # no service or parked fd left behind
-        check = _verify()
+        check = MORE.verify(NAME)
         assert check.returncode == 0 and check.stdout.startswith(f"PASS {NAME}"), check.stdout + check.stderr
     finally:
         kill_and_wait(pid)

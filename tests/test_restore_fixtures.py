@@ -26,27 +26,13 @@ from pycriu_restore.errors import PycrestoreError
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import CpuCap, parse_cpu_cap
 from pycriu_restore.restore.timeline import Stage
+from packs import PACK, pycrestore
 
 pytestmark = needs_fixtures
 
 IMAGES = FIXTURES / "images"
 SINGLE = ["counter", "fpu", "signals", "pymem", "threads"]
 TREES = ["pipes", "shmem", "unixsk"]
-
-
-def install(name: str) -> None:
-    subprocess.run([str(FIXTURES / "install.sh"), name], check=True, capture_output=True)
-
-
-def pycrestore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", *args], capture_output=True, text=True, timeout=120)
-
-
-def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES / "verify.py"), name]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def tree_pids(root: int) -> list[int]:
@@ -122,7 +108,7 @@ def check_refusal(name: str, *extra: str) -> None:
 
 @pytest.mark.parametrize("name", SINGLE + TREES)
 def test_restore_and_verify(name, tmp_path):
-    install(name)
+    PACK.install(name)
     if expected_refusal(name):
         check_refusal(name)
         if name == "fpu" and not HAS_PKU:
@@ -141,7 +127,7 @@ def test_restore_and_verify(name, tmp_path):
             # which is why the default refuses (checked above).
             assert "this CPU has XSAVE state the dump CPU lacked" in result.stderr
             return
-        check = verify(name)
+        check = PACK.verify(name)
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.startswith(f"PASS {name}")
     finally:
@@ -150,7 +136,7 @@ def test_restore_and_verify(name, tmp_path):
 
 @pytest.mark.parametrize("name", SINGLE + TREES)
 def test_restore_in_new_pid_namespace(name, tmp_path):
-    install(name)
+    PACK.install(name)
     if expected_refusal(name):
         check_refusal(name, "--pid-ns")
         if name == "fpu" and not HAS_PKU:
@@ -169,7 +155,7 @@ def test_restore_in_new_pid_namespace(name, tmp_path):
             # which is why the default refuses (checked above).
             assert "this CPU has XSAVE state the dump CPU lacked" in result.stderr
             return
-        check = verify(name, pid_for_ns=outer)
+        check = PACK.verify(name, pid_for_ns=outer)
         assert check.returncode == 0, check.stdout + check.stderr
     finally:
         kill_tree(outer)
@@ -179,7 +165,7 @@ def test_restore_in_new_pid_namespace(name, tmp_path):
 
 def test_fpu_registers_restored_exactly():
     """At the first instruction after rt_sigreturn, every register equals the image's."""
-    install("fpu")
+    PACK.install("fpu")
     core = ImageSet.open(IMAGES / "fpu").core(31600)
     gp, fp = core.thread_info.gpregs, core.thread_info.fpregs
     seen = {}
@@ -205,7 +191,7 @@ def test_fpu_registers_restored_exactly():
 
 def test_threads_state_right_after_restore():
     """Every thread back with its tid, comm and blocked mask, before the task runs again."""
-    install("threads")
+    PACK.install("threads")
     seen = {}
 
     def inspect(tracee) -> None:
@@ -236,7 +222,7 @@ def _vma_rows(maps_text: str) -> list[tuple[int, int, str, str]]:
 
 
 def test_restored_maps_equal_the_image():
-    install("counter")
+    PACK.install("counter")
     restored = restore(str(IMAGES / "counter"), OPTIONS)
     pid = restored.root_pid
     try:
@@ -270,10 +256,10 @@ def _fd_count() -> int:
 def test_twenty_restores_leave_nothing_behind():
     fds_before = _fd_count()
     for _ in range(20):
-        install("counter")
+        PACK.install("counter")
         restored = restore(str(IMAGES / "counter"), OPTIONS)
         pid = restored.root_pid
-        check = verify("counter")
+        check = PACK.verify("counter")
         kill_and_wait(pid)
         assert check.returncode == 0, check.stdout
     assert _fd_count() == fds_before
@@ -297,7 +283,7 @@ def _assert_clean_failure(result, code: int, must_contain: str, pidfile: Path, n
 
 
 def test_pid_in_use_is_refused_and_suggests_pid_ns(tmp_path):
-    install("counter")
+    PACK.install("counter")
     pid = dumped_pid("counter")
     r, w = os.pipe()
     holder = clone3(0, [pid])
@@ -318,7 +304,7 @@ def test_pid_in_use_is_refused_and_suggests_pid_ns(tmp_path):
 
 
 def test_missing_file_is_named(tmp_path):
-    install("counter")
+    PACK.install("counter")
     os.unlink("/var/tmp/pycrestore-fixtures/counter/stdout")
     pidfile = tmp_path / "pid"
     result = pycrestore("restore", "--cpu-cap", PACK_CPU_CAP, "-D", str(IMAGES / "counter"), "-d", "--pidfile", str(pidfile))
@@ -326,7 +312,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_changed_file_is_named(tmp_path):
-    install("counter")
+    PACK.install("counter")
     with open("/var/tmp/pycrestore-fixtures/counter/stderr", "a") as f:
         f.write("grown\n")
     pidfile = tmp_path / "pid"
@@ -335,7 +321,7 @@ def test_changed_file_is_named(tmp_path):
 
 
 def test_unsupported_feature_is_named(tmp_path):
-    install("counter")
+    PACK.install("counter")
     images = tmp_path / "counter"
     shutil.copytree(IMAGES / "counter", images)
     core = load_image(images / "core-31100.img")
@@ -351,7 +337,7 @@ def test_vma_that_cannot_be_mapped_fails_cleanly(tmp_path):
     read-only, so the blob's mmap fails with EACCES; the error names the VMA."""
     from pycriu_restore.plan.build import build_plan
 
-    install("counter")
+    PACK.install("counter")
     images = tmp_path / "counter"
     shutil.copytree(IMAGES / "counter", images)
     plan_vmas = build_plan(ImageSet.open(images)).root.vmas
@@ -376,7 +362,7 @@ def _pipe_inode(pid: int, fd: int) -> str:
 
 
 def test_pipe_between_tasks_is_one_pipe():
-    install("pipes")
+    PACK.install("pipes")
     restored = restore(str(IMAGES / "pipes"), OPTIONS)
     parent, child = restored.pids[31300], restored.pids[31301]
     try:
@@ -384,7 +370,7 @@ def test_pipe_between_tasks_is_one_pipe():
         assert _pipe_inode(parent, 5) == _pipe_inode(child, 4) and _pipe_inode(parent, 5).startswith("pipe:")
         # ... and what the parent writes after the restore reaches the child (verify.py
         # checks that the child logs 51..63 from the old buffer, then the new values).
-        check = verify("pipes")
+        check = PACK.verify("pipes")
         assert check.returncode == 0, check.stdout
         with open(f"/proc/{child}/stat") as f:
             assert int(f.read().rsplit(")", 1)[1].split()[1]) == parent  # ppid
@@ -406,7 +392,7 @@ def _memfd_inode(pid: int, start: int) -> int:
 
 
 def test_shared_anonymous_memory_is_one_region():
-    install("shmem")
+    PACK.install("shmem")
     restored = restore(str(IMAGES / "shmem"), OPTIONS)
     parent, child = restored.pids[31700], restored.pids[31701]
     try:
@@ -426,14 +412,14 @@ def test_shared_anonymous_memory_is_one_region():
         with open(f"/proc/{child}/mem", "rb", buffering=0) as mem:
             mem.seek(probe)
             assert mem.read(len(marker)) == marker
-        check = verify("shmem")
+        check = PACK.verify("shmem")
         assert check.returncode == 0, check.stdout
     finally:
         kill_tree(parent)
 
 
 def test_killing_a_task_in_the_middle_fails_the_whole_restore():
-    install("pipes")
+    PACK.install("pipes")
     killed = []
 
     def kill_child(stage, pids):
@@ -450,7 +436,7 @@ def test_killing_a_task_in_the_middle_fails_the_whole_restore():
 
 
 def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path):
-    install("counter")
+    PACK.install("counter")
     log_file = tmp_path / "restore.log"
     proc = subprocess.Popen([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(IMAGES / "counter"),
                              "-o", str(log_file), "--cpu-cap", PACK_CPU_CAP], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -475,7 +461,7 @@ def test_without_detach_pycrestore_waits_and_exits_with_the_task_status(tmp_path
 
 def test_relative_images_dir(tmp_path):
     """The task changes its cwd before it opens the pages image: paths must not be relative."""
-    install("counter")
+    PACK.install("counter")
     pidfile = tmp_path / "pid"
     result = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D",
                              os.path.relpath(IMAGES / "counter", tmp_path), "-d", "--pidfile", str(pidfile),

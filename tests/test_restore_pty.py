@@ -31,7 +31,8 @@ from pycriu_restore.files.tty import PtyFd, PtyPair
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.linux import tty as kt
 from pycriu_restore.plan.build import build_plan
-from realprogs import Dumped, dumped_program, require_program, restored, wait_for
+from packs import MORE, restore_cli
+from realprogs import Dumped, dumped_program, require_program, restored
 
 NAME = "ptyjob"
 ROOT, CHILD = 40700, 40701
@@ -45,22 +46,6 @@ def pid_range():
         yield
     for pid in (ROOT, CHILD):
         assert not os.path.exists(f"/proc/{pid}"), f"pid {pid} is still in use after the test"
-
-
-def _install() -> None:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), NAME], check=True, capture_output=True)
-
-
-def _restore(images: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(images), "-d",
-                           *extra, "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=120)
-
-
-def _verify(pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES_MORE / "verify.py"), NAME]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def _stat(pid: int) -> list[str]:
@@ -114,16 +99,16 @@ def test_restore_and_verify(pid_ns, tmp_path, pid_range):
     # it meanwhile: hold the lowest free one of ours (index 0 where nothing else has it).
     held = os.openpty() if pid_ns else ()
     try:
-        _install()
+        MORE.install(NAME)
         pidfile = tmp_path / "pid"
-        result = _restore(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
+        result = restore_cli(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
         assert result.returncode == 0, result.stderr
         root = int(pidfile.read_text())
         try:
             (child,) = _children(root)
             if not pid_ns:
                 assert (root, child) == (ROOT, CHILD)
-            check = _verify(pid_for_ns=root if pid_ns else None)
+            check = MORE.verify(NAME, pid_for_ns=root if pid_ns else None)
             assert check.returncode == 0 and check.stdout.startswith(f"PASS {NAME}"), check.stdout + check.stderr
             # The child leads its session, whose terminal is pts/0 with the child's group in front.
             stat = _stat(child)
@@ -146,12 +131,12 @@ def test_tampered_winsize_fails_verify(tmp_path, pid_range):
     for entry in info.entries:
         entry.winsize.ws_row = 34
     (d / "tty-info.img").write_bytes(dump_image(info))
-    _install()
+    MORE.install(NAME)
     pidfile = tmp_path / "pid"
-    result = _restore(d, pidfile)
+    result = restore_cli(d, pidfile)
     assert result.returncode == 0, result.stderr
     try:
-        check = _verify()
+        check = MORE.verify(NAME)
         assert check.returncode == 1 and "BAD:winsize" in check.stdout, check.stdout + check.stderr
     finally:
         _kill_tree(int(pidfile.read_text()))
@@ -164,8 +149,8 @@ def test_pty_index_in_use_is_refused(tmp_path, pid_range):
     try:
         if os.ttyname(slave) != "/dev/pts/0":
             pytest.fail(f"this test needs /dev/pts/0 free to hold it itself; {os.ttyname(slave)} was given")
-        _install()
-        result = _restore(IMAGES, tmp_path / "pid")
+        MORE.install(NAME)
+        result = restore_cli(IMAGES, tmp_path / "pid")
         assert result.returncode == 4, result.stderr
         assert "/dev/pts/0 exists: pty index 0 is in use" in result.stderr and "--pid-ns" in result.stderr
         assert not (tmp_path / "pid").exists()

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES_MORE, REPO, kill_and_wait, needs_fixtures_more, pid_max_at_least, wait_gone
+from conftest import FIXTURES_MORE, kill_and_wait, needs_fixtures_more, pid_max_at_least, wait_gone
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
+from packs import MORE, pycrestore
 
 pytestmark = needs_fixtures_more
 
@@ -34,22 +34,6 @@ PORTS = (41100, 44862, 41300)  # tcpecho's listener and client end, memcached's 
 def _pid_max():
     with pid_max_at_least(65536):
         yield
-
-
-def install(name: str) -> None:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), name], check=True, capture_output=True)
-
-
-def pycrestore(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
-
-
-def verify(name: str, pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str((FIXTURES_MORE / "verify.py").resolve()), name]
-    if pid_for_ns is not None:  # verify.py reads /proc/PID by the dumped pids: look from inside
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def live_tcp_sockets(port: int) -> list[str]:
@@ -89,14 +73,14 @@ def kill_tcpecho(pids=TCPECHO_PIDS) -> None:
 
 
 def test_tcpecho_restores_its_connection(free_ports, tmp_path: Path) -> None:
-    install("tcpecho")
+    MORE.install("tcpecho")
     pidfile = tmp_path / "pid"
     result = pycrestore("-v", "restore", "-D", str(IMAGES / "tcpecho"), "-d", "--tcp-established",
                         "--pidfile", str(pidfile))
     try:
         assert result.returncode == 0, result.stderr
         assert int(pidfile.read_text()) == TCPECHO_PIDS[0]
-        check = verify("tcpecho")
+        check = MORE.verify("tcpecho")
         assert check.returncode == 0 and check.stdout.startswith("PASS tcpecho"), check.stdout + check.stderr
         # The connection is the dumped one (same ports), established, in both processes.
         established = [line for line in live_tcp_sockets(44862) if line.startswith("ESTAB")]
@@ -110,11 +94,11 @@ def test_tcpecho_back_to_back(free_ports) -> None:
     """A second restore right after the first was killed: the connection's old 4-tuple may
     still be in TIME-WAIT, which a repaired connect() may reuse (it has timestamps)."""
     for _ in range(2):
-        install("tcpecho")
+        MORE.install("tcpecho")
         result = pycrestore("restore", "-D", str(IMAGES / "tcpecho"), "-d", "--tcp-established")
         try:
             assert result.returncode == 0, result.stderr
-            check = verify("tcpecho")
+            check = MORE.verify("tcpecho")
             assert check.returncode == 0, check.stdout + check.stderr
         finally:
             kill_tcpecho()
@@ -122,7 +106,7 @@ def test_tcpecho_back_to_back(free_ports) -> None:
 
 def test_tcpecho_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
     """--pid-ns: new pids, but the host's network namespace: the same ports, reachable."""
-    install("tcpecho")
+    MORE.install("tcpecho")
     pidfile = tmp_path / "pid"
     result = pycrestore("-v", "restore", "-D", str(IMAGES / "tcpecho"), "-d", "--pid-ns", "--tcp-established",
                         "--pidfile", str(pidfile))
@@ -131,7 +115,7 @@ def test_tcpecho_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
     init = int(result.stderr.split("init ")[1].split(")")[0])
     try:
         client = int(Path(f"/proc/{outer}/task/{outer}/children").read_text().split()[0])
-        check = verify("tcpecho", pid_for_ns=outer)
+        check = MORE.verify("tcpecho", pid_for_ns=outer)
         assert check.returncode == 0 and check.stdout.startswith("PASS tcpecho"), check.stdout + check.stderr
     finally:
         kill_tcpecho((outer, client))
@@ -139,7 +123,7 @@ def test_tcpecho_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
 
 
 def test_tcpecho_refused_without_tcp_established(free_ports) -> None:
-    install("tcpecho")
+    MORE.install("tcpecho")
     result = pycrestore("restore", "-D", str(IMAGES / "tcpecho"), "-d")
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -155,14 +139,14 @@ def test_memcached_listening_socket(free_ports) -> None:
     and epoll in an 8-thread process."""
     if not Path("/usr/bin/memcached").exists():
         pytest.fail("memcached's images refer to Debian's /usr/bin/memcached 1.6.18: apt-get install memcached")
-    install("memcached")
+    MORE.install("memcached")
     result = pycrestore("restore", "-D", str(IMAGES / "memcached"), "-d")
     try:
         assert result.returncode == 0, result.stderr
         listening = subprocess.run(["ss", "-Htln", "( sport = :41300 )"], capture_output=True, text=True,
                                    check=True).stdout.split()
         assert listening[:5] == ["LISTEN", "0", "1024", "127.0.0.1:41300", "0.0.0.0:*"], listening
-        check = verify("memcached")
+        check = MORE.verify("memcached")
         assert check.returncode == 0 and check.stdout.startswith("PASS memcached"), check.stdout + check.stderr
     finally:
         kill_and_wait(MEMCACHED_PID)
@@ -170,7 +154,7 @@ def test_memcached_listening_socket(free_ports) -> None:
 
 def test_memcached_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
     """memcached (8 threads: epoll, eventfds, pipes, a listener) under --pid-ns."""
-    install("memcached")
+    MORE.install("memcached")
     pidfile = tmp_path / "pid"
     result = pycrestore("-v", "restore", "-D", str(IMAGES / "memcached"), "-d", "--pid-ns",
                         "--pidfile", str(pidfile))
@@ -179,7 +163,7 @@ def test_memcached_in_new_pid_namespace(free_ports, tmp_path: Path) -> None:
     init = int(result.stderr.split("init ")[1].split(")")[0])
     try:
         assert len(list(Path(f"/proc/{outer}/task").iterdir())) == 8
-        check = verify("memcached", pid_for_ns=outer)
+        check = MORE.verify("memcached", pid_for_ns=outer)
         assert check.returncode == 0 and check.stdout.startswith("PASS memcached"), check.stdout + check.stderr
     finally:
         kill_and_wait(outer)

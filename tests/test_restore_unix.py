@@ -15,8 +15,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +37,7 @@ from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.images.schemas import sk_unix_pb2
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from packs import MORE, restore_cli
 
 NAME = "unixsrv"
 PIDS = (40600, 40601)
@@ -52,19 +51,6 @@ def _copy(tmp_path: Path) -> Path:
     out = tmp_path / NAME
     shutil.copytree(IMAGES, out)
     return out
-
-
-def _restore(images: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), NAME], check=True, capture_output=True)
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(images), "-d",
-                           *extra, "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=120)
-
-
-def _verify(pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES_MORE.resolve() / "verify.py"), NAME]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def _kill_tree(pid: int, pid_ns: bool) -> None:
@@ -246,13 +232,14 @@ def test_build_keeps_boundaries_pending_clients_widowed_ends_and_relative_names(
 def test_unixsrv_restores_and_verifies(pid_ns, tmp_path):
     pidfile = tmp_path / "pid"
     with pid_max_at_least(65536):
-        result = _restore(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
+        MORE.install(NAME)
+        result = restore_cli(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
         assert result.returncode == 0, result.stderr
         pid = int(pidfile.read_text())
         try:
             if not pid_ns:
                 assert pid == PIDS[0]
-            check = _verify(pid_for_ns=pid if pid_ns else None)
+            check = MORE.verify(NAME, pid_for_ns=pid if pid_ns else None)
             assert check.returncode == 0 and check.stdout.startswith(f"PASS {NAME}"), check.stdout + check.stderr
             st = SRV_SOCK.stat()
             assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755, oct(st.st_mode)
@@ -282,10 +269,11 @@ def test_dropped_server_queue_makes_verify_fail(tmp_path):
     (d / "sk-queues.img").write_bytes(dump_image(queues))
     pidfile = tmp_path / "pid"
     with pid_max_at_least(65536):
-        result = _restore(d, pidfile)
+        MORE.install(NAME)
+        result = restore_cli(d, pidfile)
         assert result.returncode == 0, result.stderr
         try:
-            check = _verify()
+            check = MORE.verify(NAME)
             assert check.returncode == 1 and check.stdout.startswith(f"FAIL {NAME}"), check.stdout + check.stderr
             assert "ping sequence" in check.stdout or "pong sequence" in check.stdout, check.stdout
         finally:

@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
 from pycriu_restore.plan.model import TaskState
+from packs import MORE, restore_cli
 
 pytestmark = needs_fixtures_more
 
@@ -136,22 +136,6 @@ def _pid_max():
         assert wait_gone(pid), f"pid {pid} is still in use after the test"
 
 
-def install() -> None:
-    subprocess.run([str(FIXTURES_MORE / "install.sh"), "zombie"], check=True, capture_output=True)
-
-
-def restore(images: Path, pidfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "-v", "restore", "-D", str(images), "-d",
-                           *extra, "--pidfile", str(pidfile)], capture_output=True, text=True, timeout=120)
-
-
-def verify(pid_for_ns: int | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FIXTURES_MORE / "verify.py"), "zombie"]
-    if pid_for_ns is not None:  # see the restored pids through the namespace's own /proc
-        cmd = ["nsenter", "-t", str(pid_for_ns), "-p", "-m", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def proc_stat(pid: int) -> list[str]:
     """/proc/PID/stat from field 3 (state) on (proc(5): split after the last ')')."""
     with open(f"/proc/{pid}/stat") as f:
@@ -195,14 +179,14 @@ def kill_tree(root: int, init: int | None) -> None:
 
 @pytest.mark.parametrize("pid_ns", [False, True], ids=["host-pids", "pid-ns"])
 def test_restore_and_verify(_pid_max, pid_ns, tmp_path):
-    install()
+    MORE.install("zombie")
     pidfile = tmp_path / "pid"
-    result = restore(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
+    result = restore_cli(IMAGES, pidfile, *(["--pid-ns"] if pid_ns else []))
     assert result.returncode == 0, result.stderr
     root = int(pidfile.read_text())
     init = int(result.stderr.split("init ")[1].split(")")[0]) if pid_ns else None
     try:
-        check = verify(pid_for_ns=root if pid_ns else None)
+        check = MORE.verify("zombie", pid_for_ns=root if pid_ns else None)
         assert check.returncode == 0 and check.stdout.startswith("PASS zombie"), check.stdout + check.stderr
         ours = {inner_pid(pid): pid for pid in children(root)}
         assert sorted(ours) == [ZOMBIE, STOPPED, RUNNING]
@@ -224,15 +208,15 @@ def test_restore_and_verify(_pid_max, pid_ns, tmp_path):
 def test_tampered_exit_status_is_applied(_pid_max, tmp_path, status, parent_sees):
     """The zombie shows the image's status in /proc, and its parent logs it (verify.py fails)."""
     images = _tampered(tmp_path, ZOMBIE, lambda e: setattr(e.tc, "exit_code", status))
-    install()
+    MORE.install("zombie")
     pidfile = tmp_path / "pid"
-    result = restore(images, pidfile)
+    result = restore_cli(images, pidfile)
     assert result.returncode == 0, result.stderr
     root = int(pidfile.read_text())
     try:
         zombie = proc_stat(ZOMBIE)
         assert (zombie[0], int(zombie[49])) == ("Z", status)
-        check = verify()
+        check = MORE.verify("zombie")
         assert check.returncode == 1 and check.stdout.startswith("FAIL zombie"), check.stdout + check.stderr
         assert parent_sees in check.stdout, check.stdout
     finally:
