@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import click
 
+from pycriu_restore import interruption
 from pycriu_restore.errors import EXIT_FAILURE, PycrestoreError
 
 EXIT_CODES_HELP = """\b
@@ -28,6 +29,8 @@ Exit codes:
   4  the machine does not match the images (pid in use, file changed)
   5  the restore failed (a task died, a syscall failed)
   6  the restorer blob is missing or malformed (a packaging problem)
+  130, 143, 129  stopped by SIGINT, SIGTERM, SIGHUP (128 + the signal);
+     every task restored so far was killed, as after a failure
 """
 
 
@@ -45,11 +48,41 @@ def _reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             click.echo(f"pycrestore: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:  # a system call no layer named: still one line, not a traceback
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"pycrestore: error: {err}", err=True)
+            sys.exit(EXIT_FAILURE)
 
     return wrapper
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group; a stop signal ends any command with one line and 128 + signo.
+
+    The handlers (interruption.py) hold from here on; ``python -m pycriu_restore`` and the
+    ``pycrestore`` script install them earlier still, before the imports (__main__.py).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # CRIU's -v0..-v4 (log levels: 0-1 errors, 2 warnings, 3 info, 4 debug), anywhere on
+        # the line as criu takes it, become our -v count, which belongs before the command.
+        levels = [int(a[2]) for a in args if len(a) == 3 and a.startswith("-v") and a[2] in "01234"]
+        if levels:
+            args = ["-v"] * max(0, levels[-1] - 2) + [a for a in args if not (len(a) == 3 and a.startswith("-v")
+                                                                             and a[2] in "01234")]
+        return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with interruption.handlers():
+            try:
+                return super().main(*args, **kwargs)
+            except interruption.Interrupted as err:
+                click.echo(f"pycrestore: {err}", err=True)
+                sys.exit(err.exit_code)
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More detail; -v also prints tracebacks on errors.")
 @click.version_option(package_name="pycrestore")
 def main(verbose: int) -> None:
@@ -135,38 +168,65 @@ def info(directory: str, section: str) -> None:
 @click.option("--shell-job", is_flag=True,
               help="As CRIU's: the tree ran on a terminal and in a session outside it (dumped with --shell-job); "
                    "it gets this process's session and its stdin terminal.")
+@click.option("--external", "external", multiple=True, metavar="KEY[...]:VALUE",
+              help="As CRIU's: veth[IFNAME]:HOSTNAME re-creates the tree's veth IFNAME with its peer "
+                   "HOSTNAME in this network namespace (docs/netns.md). Repeatable.")
+@click.option("--restore-sibling", is_flag=True,
+              help="As CRIU's: the restored root becomes a child of pycrestore's parent (CLONE_PARENT), not of pycrestore.")
+@click.option("--root", "root", type=click.Path(file_okay=False),
+              help="As CRIU's: the root the tasks see; only / is accepted (other roots need the images' mount namespace).")
+@click.option("--inherit-fd", "inherit_fd", multiple=True, metavar="fd[N]:RESOURCE",
+              help="As CRIU's: use our fd N for RESOURCE (pipe:[INO], socket:[INO], a path). Not supported yet: refused.")
+@click.option("--orphan-pts-master", is_flag=True, help="As CRIU's. Not supported yet: refused.")
+@click.option("-W", "--work-dir", type=click.Path(file_okay=False),
+              help="As CRIU's: where stats-restore is written (not written without -W or --display-stats).")
+@click.option("--display-stats", is_flag=True,
+              help="As CRIU's: print the restore statistics (stats-restore, in the work dir: -W, else the images dir).")
 @_reports_errors
 def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str | None, log_file: str | None,
             gpu_backend: str, no_parallel_gpu_restore: bool, cpu_cap: str, tcp_established: bool,
-            shell_job: bool) -> None:
+            shell_job: bool, external: tuple[str, ...], restore_sibling: bool, root: str | None,
+            inherit_fd: tuple[str, ...], orphan_pts_master: bool, work_dir: str | None, display_stats: bool) -> None:
     """Restore the processes checkpointed in IMAGES_DIR, with their pids, memory and files.
 
     Needs root. Without -d, pycrestore stays the parent of the restored root task and
     exits with its exit status, as `criu restore` does.
     """
+    from pycriu_restore import api
     from pycriu_restore.restore.cpucap import parse_cpu_cap
-    from pycriu_restore.restore.orchestrator import RestoreOptions
-    from pycriu_restore.restore.orchestrator import restore as do_restore
 
     try:
-        caps = parse_cpu_cap(cpu_cap)
+        parse_cpu_cap(cpu_cap)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--cpu-cap") from err
+    inherited = [_parse_inherit_fd(spec) for spec in inherit_fd]
     verbose = click.get_current_context().find_root().params.get("verbose", 0)
     _setup_logging(verbose, log_file)
-    restored = do_restore(images_dir, RestoreOptions(pid_ns=pid_ns, gpu_backend=gpu_backend,
-                                                     parallel_gpu=not no_parallel_gpu_restore,
-                                                     cpu_cap=caps, tcp_established=tcp_established,
-                                                     shell_job=shell_job))
-    root = restored.root_pid
-    if pidfile:
-        with open(pidfile, "w") as f:
-            f.write(f"{root}\n")
-    where = f" (pid {restored.plan.root.pid} in its pid namespace, init {restored.init_pid})" if pid_ns else ""
-    logging.getLogger("pycrestore").info("restored task %d%s in %.1f ms", root, where, restored.timeline.total_ms)
+    stats_dir = work_dir or (images_dir if display_stats else None)
+    restored = api.restore(images_dir, pid_ns=pid_ns, gpu_backend=gpu_backend, parallel_gpu=not no_parallel_gpu_restore,
+                           cpu_cap=cpu_cap, tcp_established=tcp_established, shell_job=shell_job, external=external,
+                           restore_sibling=restore_sibling, root=root, inherit_fd=inherited,
+                           orphan_pts_master=orphan_pts_master, work_dir=stats_dir, pidfile=pidfile, isolate=False)
+    root_pid = restored.root_pid
+    if display_stats:  # as CRIU's display_stats(): the counters of stats-restore, one per line
+        s = restored.stats
+        click.echo(f"Restore stats:\n  pages_compared: {s.pages_compared}\n  pages_skipped_cow: {s.pages_skipped_cow}\n"
+                   f"  forking_time: {s.forking_time_us}\n  restore_time: {s.restore_time_us}\n"
+                   f"  pages_restored: {s.pages_restored}", err=True)
+    where = f" (pid namespace init {restored.init_pid})" if pid_ns else ""
+    logging.getLogger("pycrestore").info("restored task %d%s in %.1f ms", root_pid, where, restored.total_ms)
+    root = root_pid
+    if interruption.received():  # a stop signal the restore could not act on: it ran to its end
+        click.echo(f"pycrestore: {interruption.Interrupted(interruption.received())} after the restore: "
+                   f"task {root} keeps running", err=True)
+        sys.exit(interruption.exit_code(interruption.received()))
     if restore_detached:
         return
-    _, status = os.waitpid(root, 0)
+    try:
+        _, status = os.waitpid(root, 0)
+    except interruption.Interrupted as err:  # the restore is done: the tree is not ours to stop
+        click.echo(f"pycrestore: {err} while waiting for task {root}, which keeps running", err=True)
+        sys.exit(err.exit_code)
     sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
@@ -189,6 +249,31 @@ def demo(ticks: int, keep: str | None) -> None:
     from pycriu_restore.demo import run_demo
 
     run_demo(ticks, pathlib.Path(keep) if keep else None, echo=click.echo)
+
+
+@main.command()
+@click.argument("fd", type=int)
+def swrk(fd: int) -> None:
+    """Serve CRIU's RPC on the socket at FD (what runc, go-criu and pycriu start: `criu swrk FD`).
+
+    Answers RESTORE, VERSION, CHECK and FEATURE_CHECK; refuses every other request in its
+    response. docs/embedding.md says how to point a container runtime at pycrestore.
+    """
+    from pycriu_restore.rpc import serve_swrk
+
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    _setup_logging(verbose, None)
+    sys.exit(serve_swrk(fd))
+
+
+def _parse_inherit_fd(spec: str) -> Any:
+    """CRIU's fd[N]:RESOURCE (criu/crtools.c, inherit_fd_parse)."""
+    from pycriu_restore.api import InheritFd
+
+    head, sep, resource = spec.partition(":")
+    if not (sep and head.startswith("fd[") and head.endswith("]") and head[3:-1].isdigit() and resource):
+        raise click.BadParameter(f"{spec!r}: expected fd[N]:RESOURCE", param_hint="--inherit-fd")
+    return InheritFd(fd=int(head[3:-1]), resource=resource)
 
 
 @main.command()

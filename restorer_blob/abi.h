@@ -60,7 +60,7 @@
 
 #define BLOB_ARGS_MAGIC		0x42435950u	/* "PYCB" in memory, little-endian */
 #define BLOB_STATUS_MAGIC	0x54535942u	/* "BYST": the blob has started writing status */
-#define BLOB_ABI_VERSION	4u
+#define BLOB_ABI_VERSION	5u	/* 5: fault_step */
 
 #define BLOB_PAGE_SIZE		4096u		/* x86-64 base page (asm/page_types.h) */
 #define BLOB_STACK_BYTES	32768u		/* the leader's stack in the bootstrap region */
@@ -323,7 +323,7 @@ struct blob_args {
 	uint64_t task_size;	/* end of user space: the blob unmaps below it only ([vsyscall]) */
 	uint64_t stack_top;	/* entry.S moves RSP here (16-byte aligned) */
 	uint32_t exit_code;	/* with BLOB_F_EXIT: exit_group status, < BLOB_EXIT_RESERVED */
-	uint32_t _pad0;
+	uint32_t fault_step;	/* tests only (pycriu_restore/faults.py): BLOB_STEP_* to fail with EIO; 0: none */
 
 	/* glibc's rseq area of the process the blob runs in, unregistered before anything is
 	 * unmapped: 6.18 kills the task otherwise (research/feasibility-spike.md section 2). */

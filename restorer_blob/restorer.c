@@ -985,7 +985,7 @@ void restore_task_main(struct blob_args *args)
 
 	for (i = 0; i < NR_STEPS; i++) {
 		status->step = blob_steps[i].id;
-		err = blob_steps[i].run(args, status);
+		err = blob_steps[i].id == args->fault_step ? -EIO : blob_steps[i].run(args, status);
 		if (err < 0)
 			fail(status, args->flags, (uint32_t)-err);
 	}

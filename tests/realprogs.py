@@ -271,3 +271,14 @@ def restored(dumped: Dumped, *options: str, terminal: int | None = None) -> Iter
                 caller.wait()
             for pid in dumped.pids:
                 assert wait_gone(pid), f"pid {pid} of {dumped.name} still exists after the test"
+
+
+def link_exists(name: str) -> bool:
+    """Whether a network link of that name exists in our network namespace."""
+    return Path(f"/sys/class/net/{name}").exists()
+
+
+def wait_link_gone(name: str, timeout_s: float = 10.0) -> None:
+    """Wait until the link ``name`` is gone (a veth goes with its namespace, which the kernel
+    tears down asynchronously after its last task and fd)."""
+    wait_for(f"link {name} to disappear", lambda: not link_exists(name), timeout_s)

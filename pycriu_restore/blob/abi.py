@@ -17,7 +17,7 @@ from ctypes import c_int32, c_uint8, c_uint32, c_uint64
 
 BLOB_ARGS_MAGIC = 0x42435950  # "PYCB" in memory, little-endian
 BLOB_STATUS_MAGIC = 0x54535942  # "BYST": the blob has started writing status
-BLOB_ABI_VERSION = 4
+BLOB_ABI_VERSION = 5
 
 BLOB_PAGE_SIZE = 4096
 BLOB_STACK_BYTES = 32768          # the leader's stack
@@ -318,7 +318,7 @@ class BlobArgs(ctypes.Structure):
         ("task_size", c_uint64),
         ("stack_top", c_uint64),
         ("exit_code", c_uint32),
-        ("_pad0", c_uint32),
+        ("fault_step", c_uint32),  # tests only (faults.py): BLOB_STEP_* to fail with EIO
         ("self_rseq", BlobRseq),
         ("vmas", c_uint64),
         ("nr_vmas", c_uint32),

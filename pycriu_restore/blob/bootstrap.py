@@ -54,10 +54,12 @@ import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from pycriu_restore import faults
 from pycriu_restore.blob import abi
 from pycriu_restore.blob.cpuid import XsaveComponent, xsave_components
 from pycriu_restore.blob.errors import BadThreadState, VdsoMismatch
 from pycriu_restore.blob.loader import Blob, load_blob
+from pycriu_restore.blob.status import STEP_NAMES
 from pycriu_restore.blob.sigframe import Sigframe, build_sigframe, sigframe_bytes
 from pycriu_restore.linux.procmaps import MapEntry
 from pycriu_restore.linux.ptrace import RseqConfig
@@ -246,6 +248,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     writer = _ArgsWriter(args_addr)
     args = abi.BlobArgs.new()
     args.flags = extra_flags | (abi.BLOB_F_SET_MM if set_mm else 0)
+    args.fault_step = faults.blob_step(STEP_NAMES)  # 0 unless a test armed blob.<step>
     args.bootstrap_start, args.bootstrap_len = base, layout.size
     args.task_size = TASK_SIZE
     args.stack_top = base + layout.size

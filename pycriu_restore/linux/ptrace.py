@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
+from pycriu_restore import faults
 from pycriu_restore.linux.errors import os_errors
 from pycriu_restore.linux.libc import Iovec, libc_function, raise_errno
 from pycriu_restore.linux.regs import USER_REGS_SIZE, UserRegs
@@ -216,6 +217,7 @@ def _name(request: int) -> str:
 
 def _request(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
     """Make one ptrace request; return its result or raise ``OSError`` (errno)."""
+    faults.point("ptrace")
     ctypes.set_errno(0)   # PEEK* may return -1 as data: only errno tells an error apart
     result = _ptrace(request, pid, addr, data)
     if result == -1 and ctypes.get_errno() != 0:

@@ -23,6 +23,7 @@ from typing import Iterable
 from pycriu_restore.images import ImageSet
 from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from pycriu_restore.plan import validate
 from pycriu_restore.plan.refusals import Refusal, find_refusals, summarize
 from pycriu_restore.files import registry
 from pycriu_restore.files import memfd as memfd_kind
@@ -133,12 +134,14 @@ def build_plan(images: ImageSet) -> RestorePlan:
     entries = list(images.pstree())
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
+    validate.check_images(images, early=True)  # every task's images there (plan/validate.py)
     files = {f.id: f for f in images.files()}
     # First, every object and field whose state cannot be restored, all in one error: the
     # fds each kind module refuses (naming task and fd), then the coverage table's fields.
     found = _fd_refusals(images, entries, files) + list(find_refusals(images))
     if found:
         raise UnsupportedFeature(found[0].image, summarize(found))
+    validate.check_images(images, early=False)  # then the rest: fd tables, pagemaps, ...
     memfds = memfd_kind.read_inodes(images)
     notes: list[str] = []
     tasks = tuple(_build_task(images, entry, files, memfds, notes) for entry in _parents_first(entries))

@@ -67,6 +67,8 @@ class RefusalContext:
     inventory: inventory_pb2.InventoryEntry
     # ids-PID.img field name -> id value -> number of tasks holding it (CLONE_VM etc. sharing)
     id_holders: dict[str, dict[int, int]]
+    # network namespace ids the restore makes (plan/netns.py restored_net_namespaces)
+    net_namespaces: frozenset[int] = frozenset()
 
 
 Accepts = Callable[[object, RefusalContext], bool]
@@ -159,6 +161,11 @@ def _root_ns(name: str) -> Accepts:
         root = ctx.inventory.root_ids
         return value == 0 or (ctx.inventory.HasField("root_ids") and value == getattr(root, name))
     return accepts
+
+
+def _root_or_restored_net_ns(value: object, ctx: RefusalContext) -> bool:
+    """In the dumper's network namespace, or in one the images hold and netns/ makes."""
+    return _root_ns("net_ns_id")(value, ctx) or value in ctx.net_namespaces
 
 
 def _not_shared(name: str) -> Accepts:
@@ -401,7 +408,8 @@ IDS = RecordKind("ids", "ids-PID.img", ids_pb2.TaskKobjIdsEntry, (
     R("fs_id", "fs info shared between processes (CLONE_FS)", _not_shared("fs_id"), bad=SHARED),
     R("sighand_id", "signal handlers shared between processes (CLONE_SIGHAND)", _not_shared("sighand_id"), bad=SHARED),
     R("pid_ns_id", "a pid namespace of its own", _root_ns("pid_ns_id"), bad=999),
-    R("net_ns_id", "a network namespace of its own", _root_ns("net_ns_id"), bad=999),
+    R("net_ns_id", "a network namespace other than ours without netns-ID.img (one with it is made by "
+      "netns/namespace.py, the root cloned into it)", _root_or_restored_net_ns, bad=999),
     R("ipc_ns_id", "an IPC namespace of its own", _root_ns("ipc_ns_id"), bad=999),
     R("uts_ns_id", "a UTS namespace of its own", _root_ns("uts_ns_id"), bad=999),
     R("mnt_ns_id", "a mount namespace of its own", _root_ns("mnt_ns_id"), bad=999),
@@ -509,7 +517,8 @@ _INET_SOCKET = (
     A("isk.ip_opts.tos", "IP_TOS"),
     A("isk.ip_opts.ttl", "IP_TTL"),
     A("isk.ifname", "IPv6: the scope id of bind(), by if_nametoindex"),
-    R("isk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
+    R("isk.ns_id", "a socket of a network namespace the restore does not make", _root_or_restored_net_ns,
+      bad=999),
     A("isk.shutdown", f"UDP: shutdown(2); a shut-down TCP socket (a FIN in a queue) refused by {_INET} read"),
     A("isk.tcp_opts", "the TCP options below"),
     A("isk.tcp_opts.cork", "TCP_CORK"),
@@ -655,7 +664,8 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     A("usk.name_dir", "UnixSocket.name_dir: a relative name is bound and connected to from this directory"),
     A("usk.deleted", "UnixSocket.deleted: bound, then its file unlinked once all are connected; a socket "
       "connected to such a name refused by files/unix_socket.py read"),
-    R("usk.ns_id", "a socket of another network namespace", _root_ns("net_ns_id"), bad=999),
+    R("usk.ns_id", "a socket of a network namespace the restore does not make", _root_or_restored_net_ns,
+      bad=999),
     I("usk.mnt_id", "set only for a tree with its own mount namespace, which is refused (ids mnt_ns_id): "
       "names are bound in the restorer's"),
     A("pipe", "PipeEnd"),

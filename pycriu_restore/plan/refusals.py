@@ -49,6 +49,7 @@ from pycriu_restore.plan.coverage import (
     RefusalContext,
 )
 from pycriu_restore.plan.errors import UnsupportedFeature
+from pycriu_restore.plan.netns import restored_net_namespaces
 
 TASK_STATE_DEAD = 2  # task_core_entry.task_state of a zombie (plan/model.py TaskState)
 _SHARED_IDS = ("vm_id", "files_id", "fs_id", "sighand_id")
@@ -104,7 +105,7 @@ def find_refusals(images: ImageSet) -> Iterator[Refusal]:
     alive = [t for t in tasks if t.threads and t not in dead]
     task_ids = {t.pid: images.ids(t.pid) for t in alive}
     holders = {name: dict(Counter(getattr(i, name) for i in task_ids.values())) for name in _SHARED_IDS}
-    ctx = RefusalContext(inventory=inventory, id_holders=holders)
+    ctx = RefusalContext(inventory=inventory, id_holders=holders, net_namespaces=restored_net_namespaces(images))
 
     yield from _scan("inventory.img", INVENTORY, [inventory], ctx)
     yield from _scan("pstree.img", PSTREE, tasks, ctx, lambda e, i: f"pid {e.pid}: ")

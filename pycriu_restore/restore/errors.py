@@ -74,3 +74,12 @@ class RestoreFailed(PycrestoreError):
         self.pid = pid
         self.step = step
         super().__init__(f"task {pid}: {step}: {cause}")
+
+
+class LimitTooLow(EnvironmentMismatch):
+    """A limit of this machine or process (RLIMIT_NOFILE, memory, vm.max_map_count) is below
+    what the restore needs: found before anything is created (restore/preflight.py)."""
+
+    def __init__(self, limit: str, value: str, needed: str, fix: str) -> None:
+        self.limit = limit
+        super().__init__(f"{limit} is {value}, the restore needs {needed}: {fix}")

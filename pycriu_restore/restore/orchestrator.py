@@ -22,8 +22,10 @@ detached together at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -38,10 +40,16 @@ from pycriu_restore.images import ImageSet
 from pycriu_restore.linux import ptrace, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
+from pycriu_restore.plan.errors import UnsupportedFeature
 from pycriu_restore.plan.model import RestorePlan, TaskState
 from pycriu_restore.files.inet_lock import ConnectionLock
+from pycriu_restore.netns.namespace import NetNamespace
+from pycriu_restore.plan.netns import read_net_namespace
 from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
+from pycriu_restore import faults, interruption
+from pycriu_restore.linux.errors import LinuxError
 from pycriu_restore.restore.errors import RestoreFailed
+from pycriu_restore.restore.notify import CARRIES_PID, Notify
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.cpucap import DEFAULT_CPU_CAP, CpuCap, check_cpu
@@ -79,6 +87,14 @@ class RestoreOptions:
     cpu_cap: CpuCap = DEFAULT_CPU_CAP  # CRIU's --cpu-cap: what the CPU check compares
     tcp_established: bool = False  # CRIU's --tcp-established: rebuild ESTABLISHED TCP connections
     shell_job: bool = False  # CRIU's --shell-job: the tree takes the caller's session and terminal
+    # CRIU's --external KEY[...]:VALUE; netns/ reads veth[IFNAME]:HOSTNAME (plan/netns.py).
+    external: tuple[str, ...] = ()
+    # CRIU's --restore-sibling (rpc rst_sibling): the root is forked with CLONE_PARENT, so it
+    # becomes a child of our parent (the RPC client), not ours.
+    restore_sibling: bool = False
+    # CRIU's notify points (restore/notify.py), called on this thread with the point and,
+    # where CRIU sends one, the root's pid in our namespace. Raising aborts the restore.
+    on_notify: Callable[[Notify, int | None], None] | None = None
 
 
 @dataclass
@@ -96,6 +112,22 @@ class Restored:
         return self.pids[self.plan.root.pid]
 
 
+def _os_errors_named(func: Callable[..., Restored]) -> Callable[..., Restored]:
+    """The last boundary for an OSError that no layer below translated (a system call of the
+    orchestrator itself, or an injected fault: faults.py): by the time it gets here every
+    task has been killed, and it leaves as a LinuxError (exit 5) that names it."""
+
+    @functools.wraps(func)
+    def wrapper(*args: object, **kwargs: object) -> Restored:
+        try:
+            return func(*args, **kwargs)
+        except OSError as err:
+            raise LinuxError(f"restore: {err}", errno=err.errno) from err
+
+    return wrapper
+
+
+@_os_errors_named
 def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Restored:
     """Restore the checkpoint in ``images_dir``; return once every task runs.
 
@@ -107,6 +139,8 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
     with timeline.stage(Stage.PLAN, images_dir):
         images = ImageSet.open(images_dir)
         plan = build_plan(images)
+        # The tree's own network namespace, if it has one (plan/netns.py; None: ours).
+        netns_plan = read_net_namespace(images, options.external)
     with timeline.stage(Stage.PREFLIGHT):
         # --shell-job may move the tree into our session: the plan as restored (restore/terminals.py).
         plan, terminals = prepare_terminals(plan, options.shell_job, options.pid_ns)
@@ -121,6 +155,10 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             log.info("%s", note)
         # Connections need --tcp-established, and a lock if a peer is outside (files/inet_lock.py).
         connections = ConnectionLock.for_plan(plan, images, options.tcp_established)
+        if netns_plan is not None and connections.connections:
+            # The lock's table would be made in our namespace, not in the tree's.
+            raise UnsupportedFeature(f"netns-{netns_plan.ns_id}.img", "established TCP connections in a "
+                                     "network namespace of the tree's own are not restored")
     plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
     ctx = RestoreContext(images=images, plan=plan,
                          options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
@@ -128,22 +166,31 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
 
     rollback = Rollback()
     pidns: PidNamespace | None = None
+    netns: NetNamespace | None = None
     failed = True
     try:
+        _notify_point(options, Notify.PRE_RESTORE, None)
         for plugin in plugins:  # RESTORE_INIT: before any fork, so the tasks inherit its IPC
             plugin.restore_init(ctx)
         with timeline.stage(Stage.FORK, f"{len(plan.tasks)} task(s)"):
             connections.lock()  # before the first connection exists: none of its packets may pass
             if options.pid_ns:
                 pidns = rollback.pidns = PidNamespace.create(fresh_devpts=terminals.fresh_devpts)
+            if netns_plan is not None:  # links, addresses, routes, rules: all before a task runs in it
+                netns = NetNamespace.create(netns_plan)
 
             def post_forking() -> None:  # the orchestrator forks nothing after the root
                 for plugin in plugins:
                     plugin.post_forking(ctx)
 
-            with terminals.caller_terminal_held():  # the root keeps it at its parked number
-                tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking)
+            # In the tree's network namespace (if any) for the root's clone3: it and its children live there.
+            with terminals.caller_terminal_held(), (netns.entered() if netns else contextlib.nullcontext()):
+                tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking,
+                                  restore_sibling=options.restore_sibling)
             spawned = tree.tasks  # the zombies have exited already: they need nothing more
+        root_pid = next(s.pid for s in spawned if s.task.pid == plan.root.pid)
+        _notify_point(options, Notify.SETUP_NAMESPACES, root_pid)
+        _notify_point(options, Notify.POST_SETUP_NAMESPACES, root_pid)
         _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
             bootstraps = [_enter_blob(s) for s in spawned]
@@ -160,6 +207,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             for s, b in zip(spawned, bootstraps):
                 _wait_blob(s, b)
                 apply_sched(s)  # every thread exists now, and none runs until detach
+        _notify_point(options, Notify.POST_RESTORE, root_pid)
         _notify(options, Stage.RESUME, spawned)
         with timeline.stage(Stage.RESUME):
             for s, b in zip(spawned, bootstraps):
@@ -171,7 +219,10 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                 if options.before_detach is not None:
                     options.before_detach(s.tracee)
             # Every task is restored: unlock the network, then TCP repair off (files/inet_lock.py).
+            if netns is not None:  # CRIU's network_unlock: the script runs before the unlock
+                _notify_point(options, Notify.NETWORK_UNLOCK, None)
             connections.release({s.task.pid: s.pid for s in spawned})
+            _notify_point(options, Notify.PRE_RESUME, root_pid)  # the last moment tasks are held
             for s in spawned:  # all together, at the very end, parents first
                 if s.task.state is TaskState.STOPPED:
                     # As CRIU's finalize_restore: queued while the task is still held, the
@@ -186,12 +237,16 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         rollback.kill_all()
         raise
     finally:
-        connections.unlock()  # after release() a no-op; on failure the lock goes with the tree
-        for plugin in plugins:
-            plugin.cleanup(ctx, failed)
+        with interruption.deferred():  # a stop signal waits until all is released (interruption.py)
+            connections.unlock()  # after release() a no-op; on failure the lock goes with the tree
+            if netns is not None:  # the tasks hold it now; on failure it goes with its links
+                netns.close()
+            for plugin in plugins:
+                plugin.cleanup(ctx, failed)
     if pidns is not None:
         pidns.watch(plan.root.pid)
     rollback.forget()
+    _notify_point(options, Notify.POST_RESUME, root_pid)
     ours = {**{s.task.pid: s.pid for s in spawned}, **tree.zombies}
     return Restored(plan=plan, pids={t.pid: ours[t.pid] for t in plan.tasks}, timeline=timeline,
                     init_pid=pidns.init_pid if pidns else None, plugins=plugins)
@@ -200,6 +255,11 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
 def _notify(options: RestoreOptions, stage: Stage, spawned: list[SpawnedTask]) -> None:
     if options.on_stage is not None:
         options.on_stage(stage, [s.pid for s in spawned])
+
+
+def _notify_point(options: RestoreOptions, point: Notify, root_pid: int | None) -> None:
+    if options.on_notify is not None:
+        options.on_notify(point, root_pid if point in CARRIES_PID else None)
 
 
 def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
@@ -211,9 +271,11 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     base = choose_bootstrap_base(tracee.maps(), spawned.task.vmas, size)
     # Built (and so checked: vdso fit, FPU state) before the task is touched.
     bootstrap = build_bootstrap(spawned.task, base, runtime, spawned.service)
+    faults.point("bootstrap.mmap")
     got = tracee.inject_syscall(syscalls.NR_MMAP, base, size, PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE, -1 & 0xFFFFFFFFFFFFFFFF, 0)
     if got != base:
         raise RestoreFailed(spawned.task.pid, "bootstrap", f"mmap of the bootstrap region at {base:#x} returned {got:#x}")
+    faults.point("bootstrap.write_memory")
     tracee.write_memory(base, bootstrap.image)
     regs = tracee.regs
     regs.rip = bootstrap.entry

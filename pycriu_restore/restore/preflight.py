@@ -16,6 +16,7 @@ from elftools.elf.elffile import ELFFile
 
 from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan, Task
 from pycriu_restore.restore.errors import FileMismatch, PidAboveMax, PidTaken, SeccompNotSuspendable
+from pycriu_restore.restore import limits
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 # <linux/threads.h>: PID_MAX_LIMIT on 64-bit, the most kernel.pid_max can be.
@@ -33,6 +34,7 @@ INIT_USER_NS = "user:[4026531837]"
 def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
     """Raise EnvironmentMismatch for the first thing on this machine that differs from the plan."""
     _check_pid_max(plan, new_pid_ns)
+    limits.check_limits(plan)  # RLIMIT_NOFILE, the images' rlimits, memory, vm.max_map_count
     _check_seccomp_suspendable(plan)
     if not new_pid_ns:
         for task in plan.tasks:

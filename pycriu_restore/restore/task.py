@@ -38,7 +38,7 @@ import signal
 from dataclasses import dataclass
 from typing import NoReturn
 
-from pycriu_restore import files
+from pycriu_restore import faults, files
 from pycriu_restore.files import close_all_except, registry
 from pycriu_restore.files import owner as fd_owner
 from pycriu_restore.files.fdlayout import FdLayout, ServiceFds
@@ -76,6 +76,9 @@ class TreeSetup:
     # Plugins and their context, inherited through fork: their task-side hooks run here.
     plugins: tuple[Plugin, ...] = ()
     plugin_ctx: RestoreContext | None = None
+    # The orchestrator's ends of every task's pipes. The root drops its copies before it
+    # waits for its go: if the orchestrator dies first, that read must end (EOF), not block.
+    orchestrator_fds: frozenset[int] = frozenset()
 
 
 class ChildStepFailed(Exception):
@@ -107,7 +110,12 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
             # which waits for it (restore/zombie.py says why then).
             _set_session(task)
             _step("become a zombie", lambda: exit_as_zombie(task, status_fd, READY))
-        os.read(link.go_fd, 1)
+        if is_root:
+            for fd in tree.orchestrator_fds:
+                _close_quietly(fd)
+        if os.read(link.go_fd, 1) != b"g":  # EOF: the orchestrator died before it seized us
+            os._exit(CHILD_NOT_TAKEN_OVER)
+        faults.point("task.start")
         below = _descendants(tree.plan, task)
         status_fd = _keep_only(link, tree, below, keep_mntns=is_root)
         if is_root:
@@ -118,6 +126,7 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
                 _step("time namespace", lambda: _enter_time_namespace(tree.plan.timens))
         _set_session(task)
         if is_root:
+            faults.point("task.shared_objects")
             _step("create shared objects", lambda: create_shared_objects(tree.plan, tree.parked))
         # After setsid/setpgid and the shared objects, before the forks: children inherit a
         # controlling terminal only if their session leader took it first (files/tty.py).
@@ -127,6 +136,7 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
         if zombies:  # before the forks: no zombie may be reaped, no SIGCHLD left (restore/zombie.py)
             old_mask = _step("hold SIGCHLD", hold_child_exits)
         for child in tree.plan.children(task):
+            faults.point("task.fork")
             pid = _step(f"fork task {child.pid}", lambda child=child: clone3(0, [child.pid]))
             if pid == 0:
                 run_child(child, tree)  # never returns
@@ -226,6 +236,7 @@ def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bo
 
 def _set_session(task: Task) -> None:
     """A session leader starts its session; a group leader its group; others inherit both."""
+    faults.point("task.session")
     if task.sid == task.pid:
         _step("setsid", os.setsid)
     elif task.pgid == task.pid:
@@ -274,6 +285,7 @@ def _write_proc_self(name: str, value: int) -> None:
 
 
 def _restore_fs(task: Task) -> None:
+    faults.point("task.fs")
     if task.root != "/":
         _step(f"chroot {task.root}", lambda: os.chroot(task.root))
     _step(f"chdir {task.cwd}", lambda: os.chdir(task.cwd))
@@ -295,6 +307,7 @@ def _install_fds(task: Task, tree: TreeSetup) -> None:
         if spec.fd in held:
             raise ChildStepFailed(f"fd {spec.fd}", f"the number is held by a plugin's channel {sorted(held)}: "
                                   "an image fd that high is not restored with this plugin")
+        faults.point("task.install_fd", kind.fd_type)
         _step(_describe(kind, spec), lambda spec=spec, kind=kind: kind.install(spec, ctx))
 
 
@@ -330,6 +343,7 @@ def _describe(kind: registry.FileKind, spec) -> str:
 def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> None:
     """Open the pages image, the exe and every mapped file at their service fds; a memfd or
     shared anonymous memory is a dup of the one object the root parked (restore/shared.py)."""
+    faults.point("task.service_files")
     wanted = [(task.pages_path, os.O_RDONLY, service.pages), (task.mm.exe.path, os.O_RDONLY, service.exe)]
     wanted += [(path, flags, fd) for (path, flags), fd in service.mapped.items()]
     for path, flags, fd in wanted:

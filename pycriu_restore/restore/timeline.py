@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from pycriu_restore import faults
+
 log = logging.getLogger("pycrestore")
 
 
@@ -52,6 +54,7 @@ class Timeline:
         start = time.perf_counter()
         ok = False
         try:
+            faults.point("stage", stage.value)
             yield
             ok = True
         finally:

@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pycriu_restore import interruption
 from pycriu_restore.linux import namespaces, ptrace
-from pycriu_restore.linux.clone3 import clone3
+from pycriu_restore.linux.clone3 import CLONE_PARENT, clone3
 from pycriu_restore.linux.errors import PidInUse
 from pycriu_restore.linux.waitstatus import WALL, StopKind
 from pycriu_restore.plan.model import RestorePlan, Task
@@ -57,6 +58,10 @@ class Rollback:
         self.pids.append(pid)
 
     def kill_all(self) -> None:
+        with interruption.deferred():  # a stop signal must not cut the rollback short
+            self._kill_all()
+
+    def _kill_all(self) -> None:
         # Tasks forked by a task but not yet seized are found through /proc (proc(5):
         # task/TID/children), so none is missed.
         victims = _with_descendants(self.pids)
@@ -128,7 +133,7 @@ class SpawnedTree:
 
 def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None,
                plugins: tuple[Plugin, ...] = (), plugin_ctx: RestoreContext | None = None,
-               after_root_fork: Callable[[], None] | None = None) -> SpawnedTree:
+               after_root_fork: Callable[[], None] | None = None, restore_sibling: bool = False) -> SpawnedTree:
     """Create every task of the plan with its pid, let each prepare itself, hold all stopped.
 
     The orchestrator forks only the root; each task forks its own children during its
@@ -138,7 +143,8 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     the step; the caller's ``rollback`` kills what was made. ``after_root_fork`` runs in the
     orchestrator as soon as the root exists (POST_FORKING: threads may start from then on).
     A zombie is not seized: it has exited by the time its parent is ready, and is checked
-    in /proc (restore/zombie.py).
+    in /proc (restore/zombie.py). ``restore_sibling``: the root is born our parent's child
+    (CLONE_PARENT, CRIU's --restore-sibling); we still trace it, and our parent reaps it.
     """
     links: dict[int, TaskLink] = {}
     ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
@@ -149,12 +155,14 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
         ours[task.pid] = (go_w, status_r)
     mntns_fd = pidns.ns_fd("mnt") if pidns is not None else None
     tree = TreeSetup(plan=plan, links=links, parked=SharedFds.layout(plan), mntns_fd=mntns_fd,
-                     plugins=plugins, plugin_ctx=plugin_ctx)
+                     plugins=plugins, plugin_ctx=plugin_ctx,
+                     orchestrator_fds=frozenset(fd for ends in ours.values() for fd in ends))
     try:
-        pid = _clone_with_pid(plan.root.pid, pidns)
-        if pid == 0:
-            run_child(plan.root, tree)  # never returns
-        rollback.add(pid)
+        with interruption.deferred():  # no stop signal between the clone and rollback.add
+            pid = _clone_with_pid(plan.root.pid, pidns, CLONE_PARENT if restore_sibling else 0)
+            if pid == 0:
+                run_child(plan.root, tree)  # never returns
+            rollback.add(pid)
     finally:
         for link in links.values():
             os.close(link.go_fd)
@@ -240,23 +248,26 @@ BUSY_PID_RETRIES = 5
 BUSY_PID_WAIT_S = 0.01
 
 
-def _clone_with_pid(pid: int, pidns: PidNamespace | None) -> int:
-    """clone3 with set_tid=[pid], in the new pid namespace if there is one (0 in the child)."""
+def _clone_with_pid(pid: int, pidns: PidNamespace | None, flags: int = 0) -> int:
+    """clone3 with set_tid=[pid] and ``flags``, in the new pid namespace if there is one (0 in the child)."""
+    # clone3 refuses CLONE_PARENT with an exit signal (EINVAL, kernel/fork.c clone3_args_valid):
+    # the child gets its new parent's, that of the process that made us.
+    exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
     if pidns is None:
         for _attempt in range(BUSY_PID_RETRIES):
             try:
-                return clone3(0, [pid])
+                return clone3(flags, [pid], exit_signal)
             except PidInUse:
                 if os.path.exists(f"/proc/{pid}"):
                     raise       # really held: preflight saw it free, a process took it since
                 time.sleep(BUSY_PID_WAIT_S)
-        return clone3(0, [pid])
+        return clone3(flags, [pid], exit_signal)
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     target = pidns.ns_fd("pid")
     # setns(CLONE_NEWPID) changes only where our children are born, not our own pid.
     namespaces.setns(target, namespaces.CLONE_NEWPID)
     try:
-        child = clone3(0, [pid])
+        child = clone3(flags, [pid], exit_signal)
     except BaseException:
         namespaces.setns(own, namespaces.CLONE_NEWPID)
         raise

@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 
+from pycriu_restore import faults
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
 from pycriu_restore.plugins.amdgpu.backend import GpuBackend, LocalGpu
 from pycriu_restore.plugins.amdgpu.channel import (
@@ -326,6 +327,7 @@ class FillPool:
         try:
             if self._cancel.is_set():
                 return
+            faults.point("amdgpu.fill")
             self.backend.prepare_fill(gpu_id, local)
             path = self.pages_path(command.kfd_id, gpu_id)
             src_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

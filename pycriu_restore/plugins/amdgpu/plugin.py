@@ -38,6 +38,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from pycriu_restore import faults
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
 from pycriu_restore.plan.model import ExtFileEnd, Task
 from pycriu_restore.plugins.amdgpu.backend import GpuBackend, LocalGpu, RestoredBo
@@ -159,6 +160,7 @@ class AmdgpuPlugin(Plugin):
             log.warning("amdgpu: %s: no task holds this file; its BOs are not restored", self._kfd[file_id].path.name)
         if not self._files_of:
             return
+        faults.point("amdgpu.restore_init")
 
         options = ctx.options
         if self.backend is None:
@@ -192,6 +194,7 @@ class AmdgpuPlugin(Plugin):
         """Close our copy of the task end (so the stream can end) and start the fill pool."""
         if self._orch_sock is None:
             return
+        faults.point("amdgpu.post_forking")
         assert self._task_sock is not None and self.backend is not None, "post_forking: restore_init did not run"
         self._task_sock.close()  # the root has its copy now; ours would hide the task's EOF
         self._task_sock = None

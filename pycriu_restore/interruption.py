@@ -1,0 +1,117 @@
+"""SIGINT, SIGTERM and SIGHUP: how the pycrestore command ends when it is asked to stop.
+
+The command (``cli.py``, ``python -m pycriu_restore``) calls :func:`handlers` first thing;
+from then on one of these signals raises :class:`Interrupted` in the main thread (Python
+runs signal handlers there, whichever thread the kernel picked). ``Interrupted`` is a
+``BaseException``, so it passes every ``except Exception`` and reaches the orchestrator's
+rollback (restore/orchestrator.py: every task killed and reaped, the network lock and the
+plugins released), and then the CLI, which prints one line and exits with 128 + the
+signal's number (130, 143, 129), as a shell reports a command killed by that signal.
+
+Three rules make that hold wherever the signal lands:
+
+- **Only the first signal raises.** Later ones (a second Ctrl-C while the rollback runs)
+  are noted and dropped, so the rollback is never cut short; SIGKILL is the way to be
+  quicker, and leaves nothing either (tasks are seized with PTRACE_O_EXITKILL; a task not
+  yet seized sees its go pipe end, restore/task.py).
+- **Cleanup runs deferred.** Inside :func:`deferred` a signal is only noted; it is raised
+  when the outermost deferred block ends. Rollback and release code uses it.
+- **An ignored signal stays ignored.** A signal whose disposition is SIG_IGN when the
+  command starts (``nohup``, a shell's background job for SIGINT) is left alone: that was
+  the caller's choice. CPython leaves an inherited ignored SIGINT alone too.
+
+A library caller (``pycriu_restore.restore()``) keeps its own signal handling: nothing here
+is installed unless the command line asks for it. ``deferred`` is harmless without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+# The signals that stop the command, and how it then exits (128 + signo, as sh(1) reports).
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def exit_code(signo: int) -> int:
+    """The command's exit status after ``signo``: 130 for SIGINT, 143 SIGTERM, 129 SIGHUP."""
+    return 128 + signo
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived; raised once, in the main thread, where the work was."""
+
+    def __init__(self, signo: int) -> None:
+        self.signo = signo
+        super().__init__(f"interrupted by {signal.Signals(signo).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signo)
+
+
+# main thread only (signal handlers run there):
+_received: int = 0       # the first stop signal seen; 0: none
+_raised = False          # Interrupted was raised for it
+_deferring = 0           # depth of deferred() blocks
+
+
+def _on_signal(signo: int, _frame: FrameType | None) -> None:
+    global _received, _raised
+    if _received:
+        return  # the first one is being handled: let the rollback finish
+    _received = signo
+    if not _deferring:
+        _raised = True
+        raise Interrupted(signo)
+
+
+@contextlib.contextmanager
+def handlers() -> Iterator[None]:
+    """Install the handler for each stop signal not ignored at start; put the old ones back after.
+
+    Call as early as the program can (before its heavy imports). Nested use is fine: the
+    inner one finds our handler and keeps it.
+    """
+    old = {}
+    for signo in SIGNALS:
+        current = signal.getsignal(signo)
+        if current is signal.SIG_IGN:
+            continue  # the caller's choice (nohup, a background job)
+        old[signo] = current
+        signal.signal(signo, _on_signal)
+    try:
+        yield
+    finally:
+        for signo, handler in old.items():
+            signal.signal(signo, handler)
+
+
+def install() -> None:
+    """:func:`handlers` for the rest of the process (``python -m pycriu_restore``)."""
+    handlers().__enter__()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Note a stop signal that arrives inside the block; raise it when the outermost block ends.
+
+    For code that must run to its end once begun: the rollback, releasing a lock. If the
+    block itself raises, that exception goes on (the signal stays noted, not raised).
+    """
+    global _deferring, _raised
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring and _received and not _raised:
+        _raised = True
+        raise Interrupted(_received)
+
+
+def received() -> int:
+    """The stop signal seen so far (raised or not), or 0."""
+    return _received
