@@ -71,11 +71,11 @@ def _scalar_fields(msg, structural_only: bool, prefix: str = "") -> list[tuple[o
     for fd, value in msg.ListFields():
         path = f"{prefix}{fd.name}"
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
-            children = value if fd.label == FieldDescriptor.LABEL_REPEATED else [value]
+            children = value if fd.is_repeated else [value]
             for i, child in enumerate(children[:64]):
                 out += _scalar_fields(child, structural_only, f"{path}[{i}].")
         elif fd.type in _INT_TYPES and (not structural_only or fd.name in STRUCTURAL):
-            if fd.label == FieldDescriptor.LABEL_REPEATED:
+            if fd.is_repeated:
                 out += [(msg, fd, i, f"{path}[{i}]") for i in range(min(len(value), 64))]
             else:
                 out.append((msg, fd, None, path))

@@ -169,12 +169,12 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
             os.close(link.status_fd)
         if mntns_fd is not None:
             os.close(mntns_fd)
-    if after_root_fork is not None:
-        after_root_fork()
     spawned: list[SpawnedTask] = []
     zombies: dict[int, int] = {}
     outer = {plan.root.pid: pid}
     try:
+        if after_root_fork is not None:  # inside: if it fails, our pipe ends are closed too
+            after_root_fork()
         for task in plan.tasks:
             if task.pid not in outer:  # forked by its parent, which is spawned already
                 parent = outer[task.ppid]

@@ -188,6 +188,13 @@ def _handle(sk: socket.socket, req: Any, peer: int) -> tuple[Any, bool]:
         resp.cr_errmsg = f"{err} (pycrestore exit code {err.exit_code})"
         if req.type == rpc_pb2.RESTORE:
             resp.restore.pid = -1  # required in criu_restore_resp; CRIU sends -1 too
+    except Exception as err:  # noqa: BLE001 - a bug still gets an answer, never a dropped socket
+        log.exception("swrk: internal error")
+        resp.success = False
+        resp.cr_errno = errno.EINVAL
+        resp.cr_errmsg = f"pycrestore internal error: {type(err).__name__}: {err}"
+        if req.type == rpc_pb2.RESTORE:
+            resp.restore.pid = -1
     return resp, bool(getattr(req, "keep_open", False)) and req.type != rpc_pb2.RESTORE
 
 
@@ -268,7 +275,7 @@ def _refuse_unknown(opts: Any) -> None:
     for desc, value in opts.ListFields():
         if desc.name in IGNORED_OPTS:
             continue
-        repeated = desc.label == desc.LABEL_REPEATED
+        repeated = desc.is_repeated
         if (repeated and not value) or (not repeated and value == desc.default_value):
             continue
         raise RpcError(f"restore: option {desc.name} = {_short(value)} is not supported by pycrestore")

@@ -1,0 +1,140 @@
+"""SIGINT, SIGTERM, SIGHUP and SIGKILL at random moments of a real restore (pycriu_restore/interruption.py).
+
+Each trial restores our own two-task checkpoint (test_fault_injection.py makes it: pids
+47000-47001) and sends the signal after a random delay covering the whole command, from
+interpreter start to exit. Every trial must end in one of:
+
+- exit 0: the signal came after pycrestore finished; the tree runs, and we end it;
+- exit 128 + signo with exactly one line on stderr ("pycrestore: interrupted by SIGINT"),
+  and every task gone (the rollback);
+- killed by the signal itself, with no traceback: SIGTERM/SIGHUP before the handlers are
+  installed, in CPython's own start-up (their default action);
+- CPython's start-up window for SIGINT, before pycrestore's first line runs: CPython's
+  KeyboardInterrupt. Counted, allowed only in the first STARTUP_WINDOW_S, and reported.
+
+and in every case nothing of the run may be left: not the checkpoint's pids, and no process
+carrying the run's marker in its environment. SIGKILL must leave nothing either
+(PTRACE_O_EXITKILL for seized tasks; a task not yet seized sees its go pipe end).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import pid_max_at_least  # noqa: E402
+from test_fault_injection import TREE_PIDS, _make_tree, _marked, _wait_gone  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_WINDOW_S = 0.15  # CPython init + site (+ the editable-install finder), on a loaded machine
+MAX_DELAY_S = 0.7        # a restore of the tree takes ~0.45 s from exec to exit here
+TRIALS = int(os.environ.get("PYCRESTORE_INTERRUPT_TRIALS", "8"))
+
+
+@pytest.fixture(scope="module")
+def tree_images(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("interruption trials restore real processes: run as root")
+    with pid_max_at_least(65536):
+        images = tmp_path_factory.mktemp("interrupt") / "tree"
+        _make_tree(images)
+        yield images
+
+
+def trial(images: Path, signo: int, delay_s: float, detached: bool = True, preexec=None) -> tuple[str, str]:
+    """One restore signalled after ``delay_s``; returns (kind of ending, stderr). Asserts nothing is left."""
+    token = uuid.uuid4().hex
+    env = {**os.environ, "PYCRESTORE_FAULT_RUN": token}  # only a marker: no fault is armed
+    cmd = [sys.executable, "-m", "pycriu_restore", "restore", "-D", str(images)] + (["-d"] if detached else [])
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=preexec)
+    time.sleep(delay_s)
+    try:
+        proc.send_signal(signo)
+    except ProcessLookupError:
+        pass
+    _, err = proc.communicate(timeout=60)
+    rc = proc.returncode
+    if rc == 0 or (not detached and rc == 128 + signo and "keeps running" in err):
+        kind = "finished"
+        for pid in TREE_PIDS:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    elif rc == 128 + signo:
+        kind = "interrupted"
+        assert err.splitlines() == [f"pycrestore: interrupted by {signal.Signals(signo).name}"], err
+    elif rc == -signo and "Traceback" not in err and not err.strip():
+        kind = "killed by the signal"
+    elif signo == signal.SIGINT and delay_s < STARTUP_WINDOW_S and "KeyboardInterrupt" in err:
+        kind = "CPython start-up KeyboardInterrupt"
+    else:
+        raise AssertionError(f"{signal.Signals(signo).name} after {delay_s * 1000:.0f} ms: exit {rc}: {err}")
+    left = _wait_gone(TREE_PIDS)
+    marked = _marked(token)
+    for pid in marked:
+        os.kill(pid, signal.SIGKILL)
+    assert not left and not marked, f"{signal.Signals(signo).name} after {delay_s * 1000:.0f} ms left {left} {marked}"
+    return kind, err
+
+
+@pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_signal_at_random_moments(tree_images, signo):
+    rng = random.Random(signo)
+    kinds: dict[str, int] = {}
+    for _ in range(TRIALS):
+        kind, _ = trial(tree_images, signo, rng.uniform(0.0, MAX_DELAY_S))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    print(signal.Signals(signo).name, kinds)
+
+
+def test_signal_during_the_restore_rolls_back(tree_images):
+    """A SIGINT well inside the restore (after start-up, before the end) is a rollback, exit 130."""
+    kind, err = trial(tree_images, signal.SIGINT, 0.25)
+    assert kind in ("interrupted", "finished"), err
+
+
+def test_inherited_ignored_sigint_stays_ignored(tree_images):
+    """nohup / a background job: SIGINT ignored at start stays ignored; the restore completes."""
+    kind, err = trial(tree_images, signal.SIGINT, 0.2, preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert kind == "finished", err
+
+
+def test_sigint_while_waiting_for_the_tree(tree_images):
+    """Without -d, pycrestore waits for the root; a SIGINT then ends pycrestore, not the restored tree."""
+    token = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(tree_images)],
+                            env={**os.environ, "PYCRESTORE_FAULT_RUN": token}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (Path(f"/proc/{TREE_PIDS[1]}/comm").exists()
+                                                   and Path(f"/proc/{TREE_PIDS[1]}/comm").read_text().strip() == "sleep"):
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert err.splitlines() == [f"pycrestore: interrupted by SIGINT while waiting for task {TREE_PIDS[0]}, "
+                                    "which keeps running"], err
+        assert all(Path(f"/proc/{pid}").exists() for pid in TREE_PIDS)
+    finally:
+        for pid in TREE_PIDS:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait()
+    assert not _wait_gone(TREE_PIDS)
