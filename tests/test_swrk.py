@@ -132,9 +132,9 @@ class RawClient:
                                      pass_fds=[theirs.fileno()], cwd=REPO, stderr=subprocess.DEVNULL)
         theirs.close()
 
-    def call(self, req: rpc_pb2.criu_req) -> rpc_pb2.criu_resp:
+    def call(self, req: rpc_pb2.CriuReq) -> rpc_pb2.CriuResp:
         self.sk.send(req.SerializeToString())
-        resp = rpc_pb2.criu_resp()
+        resp = rpc_pb2.CriuResp()
         resp.ParseFromString(self.sk.recv(1 << 16))
         return resp
 
@@ -146,13 +146,13 @@ class RawClient:
 def test_version_feature_check_and_unsupported_requests_are_answered():
     client = RawClient()
     try:
-        version = client.call(rpc_pb2.criu_req(type=rpc_pb2.VERSION, keep_open=True))
+        version = client.call(rpc_pb2.CriuReq(type=rpc_pb2.VERSION, keep_open=True))
         assert version.success and (version.version.major_number, version.version.minor_number) == (4, 2)
-        req = rpc_pb2.criu_req(type=rpc_pb2.FEATURE_CHECK, keep_open=True)
+        req = rpc_pb2.CriuReq(type=rpc_pb2.FEATURE_CHECK, keep_open=True)
         req.features.lazy_pages = True
         features = client.call(req)
         assert features.success and features.features.lazy_pages is False
-        dump = client.call(rpc_pb2.criu_req(type=rpc_pb2.DUMP, keep_open=True))
+        dump = client.call(rpc_pb2.CriuReq(type=rpc_pb2.DUMP, keep_open=True))
         assert (dump.type, dump.success) == (rpc_pb2.DUMP, False)
         assert "restores only" in dump.cr_errmsg and dump.cr_errno != 0
     finally:
@@ -162,7 +162,7 @@ def test_version_feature_check_and_unsupported_requests_are_answered():
 def test_restore_options_that_do_not_apply_are_refused_in_the_response(tmp_path):
     client = RawClient()
     try:
-        req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+        req = rpc_pb2.CriuReq(type=rpc_pb2.RESTORE)
         req.opts.images_dir_fd = -1  # required in criu_opts; -1: use images_dir
         req.opts.images_dir = str(tmp_path)
         req.opts.exec_cmd.append("/bin/true")
@@ -173,7 +173,7 @@ def test_restore_options_that_do_not_apply_are_refused_in_the_response(tmp_path)
         client.close()
     client = RawClient()
     try:
-        req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+        req = rpc_pb2.CriuReq(type=rpc_pb2.RESTORE)
         req.opts.images_dir_fd = -1  # required in criu_opts; -1: use images_dir
         req.opts.images_dir = str(tmp_path)
         req.opts.inherit_fd.add(key="pipe:[1234]", fd=5)
@@ -187,20 +187,20 @@ def test_restore_options_that_do_not_apply_are_refused_in_the_response(tmp_path)
 def test_notify_answer_failure_aborts_and_leaves_nothing(posixtimer):
     client = RawClient()
     try:
-        req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+        req = rpc_pb2.CriuReq(type=rpc_pb2.RESTORE)
         req.opts.images_dir_fd = os.open(posixtimer, os.O_DIRECTORY)
         req.opts.notify_scripts = True
         req.opts.rst_sibling = True
         seen = []
         client.sk.send(req.SerializeToString())
         while True:
-            resp = rpc_pb2.criu_resp()
+            resp = rpc_pb2.CriuResp()
             resp.ParseFromString(client.sk.recv(1 << 16))
             if resp.type != rpc_pb2.NOTIFY:
                 break
             seen.append(resp.notify.script)
             ok = resp.notify.script != "post-restore"  # the client's script "fails" here
-            client.sk.send(rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=ok).SerializeToString())
+            client.sk.send(rpc_pb2.CriuReq(type=rpc_pb2.NOTIFY, notify_success=ok).SerializeToString())
         assert seen == ["pre-restore", "setup-namespaces", "post-setup-namespaces", "post-restore"]
         assert (resp.type, resp.success) == (rpc_pb2.RESTORE, False)
         assert "post-restore" in resp.cr_errmsg

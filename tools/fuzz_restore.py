@@ -77,14 +77,6 @@ def plan_case(work: Path, seed: int, timeout: float) -> tuple[str, str, list[str
     return outcome, message, done
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z" or True
-    except OSError:
-        return False
-
-
 def _kill_wait(pids: list[int], timeout: float = 10.0) -> bool:
     for pid in pids:
         try:

@@ -21,7 +21,6 @@ the blob, and a cgroup too small for the pages as the OOM killer taking everythi
 
 from __future__ import annotations
 
-import os
 import resource
 from pathlib import Path
 

@@ -138,7 +138,7 @@ def _recv_request(sk: socket.socket) -> Any | None:
     data = sk.recv(MAX_REQUEST_BYTES)
     if not data:
         return None
-    req = rpc_pb2.criu_req()
+    req = rpc_pb2.CriuReq()
     try:
         req.ParseFromString(data)
     except Exception as err:  # noqa: BLE001 - protobuf's DecodeError, wrapped at the protocol's edge
@@ -158,7 +158,7 @@ class _Garbage:
 
 def _handle(sk: socket.socket, req: Any, peer: int) -> tuple[Any, bool]:
     """The response to one request, and whether the connection stays open."""
-    resp = rpc_pb2.criu_resp(type=req.type, success=False)
+    resp = rpc_pb2.CriuResp(type=req.type, success=False)
     try:
         if isinstance(req, _Garbage):
             raise RpcError(req.why)
@@ -178,7 +178,7 @@ def _handle(sk: socket.socket, req: Any, peer: int) -> tuple[Any, bool]:
         elif req.type == rpc_pb2.RESTORE:
             resp.restore.pid = _restore(sk, req.opts, peer)
         else:
-            name = rpc_pb2.criu_req_type.Name(req.type) if req.type in rpc_pb2.criu_req_type.values() else str(req.type)
+            name = rpc_pb2.CriuReqType.Name(req.type) if req.type in rpc_pb2.CriuReqType.values() else str(req.type)
             raise RpcError(f"request {name}: pycrestore restores only (it serves RESTORE, VERSION, CHECK, "
                            "FEATURE_CHECK)")
         resp.success = True
@@ -236,7 +236,7 @@ def _restore(sk: socket.socket, opts: Any, peer: int) -> int:
     handler = _log_handler(opts, work_dir or images_dir)
 
     def notify(point: str, pid: int | None) -> None:
-        msg = rpc_pb2.criu_resp(type=rpc_pb2.NOTIFY, success=True)
+        msg = rpc_pb2.CriuResp(type=rpc_pb2.NOTIFY, success=True)
         msg.notify.script = point
         if pid is not None:
             msg.notify.pid = pid
