@@ -223,6 +223,7 @@ def restore(images_dir: str, restore_detached: bool, pid_ns: bool, pidfile: str 
     if restore_detached:
         return
     try:
+        interruption.reopen()
         _, status = os.waitpid(root, 0)
     except interruption.Interrupted as err:  # the restore is done: the tree is not ours to stop
         click.echo(f"pycrestore: {err} while waiting for task {root}, which keeps running", err=True)

@@ -16,6 +16,9 @@ Three rules make that hold wherever the signal lands:
   yet seized sees its go pipe end, restore/task.py).
 - **Cleanup runs deferred.** Inside :func:`deferred` a signal is only noted; it is raised
   when the outermost deferred block ends. Rollback and release code uses it.
+- **A committed restore is not undone.** Once the orchestrator has detached the last
+  task (:func:`commit`), a signal is only noted: the tree runs, and the command says so
+  and exits with 128 + signo. Before that point the signal rolls everything back.
 - **An ignored signal stays ignored.** A signal whose disposition is SIG_IGN when the
   command starts (``nohup``, a shell's background job for SIGINT) is left alone: that was
   the caller's choice. CPython leaves an inherited ignored SIGINT alone too.
@@ -27,7 +30,9 @@ is installed unless the command line asks for it. ``deferred`` is harmless witho
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from types import FrameType
 
@@ -56,6 +61,7 @@ class Interrupted(BaseException):
 _received: int = 0       # the first stop signal seen; 0: none
 _raised = False          # Interrupted was raised for it
 _deferring = 0           # depth of deferred() blocks
+_committed = False       # the restore is done: signals are noted, never raised
 
 
 def _on_signal(signo: int, _frame: FrameType | None) -> None:
@@ -63,7 +69,7 @@ def _on_signal(signo: int, _frame: FrameType | None) -> None:
     if _received:
         return  # the first one is being handled: let the rollback finish
     _received = signo
-    if not _deferring:
+    if not _deferring and not _committed:
         _raised = True
         raise Interrupted(signo)
 
@@ -75,6 +81,10 @@ def handlers() -> Iterator[None]:
     Call as early as the program can (before its heavy imports). Nested use is fine: the
     inner one finds our handler and keeps it.
     """
+    global _committed
+    _committed = False
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     old = {}
     for signo in SIGNALS:
         current = signal.getsignal(signo)
@@ -87,6 +97,20 @@ def handlers() -> Iterator[None]:
     finally:
         for signo, handler in old.items():
             signal.signal(signo, handler)
+        sys.unraisablehook = old_hook
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python runs a handler between any two bytecodes, also in a weakref callback or a
+    ``__del__``, where an exception cannot propagate and is only printed. Ours is not lost:
+    it is sent again, and raised at the next point where it can propagate."""
+    global _received, _raised
+    if isinstance(unraisable.exc_value, Interrupted):
+        signo = unraisable.exc_value.signo
+        _received, _raised = 0, False
+        os.kill(os.getpid(), signo)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def install() -> None:
@@ -107,7 +131,23 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring -= 1
-    if not _deferring and _received and not _raised:
+    if not _deferring and _received and not _raised and not _committed:
+        _raised = True
+        raise Interrupted(_received)
+
+
+def commit() -> None:
+    """The restore is done (every task detached): from now on a stop signal is only noted."""
+    global _committed
+    _committed = True
+
+
+def reopen() -> None:
+    """After :func:`commit`: let a stop signal raise again (the CLI waiting for the tree);
+    raises at once for one noted meanwhile."""
+    global _committed, _raised
+    _committed = False
+    if _received and not _raised:
         _raised = True
         raise Interrupted(_received)
 

@@ -44,10 +44,8 @@ TREE_POINTS = (
     + ["ptrace:1", "ptrace:3", "ptrace:10", "ptrace:40", "bootstrap.mmap", "bootstrap.write_memory"]
     + [f"task.{s}" for s in ("start", "session", "shared_objects", "fork", "fs", "service_files")]
     + ["task.install_fd.REG"]
-    + [f"blob.{name}" for name in sorted(STEP_NAMES.values()) if name not in ("create_threads",)]
+    + [f"blob.{name}" for name in sorted(STEP_NAMES.values())]
 )
-# create_threads runs only where a task has threads: evloop's and the tree's have one each,
-# so the blob never reaches it; it is armed below to show the point is simply not reached.
 GPU_POINTS = ("amdgpu.restore_init", "amdgpu.post_forking", "amdgpu.fill")
 
 
@@ -178,8 +176,8 @@ def test_fault_point_fails_cleanly(tree_images, point):
 
 
 def test_unreached_point_changes_nothing(tree_images):
-    """A point the restore never reaches (create_threads: these tasks have one thread) leaves it whole."""
-    outcome = run_point("blob.create_threads", tree_images, TREE_PIDS)
+    """A point the restore never reaches (amdgpu.fill: the tree has no GPU state) leaves it whole."""
+    outcome = run_point("amdgpu.fill", tree_images, TREE_PIDS)
     assert outcome.rc == 0, outcome.stderr
     assert not outcome.leftovers
 

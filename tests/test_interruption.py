@@ -5,6 +5,8 @@ Each trial restores our own two-task checkpoint (test_fault_injection.py makes i
 interpreter start to exit. Every trial must end in one of:
 
 - exit 0: the signal came after pycrestore finished; the tree runs, and we end it;
+- exit 128 + signo, "... after the restore: task N keeps running": the signal came after
+  the last task was detached (the restore is committed); the tree runs, and we end it;
 - exit 128 + signo with exactly one line on stderr ("pycrestore: interrupted by SIGINT"),
   and every task gone (the rollback);
 - killed by the signal itself, with no traceback: SIGTERM/SIGHUP before the handlers are
@@ -40,6 +42,24 @@ MAX_DELAY_S = 0.7        # a restore of the tree takes ~0.45 s from exec to exit
 TRIALS = int(os.environ.get("PYCRESTORE_INTERRUPT_TRIALS", "8"))
 
 
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _restored_and_free(pid: int) -> bool:
+    """The task runs the checkpointed program (sleep), traced by nobody: its restore completed."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return fields.get("Name") == "sleep" and fields.get("TracerPid") == "0" and not fields.get("State", "").startswith("Z")
+
+
 @pytest.fixture(scope="module")
 def tree_images(tmp_path_factory):
     if os.geteuid() != 0:
@@ -63,19 +83,31 @@ def trial(images: Path, signo: int, delay_s: float, detached: bool = True, preex
     except ProcessLookupError:
         pass
     _, err = proc.communicate(timeout=60)
-    rc = proc.returncode
-    if rc == 0 or (not detached and rc == 128 + signo and "keeps running" in err):
+    try:
+        return _judge(proc.returncode, err, signo, delay_s, detached, token)
+    finally:  # whatever the verdict, the next trial starts from a clean machine
+        _kill(TREE_PIDS)
+        _wait_gone(TREE_PIDS)
+
+
+def _judge(rc: int, err: str, signo: int, delay_s: float, detached: bool, token: str) -> tuple[str, str]:
+    if rc == 0:
         kind = "finished"
-        for pid in TREE_PIDS:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(TREE_PIDS)
+    elif rc == 128 + signo and len(err.splitlines()) == 1 and err.rstrip().endswith("keeps running"):
+        kind = "after the restore"  # committed: the signal came once every task was detached
+        assert all(_restored_and_free(pid) for pid in TREE_PIDS), err
+        _kill(TREE_PIDS)
     elif rc == 128 + signo:
         kind = "interrupted"
         assert err.splitlines() == [f"pycrestore: interrupted by {signal.Signals(signo).name}"], err
     elif rc == -signo and "Traceback" not in err and not err.strip():
+        # Before the handlers exist (CPython's start-up), or after pycrestore is done (CPython
+        # resets the handlers as it finalizes): then the tree is restored, detached, and runs.
         kind = "killed by the signal"
+        if all(_restored_and_free(pid) for pid in TREE_PIDS):
+            kind = "killed by the signal after the restore"
+            _kill(TREE_PIDS)
     elif signo == signal.SIGINT and delay_s < STARTUP_WINDOW_S and "KeyboardInterrupt" in err:
         kind = "CPython start-up KeyboardInterrupt"
     else:
@@ -113,6 +145,7 @@ def test_inherited_ignored_sigint_stays_ignored(tree_images):
 
 def test_sigint_while_waiting_for_the_tree(tree_images):
     """Without -d, pycrestore waits for the root; a SIGINT then ends pycrestore, not the restored tree."""
+    assert not _wait_gone(TREE_PIDS)
     token = uuid.uuid4().hex
     proc = subprocess.Popen([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(tree_images)],
                             env={**os.environ, "PYCRESTORE_FAULT_RUN": token}, cwd=ROOT,

@@ -62,6 +62,20 @@ def _fd_twice(image) -> None:
     image.extras.append(None)
 
 
+def _dup_record(index: int) -> Callable:
+    def change(image) -> None:
+        image.entries.insert(index, image.entries[index])
+        image.extras.insert(index, image.extras[index])
+    return change
+
+
+def _drop_record(index: int) -> Callable:
+    def change(image) -> None:
+        del image.entries[index]
+        del image.extras[index]
+    return change
+
+
 def _pipe_data_for_unknown_pipe(image) -> None:
     image.entries[0].pipe_id = 0x7777777
 
@@ -85,6 +99,9 @@ CASES: dict[str, list[tuple[str, str, Mutation, str]]] = {
     ],
     "files-image": [
         ("no-files", "counter", lambda d: (d / "files.img").unlink(), r"files.img: missing: mm-31100.img names exe"),
+        # found by tools/fuzz_restore.py (seed 5074): a duplicated entry restored with exit 0
+        ("duplicate-id", "pipes", lambda d: edit(d / "files.img", _dup_record(0)),
+         r"files.img: entry 1: file id \d+ is used by an earlier entry too"),
     ],
     "fd-tables": [
         ("issue11-no-fdinfo", "counter", lambda d: (d / "fdinfo-2.img").unlink(),
@@ -92,6 +109,9 @@ CASES: dict[str, list[tuple[str, str, Mutation, str]]] = {
         ("no-child-fdinfo", "pipes", lambda d: (d / "fdinfo-3.img").unlink(), r"fdinfo-3.img: missing: ids-31301.img"),
         ("unnamed-fdinfo", "counter", lambda d: shutil.copy(d / "fdinfo-2.img", d / "fdinfo-9.img"),
          r"fdinfo-9.img: no task's ids image names fd table 9"),
+        # found by tools/fuzz_restore.py (seed 5142): the log's fd record dropped, exit 0, task died
+        ("fd-record-dropped", "counter", lambda d: edit(d / "fdinfo-2.img", _drop_record(3)),
+         r"files.img: entries \[\d+\] belong to no fd, mapping, exe, cwd or root"),
         ("fd-twice", "counter", lambda d: edit(d / "fdinfo-2.img", _fd_twice), r"fdinfo-2.img: fd 0 is listed twice"),
         ("fd-negative", "counter", lambda d: edit(d / "fdinfo-2.img", _set_entry(0, fd=2**31)),
          r"fdinfo-2.img: fd 2147483648 is not an fd number"),

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pycriu_restore.images import ImageSet
+from pycriu_restore.images.flags import MMAP_STATUS
+from pycriu_restore.images.schemas import fdinfo_pb2
 from pycriu_restore.images.kinds import kind_by_name
 from pycriu_restore.images.pagemap import PAGE_SIZE, PE_PRESENT, PagemapImage, entry_nr_pages
 from pycriu_restore.plan.errors import InconsistentImages
@@ -50,14 +52,17 @@ PID_MAX_LIMIT = 4 * 1024 * 1024
 NR_OPEN_MAX = (2**31 - 1) & -64
 # fs/pipe.c round_pipe_size: F_SETPIPE_SZ refuses a size above 1 << 31.
 PIPE_SIZE_MAX = 1 << 31
-# criu/include/image.h VMA_AREA_* status bits of a VMA that maps a file (its shmid is a
-# files.img id): VMA_FILE_PRIVATE, VMA_FILE_SHARED, VMA_AREA_MEMFD.
-VMA_FILE_PRIVATE, VMA_FILE_SHARED, VMA_AREA_MEMFD = 1 << 7, 1 << 8, 1 << 13
+# The VMA status bits of a VMA that maps a file (its shmid is a files.img id), from the
+# images layer's table (criu/include/image.h).
+_STATUS = dict(MMAP_STATUS)
+VMA_FILE_BITS = _STATUS["VMA_FILE_PRIVATE"] | _STATUS["VMA_FILE_SHARED"] | _STATUS["VMA_AREA_MEMFD"]
 SECCOMP_MODE_FILTER = 2  # <linux/seccomp.h>
 TASK_DEAD = 2  # compel/include/uapi/task-state.h COMPEL_TASK_DEAD: a zombie
 PIPE_READ_ACCESS = {os.O_RDONLY, os.O_RDWR}  # access modes of an end CRIU reads data from
 
 PAGEMAP = kind_by_name("PAGEMAP")
+# The fd_types (fdinfo.proto) of sockets.
+_SOCKET_TYPES = {fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.PACKETSK, fdinfo_pb2.NETLINKSK}
 _PAGES_NAME = re.compile(r"pages-(\d+)\.img$")
 _FDINFO_NAME = re.compile(r"fdinfo-(\d+)\.img$")
 
@@ -159,11 +164,17 @@ def _check_task_images(scope: Scope) -> None:
 
 
 def _check_files_image(scope: Scope) -> None:
-    """files.img exists: every live task's exe (mm) and cwd and root (fs) are entries of it."""
+    """files.img exists (every live task's exe (mm) and cwd and root (fs) are entries of it),
+    and no two of its entries have one id (a lookup by id would silently take one of them)."""
     if scope.live and not scope.images.exists("files.img"):
         pid = scope.live[0]
         raise scope.missing("files.img", f"mm-{pid}.img names exe file id {scope.images.mm(pid).exe_file_id} "
                             f"and fs-{pid}.img cwd file id {scope.images.fs(pid).cwd_id} in it")
+    seen: set[int] = set()
+    for index, entry in enumerate(scope.images.files()):
+        if entry.id in seen:
+            raise InconsistentImages("files.img", f"entry {index}: file id {entry.id} is used by an earlier entry too")
+        seen.add(entry.id)
 
 
 def _check_fd_tables(scope: Scope) -> None:
@@ -176,16 +187,21 @@ def _check_fd_tables(scope: Scope) -> None:
         if m and int(m.group(1)) not in named:
             raise InconsistentImages(path.name, f"no task's ids image names fd table {m.group(1)} "
                                      f"(named: {sorted(named)})")
+    # CRIU writes no fdinfo image for a task without fds, so absence alone proves nothing;
+    # but CRIU writes a files.img entry only for something that holds it (an fd, a mapping,
+    # the exe, cwd or root, a tty's or fifo's path, a file in flight), so an entry nothing
+    # holds was held by an fd record that is gone, or by a lost table. Sockets are left
+    # out: a unix socket's peer may be an entry of its own that no fd holds.
+    refs = _referenced_file_ids(scope)
+    orphans = sorted(f.id for f in images.files() if f.id not in refs and f.type not in _SOCKET_TYPES)
     lost = [(fid, pid) for fid, pid in named.items() if not images.exists(f"fdinfo-{fid}.img")]
-    if lost:
-        # CRIU writes no fdinfo image for a task without fds, so absence alone proves nothing;
-        # but every files.img entry belongs to something, and one that nothing here holds
-        # was held by the fds of the lost table.
-        orphans = sorted(set(f.id for f in images.files()) - _referenced_file_ids(scope))
-        if orphans:
-            fid, pid = lost[0]
-            raise scope.missing(f"fdinfo-{fid}.img", f"ids-{pid}.img names fd table {fid}, and files.img "
-                                f"entries {orphans[:8]} belong to no fd, mapping, exe, cwd or root")
+    if orphans and lost:
+        fid, pid = lost[0]
+        raise scope.missing(f"fdinfo-{fid}.img", f"ids-{pid}.img names fd table {fid}, and files.img "
+                            f"entries {orphans[:8]} belong to no fd, mapping, exe, cwd or root")
+    if orphans:
+        raise InconsistentImages("files.img", f"entries {orphans[:8]} belong to no fd, mapping, exe, cwd or root "
+                                 "(CRIU writes an entry only for what holds it): an fd record is missing")
     for fid in named:
         seen: set[int] = set()
         for fdi in images.fdinfo(fid):
@@ -205,9 +221,16 @@ def _referenced_file_ids(scope: Scope) -> set[int]:
         ids.update(fdi.id for fdi in images.fdinfo(files_id))
         mm = images.mm(pid)
         ids.add(mm.exe_file_id)
-        ids.update(v.shmid for v in mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED | VMA_AREA_MEMFD))
+        ids.update(v.shmid for v in mm.vmas if v.status & VMA_FILE_BITS)
         fs = images.fs(pid)
         ids.update((fs.cwd_id, fs.root_id))
+    for entry in images.files():  # a tty's or a fifo's path is a regular-file entry of its own
+        for kind in ("tty", "fifo"):
+            if entry.HasField(kind) and getattr(entry, kind).HasField("regf_id"):
+                ids.add(getattr(entry, kind).regf_id)
+    for packet, _ in images.sk_queues():  # files in flight (SCM_RIGHTS)
+        for scm in packet.scm:
+            ids.update(scm.rights)
     return ids
 
 
@@ -341,7 +364,7 @@ CHECKS: tuple[Check, ...] = (
           _check_tids, early=True),
     Check("task-images", "core-T.img / ids-P.img / fs-P.img / mm-P.img / pagemap-P.img: missing", _check_task_images,
           early=True),
-    Check("files-image", "files.img: missing: mm-P.img names exe file id N ...", _check_files_image, early=True),
+    Check("files-image", "files.img: missing: mm-P.img names exe file id N ... / entry I: file id N is used by an earlier entry too", _check_files_image, early=True),
     Check("fd-tables", "fdinfo-N.img: missing / no task's ids image names fd table N / fd F is listed twice",
           _check_fd_tables),
     Check("pipe-data", "pipes-data.img: missing / no entry for pipe X / no fd of the tree is an end of this pipe",

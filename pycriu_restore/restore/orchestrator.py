@@ -232,6 +232,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                 for thread in s.threads:
                     thread.detach()
                 s.tracee.detach()
+        interruption.commit()  # every task runs: a stop signal from now on does not undo that
         failed = False
     except BaseException:
         rollback.kill_all()
