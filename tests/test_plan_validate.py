@@ -76,6 +76,12 @@ def _drop_record(index: int) -> Callable:
     return change
 
 
+def _vma_status(index: int, status: int) -> Callable:
+    def change(image) -> None:
+        image.entries[0].vmas[index].status = status
+    return change
+
+
 def _pipe_data_for_unknown_pipe(image) -> None:
     image.entries[0].pipe_id = 0x7777777
 
@@ -127,6 +133,14 @@ CASES: dict[str, list[tuple[str, str, Mutation, str]]] = {
     "always-written": [
         ("issue11-no-seccomp", "counter", lambda d: (d / "seccomp.img").unlink(), r"seccomp.img: missing: CRIU >= 4.1"),
         ("issue11-no-timens", "counter", lambda d: (d / "timens-0.img").unlink(), r"timens-0.img: missing: CRIU >= 4.1"),
+    ],
+    "vmas": [
+        # found by tools/fuzz_restore.py (seed 9121): status 0x7fffffff read as [vsyscall], so the
+        # VMA was skipped; exit 0 and the task died
+        ("vsyscall-elsewhere", "counter", lambda d: edit(d / f"mm-{COUNTER}.img", _vma_status(6, 0x45 | 0x4)),
+         r"mm-31100.img: VMA 6 at 0x[0-9a-f]+-0x[0-9a-f]+: marked \[vsyscall\]"),
+        ("unknown-status-bit", "counter", lambda d: edit(d / f"mm-{COUNTER}.img", _vma_status(6, 0x7FFFFFFF)),
+         r"mm-31100.img: VMA 6 at 0x[0-9a-f]+: status 0x7fffffff has bits 0x7ffc0010 that CRIU does not define"),
     ],
     "pagemaps": [
         ("issue11-unaligned", "counter", lambda d: edit(d / f"pagemap-{COUNTER}.img", _add_to_vaddr(1, 1)),

@@ -55,6 +55,10 @@ PIPE_SIZE_MAX = 1 << 31
 # The VMA status bits of a VMA that maps a file (its shmid is a files.img id), from the
 # images layer's table (criu/include/image.h).
 _STATUS = dict(MMAP_STATUS)
+# criu/include/image.h defines these and VMA_AREA_GUARD (1 << 16), which crit's table lacks.
+_KNOWN_STATUS_BITS = sum(bit for _, bit in MMAP_STATUS) | (1 << 16)
+# arch/x86/include/asm/vsyscall.h VSYSCALL_ADDR: the one [vsyscall] page.
+VSYSCALL_PAGE = (0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000)
 VMA_FILE_BITS = _STATUS["VMA_FILE_PRIVATE"] | _STATUS["VMA_FILE_SHARED"] | _STATUS["VMA_AREA_MEMFD"]
 SECCOMP_MODE_FILTER = 2  # <linux/seccomp.h>
 TASK_DEAD = 2  # compel/include/uapi/task-state.h COMPEL_TASK_DEAD: a zombie
@@ -112,9 +116,11 @@ def _scope(images: ImageSet) -> Scope:
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
     pids = [e.pid for e in entries]
-    for pid in pids:
-        if not 0 < pid < PID_MAX_LIMIT:
-            raise InconsistentImages("pstree.img", f"pid {pid} is not a pid (1..{PID_MAX_LIMIT - 1}, <linux/threads.h>)")
+    for e in entries:
+        for what, value in (("pid", e.pid), ("pgid", e.pgid), ("sid", e.sid)):
+            if not 0 < value < PID_MAX_LIMIT:
+                raise InconsistentImages("pstree.img", f"task {e.pid}: {what} {value} is not a pid "
+                                         f"(1..{PID_MAX_LIMIT - 1}, <linux/threads.h>)")
     if len(set(pids)) != len(pids):
         dup = next(p for p in pids if pids.count(p) > 1)
         raise InconsistentImages("pstree.img", f"pid {dup} is listed {pids.count(dup)} times")
@@ -293,6 +299,21 @@ def _check_always_written(scope: Scope) -> None:
                             "without it the monotonic and boot-time clocks would jump")
 
 
+def _check_vmas(scope: Scope) -> None:
+    """Every VMA's status is made of known bits, and one marked [vsyscall] (which the plan
+    skips: the kernel provides it) is the vsyscall page itself, so no other VMA can be
+    dropped by a stray bit."""
+    for pid in scope.live:
+        name = f"mm-{pid}.img"
+        for index, vma in enumerate(scope.images.mm(pid).vmas):
+            if vma.status & ~_KNOWN_STATUS_BITS:
+                raise InconsistentImages(name, f"VMA {index} at {vma.start:#x}: status {vma.status:#x} has bits "
+                                         f"{vma.status & ~_KNOWN_STATUS_BITS:#x} that CRIU does not define")
+            if vma.status & _STATUS["VMA_AREA_VSYSCALL"] and (vma.start, vma.end) != VSYSCALL_PAGE:
+                raise InconsistentImages(name, f"VMA {index} at {vma.start:#x}-{vma.end:#x}: marked [vsyscall], which "
+                                         f"is {VSYSCALL_PAGE[0]:#x}-{VSYSCALL_PAGE[1]:#x}")
+
+
 def _check_pagemaps(scope: Scope) -> None:
     """Every pagemap (each task's, each shared memory object's): a head naming its own pages
     image, entries that are non-empty, page-aligned, sorted and non-overlapping, a task's
@@ -371,6 +392,7 @@ CHECKS: tuple[Check, ...] = (
           _check_pipe_data),
     Check("always-written", "seccomp.img / timens-0.img: missing: CRIU >= 4.1 writes it for every dump",
           _check_always_written),
+    Check("vmas", "mm-P.img: VMA I: status has bits CRIU does not define / marked [vsyscall] elsewhere", _check_vmas),
     Check("pagemaps", "pagemap-P.img: entry I: 0 pages / not page-aligned / overlaps / outside every VMA / "
           "present pages != pages-N.img size; pages-N.img: missing / named by no pagemap", _check_pagemaps),
 )
