@@ -321,6 +321,16 @@ def _check_pagemaps(scope: Scope) -> None:
     images = scope.images
     names = [f"pagemap-{pid}.img" for pid in scope.live]
     names += sorted(p.name for p in images.directory.glob("pagemap-shmem-*.img"))
+    # Shared anonymous memory keeps its pages in pagemap-shmem-<shmid>.img, which CRIU writes
+    # for every shmid a VMA maps (criu/shmem.c): say which one is gone, before its pages
+    # image below looks orphaned.
+    for pid in scope.live:
+        for vma in images.mm(pid).vmas:
+            shmem = f"pagemap-shmem-{vma.shmid}.img"
+            if vma.status & _STATUS["VMA_ANON_SHARED"] and not vma.status & _STATUS["VMA_AREA_MEMFD"] \
+                    and not images.exists(shmem):
+                raise scope.missing(shmem, f"mm-{pid}.img maps shared memory {vma.shmid} at "
+                                    f"{vma.start:#x}, whose pages it holds")
     vmas = {f"pagemap-{pid}.img": sorted((v.start, v.end) for v in images.mm(pid).vmas) for pid in scope.live}
     owner: dict[int, str] = {}
     for name in names:
