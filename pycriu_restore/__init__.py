@@ -16,31 +16,47 @@ tree.py, ...): so that both work, that package module is made callable here (its
 typed code may call ``pycriu_restore.api.restore``, the same function.
 """
 
-import inspect as _inspect
 import types as _types
 
 import pycriu_restore.restore as _restore_package
-from pycriu_restore.api import (
-    InheritFd,
-    NotifyFailed,
-    OptionUnsupported,
-    RestoreResult,
-    RestoreStats,
-)
-from pycriu_restore.api import restore as _restore_function
 from pycriu_restore.errors import PycrestoreError
+
+# Loaded on first use (PEP 562): `pycrestore` installs its signal handlers right after this
+# package is imported (__main__.py), and a Ctrl-C before that is CPython's traceback.
+_API_NAMES = ("InheritFd", "NotifyFailed", "OptionUnsupported", "RestoreResult", "RestoreStats")
+
+
+def __getattr__(name: str) -> object:
+    if name in _API_NAMES:
+        from pycriu_restore import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pycriu_restore' has no attribute {name!r}")
 
 
 class _CallablePackage(_types.ModuleType):
     """The ``pycriu_restore.restore`` package, callable as the library's entry point."""
 
     def __call__(self, images_dir, **options):  # type: ignore[no-untyped-def]
-        return _restore_function(images_dir, **options)
+        from pycriu_restore.api import restore
+
+        return restore(images_dir, **options)
+
+    @property
+    def __signature__(self):  # type: ignore[no-untyped-def]
+        import inspect
+
+        from pycriu_restore.api import restore
+
+        return inspect.signature(restore)
+
+    @property
+    def __doc__(self):  # type: ignore[no-untyped-def,override]
+        from pycriu_restore.api import restore
+
+        return restore.__doc__
 
 
 _restore_package.__class__ = _CallablePackage
-_restore_package.__signature__ = _inspect.signature(_restore_function)  # type: ignore[attr-defined]
-_restore_package.__doc__ = _restore_function.__doc__
 
-__all__ = ["restore", "RestoreResult", "RestoreStats", "InheritFd", "NotifyFailed", "OptionUnsupported",
-           "PycrestoreError"]
+__all__ = ["restore", *_API_NAMES, "PycrestoreError"]
