@@ -100,6 +100,46 @@ def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def session_members(sid: int) -> list[int]:
+    """Every process whose session id is ``sid`` (proc(5): field 6 of /proc/PID/stat)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_session(sid: int, timeout_s: float = 10.0) -> None:
+    """Kill every process of session ``sid``, by pid, and wait until each is gone.
+
+    A program started in a session of its own can leave processes that a kill of its tree
+    misses (a child reparented to init, a job put in the background): they keep the session
+    id, and so the session leader's pid number, in use (clone3 with that pid then fails with
+    EEXIST although /proc/PID is gone). Tests that start programs at fixed pids end with this."""
+    for pid in session_members(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in session_members(sid):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    deadline = time.monotonic() + timeout_s
+    while (left := [p for p in session_members(sid) if _state(p) != "Z"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left, f"processes {left} of session {sid} are still alive"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def kill_and_wait(pid: int, timeout_s: float = 10.0) -> None:
     """SIGKILL ``pid`` (never by name), reap it if it is our child, and check /proc/PID is
     gone (reaped by us, or by its new parent)."""

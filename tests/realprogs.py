@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ensure_criu, kill_and_wait, pid_max_at_least, wait_gone
+from conftest import ensure_criu, kill_and_wait, kill_session, pid_max_at_least, wait_gone
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 PID_MAX_WANTED = 65536
@@ -148,7 +148,7 @@ def launch_at(pid: int, argv: Sequence[str], workdir: Path, env: dict[str, str] 
                                     close_fds=True, start_new_session=True)
         if proc.pid == pid:
             return proc
-        proc.kill()
+        kill_session(proc.pid)
         proc.wait()
     raise AssertionError(f"could not start {argv[0]} as pid {pid} in 5 tries")
 
@@ -209,6 +209,9 @@ def dumped_program(name: str, pid: int, argv: Sequence[str], ready: Callable[[Pa
                 if proc.poll() is None:
                     kill_all(tree_pids(pid))
                     proc.wait()
+                # What the dump did not take: a child's child reparented to init keeps the
+                # session id, so pid ``pid`` stays in use and cannot be restored.
+                kill_session(pid)
             for p in pids:
                 assert wait_gone(p), f"pid {p} still exists after the dump"
             yield Dumped(name=name, images=images, workdir=workdir, pids=pids)
@@ -266,6 +269,7 @@ def restored(dumped: Dumped, *options: str, terminal: int | None = None) -> Iter
             yield result
         finally:
             kill_all(sorted(set(tree_pids(dumped.pids[0]))) if os.path.exists(f"/proc/{dumped.pids[0]}") else [])
+            kill_session(dumped.pids[0])
             if caller is not None:
                 kill_all([caller.pid])
                 caller.wait()

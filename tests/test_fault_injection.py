@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FIXTURES_MORE, ensure_criu, pid_max_at_least  # noqa: E402
+from conftest import FIXTURES_MORE, ensure_criu, kill_session, pid_max_at_least  # noqa: E402
 from pycriu_restore.blob.status import STEP_NAMES  # noqa: E402
 from pycriu_restore.errors import EXIT_RESTORE  # noqa: E402
 
@@ -66,7 +66,7 @@ def _make_tree(dst: Path) -> None:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if proc.pid == TREE_PIDS[0]:
             break
-        proc.kill()
+        kill_session(proc.pid)  # its background sleep too: it would keep the session's pid
         proc.wait()
     else:
         pytest.fail(f"could not start the tree at pid {TREE_PIDS[0]} (pids are busy)")
@@ -76,6 +76,7 @@ def _make_tree(dst: Path) -> None:
     dst.mkdir(parents=True)
     subprocess.run([str(criu), "dump", "-t", str(proc.pid), "-D", str(dst), "-o", "/dev/null"], check=True)
     proc.wait()
+    kill_session(TREE_PIDS[0])
     _wait_gone(TREE_PIDS)
 
 

@@ -77,16 +77,11 @@ class PidInUse(LinuxError):
 
 
 def _holder(pid: int) -> str:
-    """`` by 'comm' (state S, parent P)`` for the task holding ``pid`` now, if it can be read
-    (proc(5): /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')')."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return " (by a task that has gone since)"
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-    return f" by {comm!r} (state {state}, parent {ppid})"
+    """`` by WHO`` for what holds ``pid`` now (linux/pidusers.py), if anything can be named."""
+    from pycriu_restore.linux.pidusers import pid_users  # a sibling: no cycle, loaded on failure
+
+    who = pid_users(pid)
+    return f" by {who}" if who else " (by a task that has gone since)"
 
 
 class PidNotAvailable(LinuxError):

@@ -14,6 +14,7 @@ import stat
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from pycriu_restore.linux.pidusers import pid_users
 from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan, Task
 from pycriu_restore.restore.errors import FileMismatch, PidAboveMax, PidTaken, SeccompNotSuspendable
 from pycriu_restore.restore import limits
@@ -102,14 +103,11 @@ def _check_seccomp_suspendable(plan: RestorePlan) -> None:
 
 
 def _check_pid_free(pid: int) -> None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            holder = f"{f.read().strip()!r} (pid {pid})"
-    except FileNotFoundError:
-        return
-    except OSError:
-        holder = "another process"
-    raise PidTaken(pid, holder)
+    """The pid must be free: no task has it, and no process uses it as its session or
+    process group id (which keeps the number allocated: linux/pidusers.py)."""
+    holder = pid_users(pid)
+    if holder is not None:
+        raise PidTaken(pid, holder)
 
 
 def _check_open_file(path: str, expected_size: int | None, expected_mode: int | None) -> None:

@@ -21,14 +21,12 @@ import json
 import os
 import select
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from pycriu_restore import interruption
 from pycriu_restore.linux import namespaces, ptrace
 from pycriu_restore.linux.clone3 import CLONE_PARENT, clone3
-from pycriu_restore.linux.errors import PidInUse
 from pycriu_restore.linux.waitstatus import WALL, StopKind
 from pycriu_restore.plan.model import RestorePlan, Task
 from pycriu_restore.plugins.api import Plugin, RestoreContext
@@ -241,26 +239,12 @@ def _child_outer_pid(parent_pid: int, inner_pid: int, in_pidns: bool) -> int:
     raise RestoreFailed(inner_pid, "fork", f"not found among the children of {parent_pid}: its parent did not create it")
 
 
-# A pid found busy by clone3 but free a moment later was taken by a short-lived process
-# (pids are handed out in turn: one forked by anyone just then can land on ours). Try again
-# a few times before calling it in use.
-BUSY_PID_RETRIES = 5
-BUSY_PID_WAIT_S = 0.01
-
-
 def _clone_with_pid(pid: int, pidns: PidNamespace | None, flags: int = 0) -> int:
     """clone3 with set_tid=[pid] and ``flags``, in the new pid namespace if there is one (0 in the child)."""
     # clone3 refuses CLONE_PARENT with an exit signal (EINVAL, kernel/fork.c clone3_args_valid):
     # the child gets its new parent's, that of the process that made us.
     exit_signal = 0 if flags & CLONE_PARENT else signal.SIGCHLD
     if pidns is None:
-        for _attempt in range(BUSY_PID_RETRIES):
-            try:
-                return clone3(flags, [pid], exit_signal)
-            except PidInUse:
-                if os.path.exists(f"/proc/{pid}"):
-                    raise       # really held: preflight saw it free, a process took it since
-                time.sleep(BUSY_PID_WAIT_S)
         return clone3(flags, [pid], exit_signal)
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     target = pidns.ns_fd("pid")
