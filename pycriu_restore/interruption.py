@@ -108,7 +108,13 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     if isinstance(unraisable.exc_value, Interrupted):
         signo = unraisable.exc_value.signo
         _received, _raised = 0, False
-        os.kill(os.getpid(), signo)
+        try:
+            os.kill(os.getpid(), signo)
+        except Interrupted:
+            # Python ran the handler before this hook returned, where it cannot propagate
+            # either: it stays noted (_received), not raised, and the command acts on it at
+            # its next check (the end of a deferred block, or the commit).
+            _raised = False
         return
     sys.__unraisablehook__(unraisable)
 
