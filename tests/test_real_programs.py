@@ -164,14 +164,19 @@ def test_lighttpd_counts_on_from_before_the_dump(lighttpd: Dumped) -> None:
 SOCAT_PORT = 46200
 
 
-def _socat_reply(line: bytes) -> bytes:
-    with _connect(SOCAT_PORT) as sock:
+def _exchange(sock: socket.socket, line: bytes) -> bytes:
+    """Send ``line``, close our side, and read the whole answer (socat's SYSTEM child)."""
+    with sock:
         sock.sendall(line)
         sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     return data
+
+
+def _socat_reply(line: bytes) -> bytes:
+    return _exchange(_connect(SOCAT_PORT), line)
 
 
 @pytest.fixture(scope="module")
@@ -242,15 +247,14 @@ def test_dtach_passes_lines_through_its_socket_and_pty(dtach: Dumped) -> None:
 # --- socat on a named unix socket -----------------------------------------------------
 
 def _unix_reply(path: Path, line: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
         sock.connect(str(path))
-        sock.sendall(line)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
+    except OSError:
+        sock.close()
+        raise
+    return _exchange(sock, line)
 
 
 @pytest.fixture(scope="module")
