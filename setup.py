@@ -6,6 +6,9 @@
    the system gcc (``restorer_blob/build.py`` says how and why).
 3. The demo program (``demo_program/demo.c``) into ``pycriu_restore/demo/demo-program``,
    the same way (``demo_program/build.py``): what ``pycrestore demo`` checkpoints.
+4. The ``pycrestore`` command (``launcher/launcher.c``, ``launcher/build.py``): a small C
+   program, installed as a script, that holds the stop signals while Python starts and
+   then runs ``python -m pycriu_restore`` (launcher.c says why).
 
 Both land in the build tree for a normal ``pip install .``; for an editable install
 (``pip install -e .``) they are written into the source tree, where the package then finds them.
@@ -17,11 +20,14 @@ import importlib.util
 import pathlib
 import sys
 
-from setuptools import setup
+from setuptools import setup  # first: it provides the distutils imported below
 from setuptools.command.build_py import build_py
+from distutils.command.build_scripts import build_scripts  # setuptools provides distutils
 
 ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = pathlib.Path("pycriu_restore", "images", "proto")
+# The source of the one script, the pycrestore command (BuildScripts compiles it).
+LAUNCHER_SOURCE = "launcher/launcher.c"
 
 
 def _load_builder(directory: str):
@@ -40,6 +46,11 @@ def _load_blob_builder():
 def _load_demo_builder():
     """demo_program/build.py, the demo program's builder."""
     return _load_builder("demo_program")
+
+
+def _load_launcher_builder():
+    """launcher/build.py, the pycrestore command's builder."""
+    return _load_builder("launcher")
 
 
 def compile_protos(out_root: pathlib.Path) -> None:
@@ -78,5 +89,21 @@ class BuildPy(build_py):
             sys.exit(f"setup.py: cannot build the demo program: {err}")
 
 
+class BuildScripts(build_scripts):
+    """build_scripts that compiles the one script, the launcher, for this Python.
+
+    setup(scripts=...) names launcher.c, the script's source; distutils would copy it (and
+    reads scripts as text), so run() compiles it into the build directory instead, from
+    which install_scripts installs it as ``pycrestore``.
+    """
+
+    def run(self) -> None:
+        builder = _load_launcher_builder()
+        try:
+            builder.build(pathlib.Path(self.build_dir) / "pycrestore", python=sys.executable)
+        except builder.BuildError as err:
+            sys.exit(f"setup.py: cannot build the pycrestore command: {err}")
+
+
 if __name__ == "__main__":  # setuptools runs this file as __main__; tools/build_inplace.py imports it
-    setup(cmdclass={"build_py": BuildPy})
+    setup(cmdclass={"build_py": BuildPy, "build_scripts": BuildScripts}, scripts=[LAUNCHER_SOURCE])

@@ -119,9 +119,43 @@ def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+# Set by the ``pycrestore`` launcher (launcher/launcher.c): the stop signals it blocked
+# so that none could arrive before the handlers above exist, e.g. "2,15,1".
+HELD_ENV = "PYCRESTORE_HELD_SIGNALS"
+_launched = False  # install() found HELD_ENV: started as the ``pycrestore`` command
+_installed: contextlib.AbstractContextManager[None] | None = None  # install()'s handlers()
+
+
 def install() -> None:
-    """:func:`handlers` for the rest of the process (``python -m pycriu_restore``)."""
-    handlers().__enter__()
+    """:func:`handlers` for the rest of the process (``python -m pycriu_restore``), then
+    unblock the signals the launcher held: one that arrived during start-up raises
+    :class:`Interrupted` here, at the caller's first line."""
+    global _launched, _installed
+    # Keep the context manager: a generator-based one dropped here would be closed by the
+    # garbage collector, and its ``finally`` would put the old handlers straight back.
+    _installed = handlers()
+    _installed.__enter__()
+    _launched = HELD_ENV in os.environ
+    held = _held_by_launcher()
+    if held:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def launched() -> bool:
+    """Whether this process was started by the ``pycrestore`` launcher (known after install())."""
+    return _launched
+
+
+def _held_by_launcher() -> set[int]:
+    """The signal numbers in HELD_ENV (removed from the environment: the command's own
+    children, such as criu in ``pycrestore demo``, start with the caller's mask and
+    must not read it). Only stop signals are accepted; anything else is ignored."""
+    text = os.environ.pop(HELD_ENV, "")
+    held = set()
+    for part in text.split(","):
+        if part.isdigit() and int(part) in SIGNALS:
+            held.add(int(part))
+    return held
 
 
 @contextlib.contextmanager
