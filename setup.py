@@ -3,7 +3,8 @@
 1. The image schemas (``pycriu_restore/images/proto/*.proto``) into ``*_pb2.py`` modules,
    with grpcio-tools' protoc (a build requirement in pyproject.toml).
 2. The restorer blob (``restorer_blob/*.c``) into ``pycriu_restore/blob/restorer.elf``, with
-   the system gcc (``restorer_blob/build.py`` says how and why).
+   the system gcc (``restorer_blob/build.py`` says how and why), and beside it the blob as
+   a restore loads it, ``restorer.elf.prepared.json`` (``pycriu_restore/blob/loader.py``).
 3. The demo program (``demo_program/demo.c``) into ``pycriu_restore/demo/demo-program``,
    the same way (``demo_program/build.py``): what ``pycrestore demo`` checkpoints.
 4. The ``pycrestore`` command (``launcher/launcher.c``, ``launcher/build.py``): a small C
@@ -17,7 +18,9 @@ Both land in the build tree for a normal ``pip install .``; for an editable inst
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
 
 from setuptools import setup  # first: it provides the distutils imported below
@@ -53,6 +56,19 @@ def _load_launcher_builder():
     return _load_builder("launcher")
 
 
+def prepare_blob(elf_path: pathlib.Path) -> None:
+    """Write the blob's prepared form beside ``elf_path`` (loader.py write_prepared), so that
+    a restore neither imports pyelftools nor parses the ELF. The package's own loader runs,
+    from this source tree, in a child: where it cannot (pyelftools missing from the build
+    environment), a warning says so and every restore parses the ELF instead."""
+    code = "import sys; from pycriu_restore.blob.loader import write_prepared; write_prepared(sys.argv[1])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", code, str(elf_path)], env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"setup.py: warning: {elf_path}: prepared form not written, every restore will parse the ELF: "
+              f"{run.stderr.strip()[-500:]}", file=sys.stderr)
+
+
 def compile_protos(out_root: pathlib.Path) -> None:
     """Run protoc over every schema; outputs keep their package path under out_root."""
     from grpc_tools import protoc  # build requirement
@@ -82,6 +98,7 @@ class BuildPy(build_py):
             builder.build(out_root / "pycriu_restore" / "blob" / "restorer.elf")
         except builder.BuildError as err:
             sys.exit(f"setup.py: cannot build the restorer blob: {err}")
+        prepare_blob(out_root / "pycriu_restore" / "blob" / "restorer.elf")
         demo = _load_demo_builder()
         try:
             demo.build(out_root / "pycriu_restore" / "demo" / "demo-program")

@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycriu_restore.errors import EXIT_RESTORE, EXIT_UNSUPPORTED, PycrestoreError
+from pycriu_restore.errors import EXIT_ENVIRONMENT, EXIT_RESTORE, EXIT_UNSUPPORTED, PycrestoreError
 from pycriu_restore.restore.notify import NON_FATAL, Notify
 
 log = logging.getLogger("pycrestore")
@@ -65,6 +65,18 @@ class OptionUnsupported(PycrestoreError):
     """A CRIU option that exists but that pycrestore does not restore yet (exit 3)."""
 
     exit_code = EXIT_UNSUPPORTED
+
+
+class InheritFdInvalid(PycrestoreError):
+    """An --inherit-fd names an fd this process does not have open (exit 4: the caller's setup)."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class RootInvalid(PycrestoreError):
+    """--root names no directory (exit 4: the caller's setup)."""
+
+    exit_code = EXIT_ENVIRONMENT
 
 
 class HelperFailed(PycrestoreError):
@@ -134,9 +146,13 @@ def restore(images_dir: str | os.PathLike[str], *,
     our parent: CLONE_PARENT), ``work_dir`` (stats-restore is written there, as CRIU writes
     it into its work dir), ``pidfile`` (the root's pid, written after success),
     ``gpu_backend``/``parallel_gpu`` (the amdgpu plugin), ``external`` (CRIU's --external
-    KEY[...]:VALUE: veth[IFNAME]:HOSTNAME for a network namespace, netns/). ``root`` (other
-    than "/"), ``inherit_fd`` and ``orphan_pts_master`` are CRIU options pycrestore does not
-    restore yet: given, they raise :class:`OptionUnsupported` before anything is done.
+    KEY[...]:VALUE: veth[IFNAME]:HOSTNAME for a network namespace, netns/), ``root``
+    (CRIU's --root: every path of the images under that directory, which becomes the tasks'
+    "/"; plan/reroot.py), ``inherit_fd`` (CRIU's --inherit-fd: our fd N in place of the file
+    named RESOURCE, ``pipe:[INO]``, ``socket:[INO]``, ``file[MNT:INODE]`` or a path without
+    the leading "/"; files/inherited.py; N must be open here). ``orphan_pts_master`` is a CRIU option
+    pycrestore does not restore yet: given, it raises :class:`OptionUnsupported` before
+    anything is done.
     ``restore_detached`` must be True: a library call returns once the tasks run (wait for
     ``result.root_pid`` yourself; it is your child).
 
@@ -150,7 +166,8 @@ def restore(images_dir: str | os.PathLike[str], *,
     if not restore_detached:
         raise ValueError("restore(restore_detached=False): a library call returns once the tasks run; "
                          "wait for result.root_pid (your child) yourself")
-    _refuse_unsupported(root=root, inherit_fd=inherit_fd, orphan_pts_master=orphan_pts_master)
+    _refuse_unsupported(orphan_pts_master=orphan_pts_master)
+    _check_inherit_fd(inherit_fd)
     try:
         caps = parse_cpu_cap(cpu_cap)
     except ValueError as err:
@@ -160,7 +177,9 @@ def restore(images_dir: str | os.PathLike[str], *,
     job = _Job(images_dir=os.fspath(images_dir), pid_ns=pid_ns, cpu_cap=caps, tcp_established=tcp_established,
                shell_job=shell_job, restore_sibling=restore_sibling, external=tuple(external),
                work_dir=os.fspath(work_dir) if work_dir is not None else None,
-               gpu_backend=gpu_backend, parallel_gpu=parallel_gpu)
+               gpu_backend=gpu_backend, parallel_gpu=parallel_gpu,
+               inherit_fd=tuple((i.fd, i.resource) for i in inherit_fd),
+               root=_check_root(root))
     if isolate:
         if restore_sibling:
             raise ValueError("restore(restore_sibling=True) cannot run in a helper process (isolate): the helper "
@@ -174,17 +193,31 @@ def restore(images_dir: str | os.PathLike[str], *,
     return result
 
 
-def _refuse_unsupported(*, root: str | None, inherit_fd: Sequence[InheritFd], orphan_pts_master: bool) -> None:
+def _refuse_unsupported(*, orphan_pts_master: bool) -> None:
     """Refuse CRIU options that would change the restore in ways pycrestore does not do yet."""
-    if root is not None and os.path.realpath(root) != "/":
-        raise OptionUnsupported(f"--root {root}: a root other than / needs the images' mount namespace, "
-                                "which pycrestore does not restore (only '/' is accepted)")
-    if inherit_fd:
-        which = ", ".join(f"fd[{i.fd}]:{i.resource}" for i in inherit_fd)
-        raise OptionUnsupported(f"--inherit-fd {which}: pycrestore does not yet put a caller's fd in place of a "
-                                "restored file")
     if orphan_pts_master:
         raise OptionUnsupported("--orphan-pts-master: pycrestore does not yet hand a pty master to the caller")
+
+
+def _check_root(root: str | None) -> str | None:
+    """--root DIR as an absolute path (None for none or "/"); DIR must be a directory."""
+    if root is None or os.path.realpath(root) == "/":
+        return None
+    if not os.path.isdir(root):
+        raise RootInvalid(f"--root {root}: not a directory")
+    return os.path.abspath(root)
+
+
+def _check_inherit_fd(inherit_fd: Sequence[InheritFd]) -> None:
+    """Each --inherit-fd names an open fd of ours and a RESOURCE (before anything is done)."""
+    for i in inherit_fd:
+        if not i.resource:
+            raise InheritFdInvalid(f"--inherit-fd fd[{i.fd}]: empty RESOURCE (e.g. pipe:[12345] or a path)")
+        try:
+            os.fstat(i.fd)
+        except OSError as err:
+            raise InheritFdInvalid(f"--inherit-fd fd[{i.fd}]:{i.resource}: fd {i.fd} is not open in this "
+                                   f"process ({err.strerror}): the caller must pass it open") from err
 
 
 def _threads_in_this_process() -> int:
@@ -209,6 +242,8 @@ class _Job:
     work_dir: str | None
     gpu_backend: str
     parallel_gpu: bool
+    inherit_fd: tuple[tuple[int, str], ...] = ()  # (our fd, RESOURCE); a forked helper has the same fds
+    root: str | None = None  # --root: an absolute directory, or None
 
 
 def _run_here(job: _Job, on_notify: NotifyCallback | None) -> RestoreResult:
@@ -230,7 +265,7 @@ def _run_here(job: _Job, on_notify: NotifyCallback | None) -> RestoreResult:
     restored = orchestrate(job.images_dir, RestoreOptions(
         pid_ns=job.pid_ns, gpu_backend=job.gpu_backend, parallel_gpu=job.parallel_gpu, cpu_cap=job.cpu_cap,
         tcp_established=job.tcp_established, shell_job=job.shell_job, restore_sibling=job.restore_sibling,
-        external=job.external,
+        external=job.external, inherit_fd=job.inherit_fd, root=job.root,
         on_notify=notify))
     durations = restored.timeline.durations_ms
     from pycriu_restore.restore.timeline import Stage

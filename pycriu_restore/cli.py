@@ -174,9 +174,12 @@ def info(directory: str, section: str) -> None:
 @click.option("--restore-sibling", is_flag=True,
               help="As CRIU's: the restored root becomes a child of pycrestore's parent (CLONE_PARENT), not of pycrestore.")
 @click.option("--root", "root", type=click.Path(file_okay=False),
-              help="As CRIU's: the root the tasks see; only / is accepted (other roots need the images' mount namespace).")
+              help="As CRIU's: every path of the images is looked up under DIR, which becomes the tasks' / "
+                   "(images without a mount namespace; docs/embedding.md).")
 @click.option("--inherit-fd", "inherit_fd", multiple=True, metavar="fd[N]:RESOURCE",
-              help="As CRIU's: use our fd N for RESOURCE (pipe:[INO], socket:[INO], a path). Not supported yet: refused.")
+              help="As CRIU's: our fd N takes the place of the file RESOURCE: pipe:[INO], socket:[INO] (a unix "
+                   "socket), file[MNT:INODE] (an --external file), or a regular file's path without the leading / "
+                   "(quote the brackets from the shell). Repeatable.")
 @click.option("--orphan-pts-master", is_flag=True, help="As CRIU's. Not supported yet: refused.")
 @click.option("-W", "--work-dir", type=click.Path(file_okay=False),
               help="As CRIU's: where stats-restore is written (not written without -W or --display-stats).")

@@ -25,6 +25,8 @@ The points, and where each is (tests/test_fault_injection.py runs every one of t
     task.install_fd.<KIND>        restore/task.py, installing an fd of that kind (REG, PIPE ...)
     amdgpu.restore_init, amdgpu.post_forking, amdgpu.fill   plugins/amdgpu/ (orchestrator side)
     blob.<step>                   restorer_blob/restorer.c, BLOB_STEP_<STEP> (e.g. blob.fill_pages)
+    blob.fill_worker              restorer.c, every fill worker of step FILL_PAGES fails its first
+                                  batch (BLOB_FAULT_FILL_WORKER; only where a task fills with threads)
 
 ``PYCRESTORE_FAULT_FDS=<file>`` (only with a fault armed) writes, at exit, the fds this
 process holds that it did not hold when this module was imported: the test's check that a

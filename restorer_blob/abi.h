@@ -44,6 +44,14 @@
  * (leader included), checks every record, then steps each thread through its
  * rt_sigreturn.  threads[0].status is never written: the leader reports in args->status.
  *
+ * Fill workers (blob_args.fill_workers): step FILL_PAGES may make up to
+ * BLOB_MAX_FILL_THREADS - 1 more threads that read page batches beside the leader.  They are
+ * made with BLOB_FILL_CLONE_FLAGS, which include CLONE_UNTRACED: no PTRACE_EVENT_CLONE stop,
+ * no auto-attach, so a tracer sees nothing of them.  The leader joins every one (futex on
+ * its CLONE_CHILD_CLEARTID word, then until its tid is gone) before the step ends, so no
+ * worker exists after FILL_PAGES, in success or failure; a worker's failure is reported
+ * in args->status as the leader's own (step FILL_PAGES, errno, batch, address).
+ *
  * BLOB_F_EXIT replaces step 2-3 by exit_group(args->exit_code) after success (and by
  * exit_group(BLOB_EXIT_STEP_FAILED) after a failure, without int3): for running the blob
  * in a forked child without a tracer (pycriu_restore/blob/forkrun.py).  With BLOB_F_EXIT a
@@ -60,11 +68,13 @@
 
 #define BLOB_ARGS_MAGIC		0x42435950u	/* "PYCB" in memory, little-endian */
 #define BLOB_STATUS_MAGIC	0x54535942u	/* "BYST": the blob has started writing status */
-#define BLOB_ABI_VERSION	5u	/* 5: fault_step */
+#define BLOB_ABI_VERSION	6u	/* 6: fill threads, blob_vma.fill_madv */
 
 #define BLOB_PAGE_SIZE		4096u		/* x86-64 base page (asm/page_types.h) */
 #define BLOB_STACK_BYTES	32768u		/* the leader's stack in the bootstrap region */
 #define BLOB_THREAD_STACK_BYTES	16384u		/* each other thread's stack there */
+#define BLOB_FILL_STACK_BYTES	8192u		/* each fill worker's stack there */
+#define BLOB_MAX_FILL_THREADS	16u		/* fill threads per task, the leader included */
 #define BLOB_SIGFRAME_ALIGN	64u		/* XSAVE areas are 64-byte aligned (Intel SDM 13.4) */
 #define BLOB_SIGINFO_BYTES	128u		/* sizeof(siginfo_t) (asm-generic/siginfo.h) */
 #define BLOB_MAX_IOVS		1024u		/* iovecs per preadv batch: UIO_MAXIOV (linux/uio.h) */
@@ -81,6 +91,16 @@
 /* clone3 flags of a restored thread (linux/sched.h): CLONE_VM | CLONE_FS | CLONE_FILES |
  * CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, what pthread_create and CRIU use. */
 #define BLOB_THREAD_CLONE_FLAGS	0x50f00ull
+
+/* clone3 flags of a fill worker (linux/sched.h): CLONE_VM | CLONE_FS | CLONE_FILES |
+ * CLONE_SIGHAND | CLONE_THREAD, plus CLONE_UNTRACED (no PTRACE_EVENT_CLONE stop of the
+ * leader, and the worker is not auto-attached: the tracer never sees it), CLONE_PARENT_SETTID
+ * and CLONE_CHILD_CLEARTID (the kernel writes its tid before it runs and clears it, with a
+ * futex wake, as it exits: the leader's join). */
+#define BLOB_FILL_CLONE_FLAGS	0xb10f00ull
+
+/* blob_args.fault_step values that are not steps (tests only, pycriu_restore/faults.py). */
+#define BLOB_FAULT_FILL_WORKER	0x100u	/* every fill worker fails its first batch with EIO */
 
 /* blob_args.flags */
 #define BLOB_F_EXIT		(1u << 0)	/* end with exit_group(exit_code), not rt_sigreturn */
@@ -153,6 +173,8 @@ struct blob_vma {
 	uint64_t end;		/* exclusive, page-aligned */
 	uint64_t pgoff;		/* file offset in bytes, for file mappings */
 	uint64_t madv;		/* bit n set: madvise(start, end - start, n) after filling */
+	uint64_t fill_madv;	/* bit n set: madvise(.., n) right after mapping, before filling
+				 * (MADV_HUGEPAGE / MADV_NOHUGEPAGE: the page size of the fill) */
 	uint32_t prot;		/* PROT_* as checkpointed */
 	uint32_t map_prot;	/* PROT_* to map with: prot | PROT_WRITE while pages are read */
 	uint32_t flags;		/* MAP_* as checkpointed (the blob adds MAP_FIXED_NOREPLACE) */
@@ -173,6 +195,24 @@ struct blob_page_read {
 struct blob_iovec {
 	uint64_t base;		/* destination address, inside some blob_vma */
 	uint64_t len;		/* bytes */
+};
+
+/* One fill worker (step FILL_PAGES): a thread of the task that exists only during the fill. */
+struct blob_fill_worker {
+	int32_t tid;		/* the tid clone3 should give it (set_tid); 0: any.  If that
+				 * fails, the other fill threads do its share: not an error */
+	uint32_t alive;		/* out: its tid while it runs, 0 once it has exited (the
+				 * kernel's CLONE_PARENT_SETTID / CLONE_CHILD_CLEARTID word) */
+	uint64_t stack_top;	/* top of its BLOB_FILL_STACK_BYTES stack in the region, 16-aligned */
+};
+
+/* What the fill threads share: the next batch to take, and the first failure. */
+struct blob_fill_state {
+	uint32_t next_read;	/* index of the next page_reads[] batch to take; writer puts 0 */
+	uint32_t failed;	/* 1 once a fill thread failed: the others stop taking batches */
+	uint32_t err;		/* the first failure: positive errno ... */
+	uint32_t index;		/* ... its batch ... */
+	uint64_t addr;		/* ... and the destination it was reading into */
 };
 
 /* One area the kernel maps itself ([vvar], [vvar_vclock], [vdso]; 6.18 has three:
@@ -371,12 +411,19 @@ struct blob_args {
 	uint32_t nr_posix_timers;
 	uint32_t personality;	/* personality(2) value; 0xffffffff: leave (it only queries) */
 	uint32_t child_subreaper;	/* 1: PR_SET_CHILD_SUBREAPER after the creds */
-	uint32_t _pad2;
+
+	/* Page fill: page_reads[] are taken one at a time by fill_threads threads, the leader
+	 * and fill_threads - 1 workers it makes and joins inside step FILL_PAGES. */
+	uint32_t fill_threads;	/* 0 or 1: the leader alone; <= BLOB_MAX_FILL_THREADS */
+	uint64_t fill_workers;	/* struct blob_fill_worker[fill_threads - 1] */
+	struct blob_fill_state fill;	/* writer puts 0 */
 };
 
 _Static_assert(sizeof(struct blob_status) == 32, "blob_status layout");
 _Static_assert(sizeof(struct blob_rseq) == 16, "blob_rseq layout");
-_Static_assert(sizeof(struct blob_vma) == 56, "blob_vma layout");
+_Static_assert(sizeof(struct blob_vma) == 64, "blob_vma layout");
+_Static_assert(sizeof(struct blob_fill_worker) == 16, "blob_fill_worker layout");
+_Static_assert(sizeof(struct blob_fill_state) == 24, "blob_fill_state layout");
 _Static_assert(sizeof(struct blob_page_read) == 16, "blob_page_read layout");
 _Static_assert(sizeof(struct blob_iovec) == 16, "blob_iovec layout");
 _Static_assert(sizeof(struct blob_vdso_area) == 32, "blob_vdso_area layout");
@@ -390,7 +437,7 @@ _Static_assert(sizeof(struct blob_seccomp_filter) == 16, "blob_seccomp_filter la
 _Static_assert(sizeof(struct blob_posix_timer) == 64, "blob_posix_timer layout");
 _Static_assert(sizeof(struct blob_thread) == 176, "blob_thread layout");
 _Static_assert(__builtin_offsetof(struct blob_thread, status) == 0, "thread status first");
-_Static_assert(sizeof(struct blob_args) == 448, "blob_args layout");
+_Static_assert(sizeof(struct blob_args) == 480, "blob_args layout");
 _Static_assert(__builtin_offsetof(struct blob_args, status) == 16, "status offset is fixed");
 
 #endif /* PYCRESTORE_RESTORER_ABI_H */

@@ -23,6 +23,11 @@
  * syscall in R8 and R9: the kernel neither reads them for clone3 nor changes them, and the
  * child gets the leader's registers as they are.
  *
+ * blob_clone_worker(clone_args, size, fn, arg): clone3 a fill worker and return clone3's
+ * result in the caller.  The worker starts on its own empty stack, calls fn(arg) and ends
+ * with exit(0) (itself only) when fn returns: the same hand-over as blob_clone_thread, with
+ * fn and arg in R8 and R9.
+ *
  * blob_syscall_gadget: one `syscall` instruction.  After the rt_sigreturn stop the tracer
  * points RIP here with RAX = __NR_munmap to remove the bootstrap region, and takes the
  * task at the syscall-exit stop: the instruction after it is never run.
@@ -77,6 +82,27 @@ blob_clone_thread:
 	call	restore_thread_main	/* does not return */
 	ud2
 	.size	blob_clone_thread, . - blob_clone_thread
+
+	.globl	blob_clone_worker
+	.hidden	blob_clone_worker
+	.type	blob_clone_worker, @function
+blob_clone_worker:
+	movq	%rdx, %r8		/* fn */
+	movq	%rcx, %r9		/* arg: the syscall instruction clobbers RCX */
+	movl	$__NR_clone3, %eax
+	syscall
+	testq	%rax, %rax
+	jz	1f
+	ret				/* the caller: tid or -errno */
+1:	xorl	%ebp, %ebp		/* the worker: no frame to chain to */
+	andq	$-16, %rsp
+	movq	%r9, %rdi
+	call	*%r8
+	xorl	%edi, %edi
+	movl	$__NR_exit, %eax	/* this thread only; CLONE_CHILD_CLEARTID wakes the joiner */
+	syscall
+	ud2
+	.size	blob_clone_worker, . - blob_clone_worker
 
 	.globl	blob_syscall_gadget
 	.hidden	blob_syscall_gadget

@@ -49,9 +49,13 @@ uint64_t blob_stack_top(const struct blob_args *args);
 void blob_finish(uint64_t new_sp, int trap) __attribute__((noreturn));
 long blob_clone_thread(const struct clone_args *cl, uint64_t size, struct blob_thread *thread,
 		       uint32_t flags);
+long blob_clone_worker(const struct clone_args *cl, uint64_t size, void (*fn)(void *), void *arg);
 
 _Static_assert(BLOB_THREAD_CLONE_FLAGS == (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
 					   CLONE_THREAD | CLONE_SYSVSEM), "thread clone flags");
+_Static_assert(BLOB_FILL_CLONE_FLAGS == (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
+					 CLONE_THREAD | CLONE_UNTRACED | CLONE_PARENT_SETTID |
+					 CLONE_CHILD_CLEARTID), "fill worker clone flags");
 
 /* Record which object a failing step was working on; returns err for the caller's return. */
 static long failed_at(struct blob_status *status, uint32_t index, uint64_t addr, long err)
@@ -135,7 +139,27 @@ static int seccomp_usable(const struct blob_args *args, const struct blob_thread
 	return 1;
 }
 
-/* Check the fields the steps trust: flags, the region, threads, read batches. */
+/* The fill workers: at most BLOB_MAX_FILL_THREADS - 1, each stack 16-byte aligned in the region. */
+static int fill_workers_usable(const struct blob_args *args)
+{
+	const struct blob_fill_worker *w = (const void *)args->fill_workers;
+	uint32_t i;
+
+	if (args->fill_threads <= 1)
+		return 1;
+	if (args->fill_threads > BLOB_MAX_FILL_THREADS ||
+	    !in_region(args, args->fill_workers, (uint64_t)(args->fill_threads - 1) * sizeof(*w)))
+		return 0;
+	for (i = 0; i + 1 < args->fill_threads; i++) {
+		if (w[i].tid < 0 || (uint32_t)w[i].tid > MAX_TID || (w[i].stack_top & 15) ||
+		    w[i].stack_top < BLOB_FILL_STACK_BYTES ||
+		    !in_region(args, w[i].stack_top - BLOB_FILL_STACK_BYTES, BLOB_FILL_STACK_BYTES))
+			return 0;
+	}
+	return 1;
+}
+
+/* Check the fields the steps trust: flags, the region, threads, read batches, fill workers. */
 static long step_check_args(struct blob_args *args, struct blob_status *status)
 {
 	const struct blob_page_read *reads = (const void *)args->page_reads;
@@ -175,6 +199,8 @@ static long step_check_args(struct blob_args *args, struct blob_status *status)
 		    reads[i].nr_iovs > args->nr_iovs - reads[i].first_iov)
 			return failed_at(status, 4, i, -EINVAL);
 	}
+	if (!fill_workers_usable(args))
+		return failed_at(status, 9, args->fill_threads, -EINVAL);
 	return 0;
 }
 
@@ -262,8 +288,27 @@ static long step_unmap_old(struct blob_args *args, struct blob_status *status)
 	return 0;
 }
 
+/* madvise(start, end - start, n) for every bit n of `advice`. */
+static long apply_advice(const struct blob_vma *vma, uint64_t advice)
+{
+	uint32_t n;
+	long ret;
+
+	for (n = 0; n < 64; n++) {
+		if (!(advice & (1ull << n)))
+			continue;
+		ret = sys_madvise(vma->start, vma->end - vma->start, (int)n);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 /*
- * Map every VMA at its checkpointed address, writable if pages are to be read into it.
+ * Map every VMA at its checkpointed address, writable if pages are to be read into it,
+ * then give it its fill_madv advice: the checkpointed MADV_HUGEPAGE or MADV_NOHUGEPAGE,
+ * before the fill, because the page size is chosen as each page is first touched
+ * (advice given afterwards leaves the pages as they were filled).
  * After the unmap: the addresses are free now, and MAP_FIXED_NOREPLACE turns any overlap
  * (a bug in the plan or the region) into EEXIST instead of silently replacing memory.
  */
@@ -284,6 +329,8 @@ static long step_map_vmas(struct blob_args *args, struct blob_status *status)
 			sys_munmap(ret, len);
 			ret = -EEXIST;
 		}
+		if (ret >= 0)
+			ret = apply_advice(vma, vma->fill_madv);
 		if (ret < 0)
 			return failed_at(status, vma->plan_index, vma->start, ret);
 	}
@@ -291,42 +338,167 @@ static long step_map_vmas(struct blob_args *args, struct blob_status *status)
 }
 
 /*
- * Read the page contents from the pages image, one preadv per batch; a short read
- * advances the iovecs in place and reads on, end of file is ENODATA.  After the mapping
- * step (the destinations must exist and be writable).
+ * One batch: preadv into its iovecs; a short read advances the iovecs in place and reads
+ * on, end of file is ENODATA.  Returns 0, or -errno with *where the destination it was
+ * reading into.  The batch belongs to the calling thread alone (fill_loop took it).
+ */
+static long read_batch(const struct blob_args *args, const struct blob_page_read *read,
+		       uint64_t *where)
+{
+	struct blob_iovec *iov = (struct blob_iovec *)args->iovs + read->first_iov;
+	uint32_t left = read->nr_iovs;
+	uint64_t off = read->file_off;
+
+	while (left) {
+		long got = sys_preadv(args->pages_fd, iov, left, off);
+
+		if (got == -EINTR)
+			continue;
+		if (got <= 0) {
+			*where = iov->base;
+			return got < 0 ? got : -ENODATA;
+		}
+		off += (uint64_t)got;
+		while (left && (uint64_t)got >= iov->len) {
+			got -= (long)iov->len;
+			iov++;
+			left--;
+		}
+		if (left) {
+			iov->base += (uint64_t)got;
+			iov->len -= (uint64_t)got;
+		}
+	}
+	return 0;
+}
+
+/*
+ * The loop every fill thread runs: take the next batch (one atomic add on fill.next_read,
+ * so each batch is read by exactly one thread), read it, until none is left or a thread
+ * failed.  The first failure is kept in args->fill (the compare-and-swap on fill.failed
+ * elects the one that writes it).  worker: 1 in a fill worker (for the test-only fault
+ * BLOB_FAULT_FILL_WORKER), 0 in the leader.
+ */
+static void fill_loop(struct blob_args *args, int worker)
+{
+	const struct blob_page_read *reads = (const void *)args->page_reads;
+	struct blob_fill_state *fill = &args->fill;
+	uint32_t i, zero;
+	uint64_t where;
+	long err;
+
+	while (!__atomic_load_n(&fill->failed, __ATOMIC_ACQUIRE)) {
+		i = __atomic_fetch_add(&fill->next_read, 1, __ATOMIC_RELAXED);
+		if (i >= args->nr_page_reads)
+			return;
+		where = ((const struct blob_iovec *)args->iovs)[reads[i].first_iov].base;
+		if (worker && args->fault_step == BLOB_FAULT_FILL_WORKER)
+			err = -EIO;
+		else
+			err = read_batch(args, &reads[i], &where);
+		if (err == 0)
+			continue;
+		zero = 0;
+		if (__atomic_compare_exchange_n(&fill->failed, &zero, 1, 0, __ATOMIC_ACQ_REL,
+						__ATOMIC_ACQUIRE)) {
+			fill->err = (uint32_t)-err;
+			fill->index = i;
+			fill->addr = where;
+		}
+		return;
+	}
+}
+
+/*
+ * A fill worker's whole life (entry.S blob_clone_worker calls it, then exit(0)).  It blocks
+ * SIGTRAP too, the one signal the leader lets through: a SIGTRAP sent to the process then
+ * goes to the leader, which the tracer sees, and never to a thread the tracer does not know.
+ */
+static void fill_worker_main(void *args)
+{
+	uint64_t all = ~0ull;
+
+	sys_rt_sigprocmask(SIG_SETMASK, &all, NULL);
+	fill_loop(args, 1);
+}
+
+/*
+ * Make the fill workers: clone3 each with BLOB_FILL_CLONE_FLAGS (abi.h: CLONE_UNTRACED, so
+ * the tracer gets no stop and no new tracee) on its own stack, with the tid the
+ * orchestrator picked (one no task of the checkpoint needs, so that step CREATE_THREADS of
+ * any task cannot find it taken).  A worker that cannot be made (the tid was taken
+ * meanwhile, no memory) is left out: the other fill threads take its batches.  Each
+ * starts with the leader's mask (every signal but SIGTRAP blocked) and blocks SIGTRAP too.
+ */
+static void fill_spawn(struct blob_args *args)
+{
+	struct blob_fill_worker *w = (void *)args->fill_workers;
+	uint32_t i;
+	long tid;
+
+	for (i = 0; i + 1 < args->fill_threads; i++) {
+		struct clone_args cl = {
+			.flags = BLOB_FILL_CLONE_FLAGS,
+			.pidfd = 0,
+			.child_tid = (uint64_t)&w[i].alive,
+			.parent_tid = (uint64_t)&w[i].alive,
+			.exit_signal = 0,
+			.stack = w[i].stack_top - BLOB_FILL_STACK_BYTES,
+			.stack_size = BLOB_FILL_STACK_BYTES,
+			/* clone3 refuses a set_tid array of size 0: none at all for "any tid". */
+			.set_tid = w[i].tid ? (uint64_t)&w[i].tid : 0,
+			.set_tid_size = w[i].tid ? 1 : 0,
+		};
+
+		__atomic_store_n(&w[i].alive, 0, __ATOMIC_RELAXED);
+		tid = blob_clone_worker(&cl, sizeof(cl), fill_worker_main, args);
+		/* Which tid it has, for the join (the kernel wrote it to alive already). */
+		w[i].tid = tid > 0 ? (int32_t)tid : 0;
+	}
+}
+
+/*
+ * Wait until every worker has exited and is gone from the thread group: first the futex
+ * word the kernel clears and wakes as the worker's mm is released (CLONE_CHILD_CLEARTID; a
+ * shared futex, as the kernel wakes it), then until tgkill(.., 0) says its tid no longer
+ * exists (release_task comes a little later), so that no fill thread is left in
+ * /proc/PID/task or holds a tid once FILL_PAGES ends.
+ */
+static void fill_join(struct blob_args *args)
+{
+	struct blob_fill_worker *w = (void *)args->fill_workers;
+	long pid = sys_getpid();
+	uint32_t i, alive;
+
+	for (i = 0; i + 1 < args->fill_threads; i++) {
+		if (!w[i].tid)
+			continue;	/* never made */
+		while ((alive = __atomic_load_n(&w[i].alive, __ATOMIC_ACQUIRE)) != 0)
+			sys_futex(&w[i].alive, FUTEX_WAIT, alive);	/* EAGAIN if it changed */
+		while (sys_tgkill(pid, w[i].tid, 0) != -ESRCH)
+			sys_sched_yield();
+	}
+}
+
+/*
+ * Read the page contents from the pages image: page_reads[] are taken one by one by the
+ * leader and up to fill_threads - 1 workers it makes here and joins before the step ends.
+ * The orchestrator cut big batches into pieces (blob/bootstrap.py: fill_batches) so that
+ * there is work for every thread.  After the mapping step (the destinations must exist and
+ * be writable, with their page-size advice).  A failure in any fill thread is this step's:
+ * status.index is the batch, status.addr the destination.
  */
 static long step_fill_pages(struct blob_args *args, struct blob_status *status)
 {
-	const struct blob_page_read *reads = (const void *)args->page_reads;
-	struct blob_iovec *all_iovs = (void *)args->iovs;
-	uint32_t i;
+	struct blob_fill_state *fill = &args->fill;
 
-	for (i = 0; i < args->nr_page_reads; i++) {
-		struct blob_iovec *iov = all_iovs + reads[i].first_iov;
-		uint32_t left = reads[i].nr_iovs;
-		uint64_t off = reads[i].file_off;
-
-		while (left) {
-			long got = sys_preadv(args->pages_fd, iov, left, off);
-
-			if (got == -EINTR)
-				continue;
-			if (got < 0)
-				return failed_at(status, i, iov->base, got);
-			if (got == 0)
-				return failed_at(status, i, iov->base, -ENODATA);
-			off += (uint64_t)got;
-			while (left && (uint64_t)got >= iov->len) {
-				got -= (long)iov->len;
-				iov++;
-				left--;
-			}
-			if (left) {
-				iov->base += (uint64_t)got;
-				iov->len -= (uint64_t)got;
-			}
-		}
-	}
+	fill->next_read = 0;
+	fill->failed = 0;
+	fill_spawn(args);
+	fill_loop(args, 0);
+	fill_join(args);
+	if (__atomic_load_n(&fill->failed, __ATOMIC_ACQUIRE))
+		return failed_at(status, fill->index, fill->addr, -(long)fill->err);
 	return 0;
 }
 
@@ -338,7 +510,7 @@ static long step_fill_pages(struct blob_args *args, struct blob_status *status)
 static long step_protect_vmas(struct blob_args *args, struct blob_status *status)
 {
 	const struct blob_vma *vmas = (const void *)args->vmas;
-	uint32_t i, advice;
+	uint32_t i;
 	long ret;
 
 	for (i = 0; i < args->nr_vmas; i++) {
@@ -350,13 +522,9 @@ static long step_protect_vmas(struct blob_args *args, struct blob_status *status
 			if (ret < 0)
 				return failed_at(status, vma->plan_index, vma->start, ret);
 		}
-		for (advice = 0; advice < 64; advice++) {
-			if (!(vma->madv & (1ull << advice)))
-				continue;
-			ret = sys_madvise(vma->start, len, (int)advice);
-			if (ret < 0)
-				return failed_at(status, vma->plan_index, vma->start, ret);
-		}
+		ret = apply_advice(vma, vma->madv);
+		if (ret < 0)
+			return failed_at(status, vma->plan_index, vma->start, ret);
 	}
 	return 0;
 }

@@ -60,6 +60,17 @@ static inline long sys_futex(uint32_t *word, int op, uint32_t val)
 	return SYSCALL6(__NR_futex, word, op, val, 0, 0, 0);
 }
 
+/* tgkill(2): with sig 0 only asks whether thread tid of tgid still exists (ESRCH: gone). */
+static inline long sys_tgkill(long tgid, long tid, int sig)
+{
+	return SYSCALL3(__NR_tgkill, tgid, tid, sig);
+}
+
+static inline long sys_sched_yield(void)
+{
+	return SYSCALL0(__NR_sched_yield);
+}
+
 /* rseq(2): register (flags 0) or unregister (RSEQ_FLAG_UNREGISTER) an rseq area. */
 static inline long sys_rseq(uint64_t addr, uint32_t len, int flags, uint32_t sig)
 {

@@ -11,7 +11,8 @@ a list of ``Op`` (drawn by hypothesis in tests/test_fuzz_plan.py, or by a seeded
 ``STRUCTURAL`` fields are the ones whose value the plan can check against the rest of the
 images (ids, addresses, sizes, counts, flags); the real-restore sample mutates only those,
 since a register or a page's content changed to another valid value restores "correctly"
-into a program that then fails, and no check can know.
+into a program that then fails, and no check can know. For the same reason they do not swap
+two tasks' images or move an fd to a free number (both make another valid checkpoint).
 """
 
 from __future__ import annotations
@@ -155,6 +156,21 @@ def apply(d: Path, ops: list[Op], structural_only: bool = False) -> list[str]:
                     values = [v.number for v in fd.enum_type.values]
                     new = values[op.value % len(values)] if op.value % 3 else op.raw % 64
                     old = getattr(msg, fd.name)[index] if index is not None else getattr(msg, fd.name)
+                elif structural_only and path.name.startswith("fdinfo-") and name in ("fd", "id"):
+                    # A task's fd moved to a free number, or pointed at another file of the
+                    # tree, is another valid checkpoint (the program then finds the wrong
+                    # file, or none, at its number), which no check can tell from the real
+                    # one, as with a register. For real restores the number moves only onto
+                    # one the task already uses or out of range, and the file id only to one
+                    # files.img does not have.
+                    old = getattr(msg, name)
+                    if name == "fd":
+                        taken = [e.fd for j, e in enumerate(image.entries) if j != i]
+                        choices = taken + [1 << 20, (1 << 31) - 1, (1 << 32) - 1]
+                    else:
+                        known = {e.id for e in load_image(d / "files.img").entries} if (d / "files.img").exists() else set()
+                        choices = [v for v in (0, max(known, default=0) + 1, (1 << 32) - 1) if v not in known]
+                    new = choices[op.value % len(choices)]
                 else:
                     old = getattr(msg, fd.name)[index] if index is not None else getattr(msg, fd.name)
                     new = _value(old, op.value, op.raw, bits)

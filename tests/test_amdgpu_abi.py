@@ -53,7 +53,11 @@ MODULES: tuple[ModuleType, ...] = (kfd, drm, dmabuf)
 NOT_IN_HEADERS = {
     (kfd, "KFD_MIN_CRIU_MINOR_VERSION"),  # CRIU's kernel_supports_criu(): 1.8+
     (kfd, "KFD_INVALID_FD"),              # CRIU's KFD_INVALID_FD; the kernel writes (u32)-1
-}
+    (drm, "DRM_IOCTL_GEM_CHANGE_HANDLE"),  # Linux 6.18 drm.h, newer than libdrm 2.4.114:
+}                                          # test_gem_change_handle_matches_linux_6_18
+
+# Structs newer than the installed headers, each checked by value in its own test.
+STRUCTS_NOT_IN_HEADERS = {drm.DrmGemChangeHandle}  # test_gem_change_handle_matches_linux_6_18
 
 # Python field names that are C keywords, spelled differently in the mirrors.
 _C_NAMES = {"in_": "in"}
@@ -166,7 +170,7 @@ def test_every_constant_is_checked() -> None:
         public = {cls for name, cls in vars(module).items()
                   if isinstance(cls, type) and issubclass(cls, _COMPOSITES)
                   and not name.startswith("_") and cls.__module__ == module.__name__}
-        missing = public - set(module.STRUCTS.values())
+        missing = public - set(module.STRUCTS.values()) - STRUCTS_NOT_IN_HEADERS
         assert not missing, f"{module.__name__}: structs missing from STRUCTS: {missing}"
     # The big groups were picked up (or the scan above broke).
     names = {n for _, n, _ in _constants()}
@@ -228,3 +232,16 @@ def test_open_device_on_a_non_kfd_file_names_the_ioctl_and_closes_it(tmp_path: P
 def test_render_node_absent_is_a_clear_environment_error(tmp_path: Path) -> None:
     with pytest.raises(DeviceUnavailable, match=r"renderD128 does not exist"):
         drm.open_render_node(128, str(tmp_path))
+
+
+def test_gem_change_handle_matches_linux_6_18() -> None:
+    """DRM_IOCTL_GEM_CHANGE_HANDLE is newer than the installed headers: check it by value.
+
+    Linux 6.18 include/uapi/drm/drm.h (and CRIU's copy, plugins/amdgpu/drm.h):
+    ``struct drm_gem_change_handle { __u32 handle; __u32 new_handle; };`` and
+    ``#define DRM_IOCTL_GEM_CHANGE_HANDLE DRM_IOWR(0xD2, struct drm_gem_change_handle)``.
+    """
+    assert ctypes.sizeof(drm.DrmGemChangeHandle) == 8
+    assert [(name, drm.DrmGemChangeHandle.__dict__[name].offset) for name, _ in
+            drm.DrmGemChangeHandle._fields_] == [("handle", 0), ("new_handle", 4)]
+    assert drm.DRM_IOCTL_GEM_CHANGE_HANDLE == 0xC00864D2

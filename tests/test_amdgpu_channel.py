@@ -312,3 +312,33 @@ def test_make_channel_puts_both_ends_high_and_close_on_exec():
     finally:
         orch.close()
         task.close()
+
+
+def test_progress_messages_restart_the_idle_wait_and_carry_nothing():
+    """A task busy filling sends PROGRESS; the receiver waits on, judged by progress, not a clock."""
+    import threading
+
+    orch, task = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        def busy_task():
+            for _ in range(6):  # 0.6 s in all, each gap well inside the 0.3 s idle wait
+                time.sleep(0.1)
+                channel.send_progress(task)
+            channel.send_done(task)
+
+        sender = threading.Thread(target=busy_task)
+        sender.start()
+        start = time.monotonic()
+        assert channel.receive_command(orch, idle_timeout_s=0.3, message_timeout_s=1.0) is None  # the DONE
+        assert time.monotonic() - start > 0.5
+        sender.join()
+        # a PROGRESS message with a payload is refused, as a DONE with one is
+        task.sendall(HEADER.pack(MAGIC, VERSION, channel.KIND_PROGRESS, 7, 0, 0, 0, 0, os.getpid()))
+        with pytest.raises(ChannelError, match="progress message: carries kfd_id 7"):
+            channel.receive_command(orch, idle_timeout_s=1.0)
+        # silence is still an error after the idle wait
+        with pytest.raises(ChannelError, match="no message began within 0.2 s"):
+            channel.receive_command(orch, idle_timeout_s=0.2)
+    finally:
+        orch.close()
+        task.close()

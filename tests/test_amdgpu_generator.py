@@ -68,7 +68,15 @@ def test_kfd_image_describes_the_gpus_and_bos(generated):
     image = load_kfd_image(ImageSet.open(dst), state.kfd_id)
     kfd = image.kfd
     assert kfd.pid == 31100 and kfd.num_of_gpus == 3 and kfd.num_of_bos == len(kfd.bo_entries) == 24 + 3
-    assert tuple(d.gpu_id for d in kfd.device_entries) == state.gpu_ids
+    # CRIU's shape: every topology node, the CPU nodes (gpu_id 0) first, in node order
+    assert [(d.node_id, d.gpu_id) for d in kfd.device_entries] == [(0, 0), (1, 0)] + [
+        (2 + i, g) for i, g in enumerate(state.gpu_ids)]
+    assert kfd.num_of_cpus == 2 and kfd.device_entries[0].cpu_cores_count == 64
+    assert all(d.iolinks[0].node_to_id == 0 for d in kfd.device_entries if d.gpu_id)
+    # priv_data as KFD's RESTORE parses it: process (8) + devices (8 each) + BOs (272 each) + objects
+    assert kfd.num_of_objects == 2
+    assert len(kfd.priv_data) == 8 + 3 * 8 + 27 * 272 + 2 * 8
+    assert int.from_bytes(kfd.priv_data[:4], "little") == 1  # KFD_CRIU_PRIV_VERSION
     doorbells = [b for b in kfd.bo_entries if b.alloc_flags == KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL]
     assert sorted(b.gpu_id for b in doorbells) == sorted(state.gpu_ids)  # one per GPU, without contents
     content = [b for b in kfd.bo_entries if has_contents(b.alloc_flags)]
@@ -172,4 +180,43 @@ def test_inconsistent_kfd_images_are_refused(small):
 
     _rewrite_kfd(dst, state.kfd_id, miscount)
     with pytest.raises(BadRecord, match="num_of_bos is 99 but 6 BO entries follow"):
+        load_kfd_image(ImageSet.open(dst), state.kfd_id)
+
+
+def test_cpu_nodes_in_any_position_are_accepted_and_miscounts_refused(small):
+    """Real images list CPU nodes (gpu_id 0) among the GPUs; the counts must still add up."""
+    dst, state = small
+
+    def cpu_in_the_middle(kfd):
+        cpu0, _cpu1, gpu0, gpu1 = list(kfd.device_entries)
+        del kfd.device_entries[:]
+        kfd.device_entries.extend([gpu0, cpu0, gpu1])
+        kfd.num_of_cpus = 1
+
+    _rewrite_kfd(dst, state.kfd_id, cpu_in_the_middle)
+    image = load_kfd_image(ImageSet.open(dst), state.kfd_id)
+    assert [d.gpu_id for d in image.kfd.device_entries] == [state.gpu_ids[0], 0, state.gpu_ids[1]]
+    assert sorted(image.gpus) == sorted(state.gpu_ids)  # only GPUs have pages files
+
+    def one_cpu_too_many(kfd):
+        kfd.num_of_cpus = 2
+
+    _rewrite_kfd(dst, state.kfd_id, one_cpu_too_many)
+    with pytest.raises(BadRecord, match=r"num_of_gpus 2 \+ num_of_cpus 2 = 4 topology nodes, but 3 device "
+                                        r"entries follow"):
+        load_kfd_image(ImageSet.open(dst), state.kfd_id)
+
+    def gpu_counted_as_cpu(kfd):
+        kfd.num_of_cpus, kfd.num_of_gpus = 2, 1
+
+    _rewrite_kfd(dst, state.kfd_id, gpu_counted_as_cpu)
+    with pytest.raises(BadRecord, match="num_of_gpus is 1 but 2 device entries have a gpu_id"):
+        load_kfd_image(ImageSet.open(dst), state.kfd_id)
+
+    def same_node_twice(kfd):
+        kfd.num_of_cpus, kfd.num_of_gpus = 1, 2
+        kfd.device_entries[1].node_id = kfd.device_entries[0].node_id
+
+    _rewrite_kfd(dst, state.kfd_id, same_node_twice)
+    with pytest.raises(BadRecord, match="device entry 1: node_id .* appears in two device entries"):
         load_kfd_image(ImageSet.open(dst), state.kfd_id)

@@ -112,11 +112,15 @@ def test_a_failing_callback_aborts_with_the_package_error(images, isolate):
 
 @pytest.mark.parametrize("isolate", [False, True])
 def test_errors_keep_their_class_and_exit_code(tmp_path, isolate):
+    from pycriu_restore.api import InheritFdInvalid
     from pycriu_restore.images.errors import ImageError
 
     with pytest.raises(ImageError) as info:
         pycriu_restore.restore(tmp_path, isolate=isolate)  # an empty directory: no inventory
     assert info.value.exit_code == 2
     with pytest.raises(pycriu_restore.OptionUnsupported) as refused:
-        pycriu_restore.restore(tmp_path, inherit_fd=[pycriu_restore.InheritFd(5, "pipe:[7]")], isolate=isolate)
-    assert refused.value.exit_code == 3 and "fd[5]:pipe:[7]" in str(refused.value)
+        pycriu_restore.restore(tmp_path, orphan_pts_master=True, isolate=isolate)
+    assert refused.value.exit_code == 3 and "--orphan-pts-master" in str(refused.value)
+    with pytest.raises(InheritFdInvalid) as closed:  # checked before the images are read
+        pycriu_restore.restore(tmp_path, inherit_fd=[pycriu_restore.InheritFd(999, "pipe:[7]")], isolate=isolate)
+    assert closed.value.exit_code == 4 and "fd[999]:pipe:[7]: fd 999 is not open" in str(closed.value)

@@ -57,6 +57,8 @@ def _c_program() -> str:
     # The thread clone flags are the kernel's (linux/sched.h).
     out("clone_thread_flags", "%llu", "(unsigned long long)(CLONE_VM | CLONE_FS | CLONE_FILES | "
         "CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)")
+    out("clone_fill_flags", "%llu", "(unsigned long long)(CLONE_VM | CLONE_FS | CLONE_FILES | "
+        "CLONE_SIGHAND | CLONE_THREAD | CLONE_UNTRACED | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID)")
     # struct blob_mm is passed to prctl(PR_SET_MM_MAP) as is: same layout as the kernel's.
     out("sizeof prctl_mm_map", "%zu", "sizeof(struct prctl_mm_map)")
     for field, _ in abi.BlobMm._fields_:
@@ -144,3 +146,9 @@ def test_thread_status_record_leads_blob_thread() -> None:
     assert abi.BlobThread.status.offset == 0
     assert abi.BlobThread.status.size == ctypes.sizeof(abi.BlobStatus)
     assert ctypes.sizeof(abi.BlobThread) % 16 == 0     # every record 8-byte aligned in an array
+
+
+def test_fill_clone_flags_are_the_kernels(c_facts: dict[str, str]) -> None:
+    """A fill worker is a thread the tracer never sees (CLONE_UNTRACED) and that the leader
+    joins through its tid word (CLONE_PARENT_SETTID, CLONE_CHILD_CLEARTID)."""
+    assert int(c_facts["clone_fill_flags"]) == abi.BLOB_FILL_CLONE_FLAGS

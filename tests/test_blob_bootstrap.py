@@ -21,7 +21,7 @@ import struct
 import pytest
 
 from pycriu_restore.blob import abi
-from pycriu_restore.blob.bootstrap import (TASK_SIZE, Bootstrap, RuntimeLayout, bootstrap_size,
+from pycriu_restore.blob.bootstrap import (PAGE_SIZE_ADVICE, TASK_SIZE, Bootstrap, RuntimeLayout, bootstrap_size,
                                            build_bootstrap, page_batches)
 from pycriu_restore.blob.cpuid import XsaveComponent
 from pycriu_restore.blob.errors import FpuStateMismatch, VdsoMismatch
@@ -136,8 +136,11 @@ def test_every_vma_descriptor_equals_the_plan(task: Task, blob: Blob) -> None:
     planned = [(i, v) for i, v in enumerate(task.vmas) if v.kind not in (VmaKind.VDSO, VmaKind.VVAR)]
     assert len(vmas) == len(planned) == len(task.vmas) - 2
     for desc, (index, vma) in zip(vmas, planned):
-        assert (desc.plan_index, desc.start, desc.end, desc.pgoff, desc.madv, desc.prot) == (
-            index, vma.start, vma.end, vma.pgoff, vma.madv, vma.prot)
+        assert (desc.plan_index, desc.start, desc.end, desc.pgoff, desc.prot) == (
+            index, vma.start, vma.end, vma.pgoff, vma.prot)
+        # The page-size advice (hg/nh) is given before the fill, the rest after it.
+        early = 0 if task.mm.thp_disabled else vma.madv & PAGE_SIZE_ADVICE
+        assert (desc.fill_madv, desc.madv) == (early, vma.madv & ~early)
         assert desc.flags == vma.flags | (mmap.MAP_ANONYMOUS if vma.file is None else 0)
         expected_fd = -1 if vma.file is None else service.mapped[(vma.file.path, vma.file.open_flags)]
         assert desc.fd == expected_fd

@@ -840,3 +840,64 @@ def test_threads_through_ptrace(blob: Blob, runtime: RuntimeLayout, thread_paylo
         raise
     assert not os.path.exists(f"/proc/{pid}")
     assert not any(os.path.exists(f"/proc/{tid}") for tid in tids)
+
+
+# --- page fill with worker threads ---------------------------------------------------------
+
+BIG_ADDR = CODE_ADDR + 0x4000_0000       # 1 GiB above the code: a shared file mapping
+BIG_BYTES = 24 << 20
+
+
+def _fill_task(runtime: RuntimeLayout, tmp_path: pathlib.Path, payload: bytes):
+    """The hand-made task plus a BIG_BYTES MAP_SHARED mapping of a file, whose pages come from
+    the pages image: what the fill threads write lands in the file, where the test reads it.
+    Returns (task, pages path, the file, its content expected)."""
+    pages = _pages_file(tmp_path, payload)
+    expected = b"".join(struct.pack("<Q", BIG_ADDR + off) * 512 for off in range(0, BIG_BYTES, PAGE))
+    big_off = pages.stat().st_size
+    with pages.open("ab") as f:
+        f.write(expected)
+    target = tmp_path / "big"
+    target.write_bytes(bytes(BIG_BYTES))
+    big = Vma(BIG_ADDR, BIG_ADDR + BIG_BYTES, prot=3, flags=0x1, kind=VmaKind.FILE_SHARED,
+              file=MappedFile(9, str(target), os.O_RDWR),
+              page_runs=(PageRun(BIG_ADDR, BIG_BYTES // PAGE, big_off),))
+    base = _task(runtime)
+    return dataclasses.replace(base, vmas=(*base.vmas[:2], big, *base.vmas[2:])), pages, target, expected
+
+
+@pytest.mark.parametrize("tids", [(0, 0, 0), (0,)], ids=["3 workers", "1 worker"])
+def test_fill_workers_read_every_page_and_are_joined(blob: Blob, runtime: RuntimeLayout, payload: bytes,
+                                                     tmp_path: pathlib.Path, tids: tuple[int, ...]) -> None:
+    """Workers with kernel-chosen tids (0) read their share; the task then runs its payload."""
+    task, pages, target, expected = _fill_task(runtime, tmp_path, payload)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        boot, outcome = _run(blob, dataclasses.replace(runtime, fill_tids=tids), task, pages,
+                             mapped={(str(target), os.O_RDWR): fd})
+    finally:
+        os.close(fd)
+    assert boot.fill_threads == 1 + len(tids)
+    assert outcome.signal is None and outcome.exit_code == SUCCESS, outcome.describe()
+    assert target.read_bytes() == expected
+
+
+def test_failing_fill_worker_is_the_fill_steps_failure(blob: Blob, runtime: RuntimeLayout, payload: bytes,
+                                                       tmp_path: pathlib.Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """blob.fill_worker (faults.py): each worker fails its first batch with EIO; the leader
+    joins them and fails step FILL_PAGES with that batch and address."""
+    from pycriu_restore import faults
+
+    monkeypatch.setitem(faults._ARMED, "blob.fill_worker", 1)
+    task, pages, target, _expected = _fill_task(runtime, tmp_path, payload)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        boot, outcome = _run(blob, dataclasses.replace(runtime, fill_tids=(0, 0)), task, pages,
+                             mapped={(str(target), os.O_RDWR): fd})
+    finally:
+        os.close(fd)
+    assert outcome.exit_code == abi.BLOB_EXIT_STEP_FAILED, outcome.describe()
+    status = outcome.status
+    assert (status.step, status.err) == (abi.BLOB_STEP_FILL_PAGES, errno.EIO), status.describe()
+    assert status.describe().startswith(f"read pages batch {status.index} into ")

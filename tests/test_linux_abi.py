@@ -42,6 +42,7 @@ GLIBC_SIDE_PRELUDE = """
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 """
 
 KERNEL_SIDE_PRELUDE = """
@@ -67,6 +68,9 @@ GLIBC_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (clone3, "CLONE_ARGS_SIZE_VER2"): "CLONE_ARGS_SIZE_VER2",
     (waitstatus, "WALL"): "__WALL",
     (memory, "IOV_MAX"): "IOV_MAX",
+    (memory, "MAP_LOCKED"): "MAP_LOCKED",
+    (memory, "MAP_NORESERVE"): "MAP_NORESERVE",
+    (memory, "MAP_HUGETLB"): "MAP_HUGETLB",
     (taskinfo, "SYS_GET_ROBUST_LIST"): "__NR_get_robust_list",
     (taskinfo, "SYS_KCMP"): "__NR_kcmp",
     (taskinfo, "KCMP_FILE"): "KCMP_FILE",

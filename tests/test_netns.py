@@ -137,3 +137,59 @@ def test_netns_taken_host_name_is_refused(netns_echo: Dumped) -> None:
     finally:
         _ip("link", "del", HOST_LINK)
     wait_for("no leftover", lambda: not link_exists(HOST_LINK) and not link_exists(HOST_LINK + "p"))
+
+
+def test_netns_with_pid_ns(netns_echo: Dumped, tmp_path: Path) -> None:
+    """--pid-ns and a network namespace together: the namespace's init is made first, the
+    tree's root is cloned into both new namespaces, and the echo still passes."""
+    import os
+    import signal
+
+    from conftest import pid_max_at_least, wait_gone
+
+    pidfile = tmp_path / "root.pid"
+    init = None
+    try:
+        with pid_max_at_least(65536):
+            result = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(netns_echo.images),
+                                     "-d", "--pid-ns", "--pidfile", str(pidfile),
+                                     f"--external=veth[{NS_LINK}]:{HOST_LINK}"],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+            root = int(pidfile.read_text())
+            init = _ns_init(root)
+            assert _nspid(root) == [root, PID], "the root is not PID in a pid namespace of its own"
+            assert Path(f"/proc/{root}/ns/net").resolve() != Path("/proc/self/ns/net").resolve()
+            assert Path(f"/proc/{root}/ns/pid").resolve() != Path("/proc/self/ns/pid").resolve()
+            _host_side_up()
+            assert _echo(b"pid and net namespaces") == b"pid and net namespaces"
+    finally:
+        if init is not None:
+            os.kill(init, signal.SIGKILL)  # the pid namespace's init: every task in it goes too
+            assert wait_gone(init)
+        wait_link_gone(HOST_LINK)
+        if link_exists(HOST_LINK):
+            _ip("link", "del", HOST_LINK)
+
+
+def _nspid(pid: int) -> list[int]:
+    """The task's pid in each pid namespace it is in, ours first (proc(5): NSpid)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(n) for n in line.split()[1:]]
+    raise AssertionError(f"/proc/{pid}/status has no NSpid")
+
+
+def _ns_init(pid: int) -> int:
+    """Our pid of the init (pid 1) of ``pid``'s pid namespace."""
+    import os
+
+    ns = os.readlink(f"/proc/{pid}/ns/pid")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns and _nspid(int(entry))[-1] == 1:
+                    return int(entry)
+            except (OSError, AssertionError):
+                continue
+    raise AssertionError(f"no init found for the pid namespace of {pid}")

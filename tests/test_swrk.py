@@ -118,6 +118,25 @@ def test_pycriu_restores(tmp_path, criu_shim, posixtimer):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_pycriu_restores_with_notifications_in_order(tmp_path, criu_shim, posixtimer):
+    """pycriu's own transport and schema (CRIU's rpc.proto), answering each NOTIFY."""
+    if not (PYCRIU.exists() and Path(DEBIAN_PYTHON).exists()):
+        pytest.fail("pycriu test needs Debian's criu package (pycriu) and python3 (the README's apt-get line)")
+    run = subprocess.run([DEBIAN_PYTHON, str(CLIENTS / "pycriu_restore_client.py"), "--notify", str(criu_shim),
+                          str(posixtimer)], capture_output=True, text=True, timeout=120,
+                         env={"PATH": os.environ["PATH"]})
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "check ok" or lines[1] == "check ok", lines
+    notes = [ln.removeprefix("notify ") for ln in lines if ln.startswith("notify ")]
+    # All of CRIU's restore-side points, pre-resume included (pycriu answers every one).
+    assert notes == ["pre-restore", f"setup-namespaces {ROOT_PID}", "post-setup-namespaces",
+                     f"post-restore {ROOT_PID}", "pre-resume", "post-resume"], lines
+    assert lines[-1] == f"restored {ROOT_PID}"
+    verify = MORE.verify(WORKLOAD)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def _log(work: Path) -> str:
     log = work / "restore.log"
     return "\n--- restore.log:\n" + log.read_text()[-3000:] if log.exists() else ""
@@ -176,10 +195,21 @@ def test_restore_options_that_do_not_apply_are_refused_in_the_response(tmp_path)
         req = rpc_pb2.CriuReq(type=rpc_pb2.RESTORE)
         req.opts.images_dir_fd = -1  # required in criu_opts; -1: use images_dir
         req.opts.images_dir = str(tmp_path)
-        req.opts.inherit_fd.add(key="pipe:[1234]", fd=5)
+        req.opts.orphan_pts_master = True
         resp = client.call(req)
-        assert not resp.success and "--inherit-fd fd[5]:pipe:[1234]" in resp.cr_errmsg
+        assert not resp.success and "--orphan-pts-master" in resp.cr_errmsg
         assert "exit code 3" in resp.cr_errmsg
+    finally:
+        client.close()
+    client = RawClient()
+    try:  # inherit_fd is served; its fd must be one of the swrk process's own (runc: ExtraFiles)
+        req = rpc_pb2.CriuReq(type=rpc_pb2.RESTORE)
+        req.opts.images_dir_fd = -1
+        req.opts.images_dir = str(tmp_path)
+        req.opts.inherit_fd.add(key="pipe:[1234]", fd=987)
+        resp = client.call(req)
+        assert not resp.success and "--inherit-fd fd[987]:pipe:[1234]: fd 987 is not open" in resp.cr_errmsg
+        assert "exit code 4" in resp.cr_errmsg
     finally:
         client.close()
 

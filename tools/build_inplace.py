@@ -3,7 +3,7 @@
 
     python tools/build_inplace.py            # schemas and blob
     python tools/build_inplace.py protos     # only pycriu_restore/images/proto/*_pb2.py
-    python tools/build_inplace.py blob       # only pycriu_restore/blob/restorer.elf
+    python tools/build_inplace.py blob       # only pycriu_restore/blob/restorer.elf (+ .prepared.json)
     python tools/build_inplace.py demo       # only pycriu_restore/demo/demo-program
 
 An editable install (pip install -e .) does the same once; run this after editing a
@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
     if "blob" in what:
         builder = setup_py._load_blob_builder()
         builder.build(ROOT / "pycriu_restore" / "blob" / "restorer.elf")
+        setup_py.prepare_blob(ROOT / "pycriu_restore" / "blob" / "restorer.elf")  # what restore loads
     if "demo" in what:
         setup_py._load_demo_builder().build(ROOT / "pycriu_restore" / "demo" / "demo-program")
     return 0

@@ -138,6 +138,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="first seed; case i uses seed + i")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--json", type=Path, help="write every case's outcome here")
+    ap.add_argument("--progress", type=int, default=500, metavar="N",
+                    help="print a line of counts every N cases (0: only at the end)")
     args = ap.parse_args()
     counts: collections.Counter = collections.Counter()
     cases = []
@@ -152,6 +154,9 @@ def main() -> int:
                 cases.append({"mode": mode, "seed": seed, "outcome": outcome, "message": message, "mutations": done})
                 if outcome in FINDINGS:
                     print(f"FINDING {mode} seed {seed}: {outcome}: {message}\n  mutations: {done}", flush=True)
+                if args.progress and (i + 1) % args.progress == 0 and i + 1 < n:
+                    print(f"{mode}: {i + 1}/{n} cases, {time.monotonic() - start:.0f} s: "
+                          + ", ".join(f"{o} {c}" for (m, o), c in sorted(counts.items()) if m == mode), flush=True)
             if n:
                 print(f"{mode}: {n} cases in {time.monotonic() - start:.0f} s", flush=True)
     for (mode, outcome), c in sorted(counts.items()):

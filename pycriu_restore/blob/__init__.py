@@ -24,9 +24,29 @@ the blob; at each thread's int3 it reads that thread's record at
 with :func:`decode_status` (restorer_blob/abi.h, "status protocol" and "Threads").
 """
 
-from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
-from pycriu_restore.blob.loader import Blob, blob_path, load_blob
-from pycriu_restore.blob.status import BlobStatus, decode_status
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers see; at run time, __getattr__ below
+    from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
+    from pycriu_restore.blob.loader import Blob, blob_path, load_blob
+    from pycriu_restore.blob.status import BlobStatus, decode_status
+
+# Each name is imported from its module on first use (PEP 562), so that importing one module
+# of this package (cpuid.py for the CPU check, abi.py, loader.py at build time) does not load
+# bootstrap.py and, through it, the plan and the image schemas.
+_EXPORTS = {
+    "Bootstrap": "bootstrap", "RuntimeLayout": "bootstrap", "bootstrap_size": "bootstrap",
+    "build_bootstrap": "bootstrap", "Blob": "loader", "blob_path": "loader", "load_blob": "loader",
+    "BlobStatus": "status", "decode_status": "status",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Blob", "BlobStatus", "Bootstrap", "RuntimeLayout", "blob_path", "bootstrap_size",
            "build_bootstrap", "decode_status", "load_blob"]

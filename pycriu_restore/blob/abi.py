@@ -17,11 +17,13 @@ from ctypes import c_int32, c_uint8, c_uint32, c_uint64
 
 BLOB_ARGS_MAGIC = 0x42435950  # "PYCB" in memory, little-endian
 BLOB_STATUS_MAGIC = 0x54535942  # "BYST": the blob has started writing status
-BLOB_ABI_VERSION = 5
+BLOB_ABI_VERSION = 6  # 6: fill threads, blob_vma.fill_madv
 
 BLOB_PAGE_SIZE = 4096
 BLOB_STACK_BYTES = 32768          # the leader's stack
 BLOB_THREAD_STACK_BYTES = 16384   # each other thread's stack
+BLOB_FILL_STACK_BYTES = 8192      # each fill worker's stack
+BLOB_MAX_FILL_THREADS = 16        # fill threads per task, the leader included
 BLOB_SIGFRAME_ALIGN = 64
 BLOB_SIGINFO_BYTES = 128
 BLOB_MAX_IOVS = 1024
@@ -37,6 +39,13 @@ BLOB_SYSCALL_GADGET = "blob_syscall_gadget"
 # clone3 flags of a restored thread: CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
 # CLONE_THREAD | CLONE_SYSVSEM (linux/sched.h).
 BLOB_THREAD_CLONE_FLAGS = 0x50F00
+
+# clone3 flags of a fill worker: CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND |
+# CLONE_THREAD | CLONE_UNTRACED | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID (linux/sched.h).
+BLOB_FILL_CLONE_FLAGS = 0xB10F00
+
+# blob_args.fault_step values that are not steps (tests only, faults.py).
+BLOB_FAULT_FILL_WORKER = 0x100    # every fill worker fails its first batch with EIO
 
 # blob_args.flags
 BLOB_F_EXIT = 1 << 0
@@ -117,6 +126,7 @@ class BlobVma(ctypes.Structure):
         ("end", c_uint64),
         ("pgoff", c_uint64),
         ("madv", c_uint64),
+        ("fill_madv", c_uint64),
         ("prot", c_uint32),
         ("map_prot", c_uint32),
         ("flags", c_uint32),
@@ -142,6 +152,28 @@ class BlobIovec(ctypes.Structure):
     _fields_ = [
         ("base", c_uint64),
         ("len", c_uint64),
+    ]
+
+
+class BlobFillWorker(ctypes.Structure):
+    """struct blob_fill_worker: one thread that reads page batches during step FILL_PAGES."""
+
+    _fields_ = [
+        ("tid", c_int32),
+        ("alive", c_uint32),
+        ("stack_top", c_uint64),
+    ]
+
+
+class BlobFillState(ctypes.Structure):
+    """struct blob_fill_state: the next batch to take and the first failure (blob-written)."""
+
+    _fields_ = [
+        ("next_read", c_uint32),
+        ("failed", c_uint32),
+        ("err", c_uint32),
+        ("index", c_uint32),
+        ("addr", c_uint64),
     ]
 
 
@@ -347,7 +379,9 @@ class BlobArgs(ctypes.Structure):
         ("nr_posix_timers", c_uint32),
         ("personality", c_uint32),
         ("child_subreaper", c_uint32),
-        ("_pad2", c_uint32),
+        ("fill_threads", c_uint32),
+        ("fill_workers", c_uint64),
+        ("fill", BlobFillState),
     ]
 
     @classmethod
@@ -378,6 +412,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "blob_vma": BlobVma,
     "blob_page_read": BlobPageRead,
     "blob_iovec": BlobIovec,
+    "blob_fill_worker": BlobFillWorker,
+    "blob_fill_state": BlobFillState,
     "blob_vdso_area": BlobVdsoArea,
     "blob_sigaction": BlobSigaction,
     "blob_rlimit": BlobRlimit,

@@ -29,6 +29,10 @@ leader, ``Task.threads`` order)::
     | ...                                  |  aligned (sigframe.py)     = sigframes[i]
     | rt_sigframe + XSAVE area, thread n-1 |
     +--------------------------------------+ page-aligned
+    | stack of fill worker 0               |  BLOB_FILL_STACK_BYTES each, for the
+    | ...                                  |  fill_threads - 1 workers of step FILL_PAGES
+    | stack of fill worker f-2             |  (none for a one-thread fill)
+    +--------------------------------------+
     | stack of thread n-1                  |  BLOB_THREAD_STACK_BYTES each, grow down;
     | ...                                  |  clone3 gets [top - BLOB_THREAD_STACK_BYTES, top)
     | stack of thread 1                    |
@@ -36,6 +40,12 @@ leader, ``Task.threads`` order)::
     | stack of thread 0 (the leader),      |  grows down
     |   BLOB_STACK_BYTES                   |
     +--------------------------------------+ base + size                = stack_top
+
+Page fill: the pages image is read by ``fill_threads`` threads of the task at once, the leader
+and workers the blob makes and joins inside step FILL_PAGES (restorer.c). How many
+(:func:`fill_thread_count`) is decided here from the bytes to read and the CPUs the
+orchestrator may use; :func:`fill_batches` cuts the preadv batches into pieces so that each
+thread has some, and the orchestrator gives each worker a tid (``RuntimeLayout.fill_tids``).
 
 The region stays mapped until the orchestrator removes it with munmap through
 ``syscall_gadget``, after every thread has passed rt_sigreturn (the frames are read then).
@@ -80,10 +90,29 @@ MAP_FIXED_NOREPLACE = 0x100000
 # research/feasibility-spike.md §3), in the order they appear.
 VVAR, VVAR_VCLOCK, VDSO = "[vvar]", "[vvar_vclock]", "[vdso]"
 KERNEL_AREAS = (VVAR, VVAR_VCLOCK, VDSO)
+# <asm-generic/mman-common.h>: the advice that chooses the page size of anonymous memory as
+# it is first touched. blob_vma.fill_madv gives them before the fill, not after.
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+PAGE_SIZE_ADVICE = (1 << MADV_HUGEPAGE) | (1 << MADV_NOHUGEPAGE)
+# x86-64 PMD size (hpage_pmd_size): pieces of a batch end on such a boundary, so that two
+# fill threads do not fault the same huge page.
+HUGE_PAGE_BYTES = 2 << 20
+# Fill threads: at most this many per task (the leader included; abi.BLOB_MAX_FILL_THREADS
+# is the blob's hard limit), and one more only for each FILL_BYTES_PER_THREAD of pages:
+# making and joining a thread costs ~0.1 ms, reading 8 MiB ~3-5 ms on one thread here.
+FILL_MAX_THREADS = 8
+FILL_BYTES_PER_THREAD = 8 << 20
+# Pieces per fill thread: a few, so that a thread that is slowed (a cold page, another
+# task's threads on its CPU) does not hold the step up while the others are idle.
+FILL_PIECES_PER_THREAD = 4
 # PR_SET_DUMPABLE accepts 0 and 1 only (SUID_DUMP_DISABLE/USER; linux/sched/coredump.h).
 SETTABLE_DUMPABLE = (0, 1)
 
 _ARRAY_ALIGN = 8
+# What PYCRESTORE_FAULT=blob.<name> may name (faults.py): every step, and the fill workers'
+# own fault (each fails its first batch: a failure in a thread other than the leader).
+BLOB_FAULTS = {**STEP_NAMES, abi.BLOB_FAULT_FILL_WORKER: "fill_worker"}
 # struct blob_mm.exe_fd meaning "leave the exe link as it is" (abi.h: (uint32_t)-1).
 KEEP_EXE = 0xFFFFFFFF
 
@@ -114,6 +143,15 @@ class RuntimeLayout:
     # the exe link alone, since the kernel refuses to replace an exe file that is still
     # mapped (replace_mm_exe_file: EBUSY), and the blob just closes the exe service fd.
     keep_exe: bool = False
+    # Tids for the blob's fill workers (step FILL_PAGES), one per worker: the fill uses
+    # 1 + len(fill_tids) threads. The orchestrator picks them (restore/fill_tids.py): free,
+    # and none that any task of the checkpoint needs; 0 lets the kernel choose. Empty: the
+    # leader fills alone.
+    fill_tids: tuple[int, ...] = ()
+
+    @property
+    def fill_threads(self) -> int:
+        return 1 + len(self.fill_tids)
 
     @classmethod
     def from_task(cls, maps: Iterable[MapEntry], rseq: RseqConfig | None,
@@ -158,6 +196,7 @@ class Bootstrap:
     # status_addr, entry i the status field of struct blob_thread i.
     thread_status_addrs: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what was accepted but not restored exactly (for the log)
+    fill_threads: int = 1        # threads that read the pages (step FILL_PAGES), the leader included
 
     @property
     def end(self) -> int:
@@ -203,6 +242,58 @@ def page_batches(vmas: Sequence[Vma]) -> list[PageBatch]:
     return [PageBatch(off, tuple((a, n) for a, n in iovs)) for off, iovs in batches]
 
 
+def fill_bytes(vmas: Sequence[Vma]) -> int:
+    """Bytes the blob reads from the pages image for ``vmas`` (vdso/vvar runs are skipped)."""
+    return sum(run.nr_pages * PAGE_SIZE for vma in vmas
+               if vma.kind not in (VmaKind.VDSO, VmaKind.VVAR) for run in vma.page_runs)
+
+
+def fill_thread_count(vmas: Sequence[Vma], cpus: int) -> int:
+    """How many threads should fill ``vmas``: 1 .. min(cpus, FILL_MAX_THREADS), one per
+    FILL_BYTES_PER_THREAD of pages (a small task fills alone: a thread costs more than
+    it saves)."""
+    by_size = fill_bytes(vmas) // FILL_BYTES_PER_THREAD
+    return max(1, min(cpus, FILL_MAX_THREADS, abi.BLOB_MAX_FILL_THREADS, by_size))
+
+
+def fill_batches(batches: Sequence[PageBatch], threads: int) -> list[PageBatch]:
+    """``batches`` cut into pieces for ``threads`` fill threads; unchanged for one thread.
+
+    A piece is about total / (threads * FILL_PIECES_PER_THREAD) bytes (at least one huge
+    page) and ends on a HUGE_PAGE_BYTES boundary of memory where an iovec crosses one;
+    each piece is one preadv, so the count of system calls stays a few per thread. The
+    pieces keep file order, and together cover every byte of ``batches`` once.
+    """
+    if threads <= 1:
+        return list(batches)
+    total = sum(b.size_bytes for b in batches)
+    target = max(HUGE_PAGE_BYTES, total // (threads * FILL_PIECES_PER_THREAD))
+    pieces: list[PageBatch] = []
+    for batch in batches:
+        off = batch.file_off
+        iovs: list[tuple[int, int]] = []
+        size = 0
+        for addr, length in batch.iovs:
+            while length:
+                take = length
+                if size + length > target:
+                    # End the piece at the first huge-page boundary at or after the target.
+                    cut = addr + (target - size)
+                    cut = -(-cut // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+                    take = min(length, cut - addr)
+                iovs.append((addr, take))
+                size += take
+                addr += take
+                length -= take
+                if size >= target:
+                    pieces.append(PageBatch(off, tuple(iovs)))
+                    off += size
+                    iovs, size = [], 0
+        if iovs:
+            pieces.append(PageBatch(off, tuple(iovs)))
+    return pieces
+
+
 @functools.cache
 def default_blob() -> Blob:
     """The packaged restorer.elf, loaded once, with every symbol the region needs."""
@@ -215,7 +306,7 @@ def bootstrap_size(task: Task, runtime: RuntimeLayout, *, blob: Blob | None = No
     The same for every base address; ``blob`` defaults to the packaged one.
     """
     blob = blob or default_blob()
-    return _Layout.of(_Contents.of(task, ServiceFds.for_task(task), runtime.keep_exe), runtime,
+    return _Layout.of(_Contents.of(task, ServiceFds.for_task(task), runtime), runtime,
                       blob).size
 
 
@@ -235,7 +326,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     blob = blob or default_blob()
     if not task.threads:
         raise AssertionError(f"build_bootstrap: task {task.pid} has no thread")
-    contents = _Contents.of(task, service, runtime.keep_exe)
+    contents = _Contents.of(task, service, runtime)
     layout = _Layout.of(contents, runtime, blob)
     _check_region(task, runtime, base, layout.size)
 
@@ -248,7 +339,7 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     writer = _ArgsWriter(args_addr)
     args = abi.BlobArgs.new()
     args.flags = extra_flags | (abi.BLOB_F_SET_MM if set_mm else 0)
-    args.fault_step = faults.blob_step(STEP_NAMES)  # 0 unless a test armed blob.<step>
+    args.fault_step = faults.blob_step(BLOB_FAULTS)  # 0 unless a test armed blob.<step>
     args.bootstrap_start, args.bootstrap_len = base, layout.size
     args.task_size = TASK_SIZE
     args.stack_top = base + layout.size
@@ -260,6 +351,12 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
     args.pages_fd = service.pages
     args.page_reads, args.nr_page_reads = writer.array(abi.BlobPageRead, contents.reads)
     args.iovs, args.nr_iovs = writer.array(abi.BlobIovec, contents.iovs)
+    # One thread per piece at most: a worker with nothing to take would only cost its clone.
+    workers = runtime.fill_tids[:max(0, min(len(runtime.fill_tids), len(contents.reads) - 1))]
+    args.fill_threads = 1 + len(workers)
+    args.fill_workers, _count = writer.array(abi.BlobFillWorker, [
+        abi.BlobFillWorker(tid=tid, stack_top=base + layout.fill_stack_top_off(i))
+        for i, tid in enumerate(workers)])
     vdso_areas = _vdso_areas(task, runtime, base + layout.park_off)
     args.vdso_areas, args.nr_vdso_areas = writer.array(abi.BlobVdsoArea, vdso_areas)
     args.close_fds, args.nr_close_fds = writer.array(ctypes.c_int32, contents.close_fds)
@@ -306,7 +403,8 @@ def build_bootstrap(task: Task, base: int, runtime: RuntimeLayout, service: Serv
         stack_top=base + layout.stack_top_off(0), args_addr=args_addr, status_addr=status_addr,
         syscall_gadget=base + blob.entry_offset(abi.BLOB_SYSCALL_GADGET),
         sigframes=tuple(frame.addr for frame in frames),
-        thread_status_addrs=(status_addr, *thread_records), notes=tuple(notes))
+        thread_status_addrs=(status_addr, *thread_records), notes=tuple(notes),
+        fill_threads=args.fill_threads)
 
 
 def _components(runtime: RuntimeLayout) -> dict[int, XsaveComponent]:
@@ -338,19 +436,21 @@ class _Contents:
     nr_posix_timers: int
 
     @classmethod
-    def of(cls, task: Task, service: ServiceFds, keep_exe: bool = False) -> _Contents:
+    def of(cls, task: Task, service: ServiceFds, runtime: RuntimeLayout) -> _Contents:
+        keep_exe = runtime.keep_exe
         reads, iovs = [], []
-        for batch in page_batches(task.vmas):
+        for batch in fill_batches(page_batches(task.vmas), runtime.fill_threads):
             reads.append(abi.BlobPageRead(file_off=batch.file_off, first_iov=len(iovs),
                                           nr_iovs=len(batch.iovs)))
             iovs.extend(abi.BlobIovec(base=addr, len=length) for addr, length in batch.iovs)
         return cls(
-            vmas=[_blob_vma(index, vma, service) for index, vma in enumerate(task.vmas)
+            vmas=[_blob_vma(index, vma, service, task.mm.thp_disabled)
+                  for index, vma in enumerate(task.vmas)
                   if vma.kind not in (VmaKind.VDSO, VmaKind.VVAR)],
             reads=reads, iovs=iovs,
             # The pages image, then each mapped file once; the exe fd stays for PR_SET_MM_MAP
             # (which closes it), unless the exe link is kept.
-            close_fds=[service.pages, *sorted(set(service.mapped.values())),
+            close_fds=[service.pages, *sorted(set(service.mapped.values())), *sorted(service.plugin.values()),
                        *([service.exe] if keep_exe else [])],
             auxv=list(task.mm.auxv),
             sigactions=[abi.BlobSigaction(signo=sa.signo, handler=sa.handler, flags=sa.flags,
@@ -375,8 +475,13 @@ class _Layout:
     park_off: int
     sigframe_off: int              # thread 0's frame; thread i's is sigframe_stride further
     sigframe_stride: int           # sigframe_bytes(xstate_size): a multiple of 64
+    fill_stack_off: int            # the fill workers' stacks, worker 0's lowest
     stack_off: int                 # the lowest thread stack
     size: int
+
+    def fill_stack_top_off(self, worker: int) -> int:
+        """Offset of the top of fill worker ``worker``'s stack (BLOB_FILL_STACK_BYTES each)."""
+        return self.fill_stack_off + (worker + 1) * abi.BLOB_FILL_STACK_BYTES
 
     def stack_top_off(self, index: int) -> int:
         """Offset of the top of thread ``index``'s stack: the leader's at the region's end,
@@ -401,6 +506,7 @@ class _Layout:
             (ctypes.sizeof(abi.BlobSiginfo), contents.thread_siginfos),
             (1, contents.thread_extra_bytes),
             (ctypes.sizeof(abi.BlobPosixTimer), contents.nr_posix_timers),
+            (ctypes.sizeof(abi.BlobFillWorker), runtime.fill_threads - 1),
         ]
         args_bytes = ctypes.sizeof(abi.BlobArgs) + sum(
             _round_up(size * count, _ARRAY_ALIGN) for size, count in counts)
@@ -408,12 +514,13 @@ class _Layout:
         park_off = args_off + _round_up(args_bytes, PAGE_SIZE)
         sigframe_off = park_off + _round_up(runtime.park_bytes, PAGE_SIZE)
         stride = sigframe_bytes(runtime.xstate_size)
-        stack_off = sigframe_off + _round_up(stride * contents.nr_threads, PAGE_SIZE)
+        fill_stack_off = sigframe_off + _round_up(stride * contents.nr_threads, PAGE_SIZE)
+        stack_off = fill_stack_off + (runtime.fill_threads - 1) * abi.BLOB_FILL_STACK_BYTES
         size = (stack_off + max(contents.nr_threads - 1, 0) * abi.BLOB_THREAD_STACK_BYTES
                 + abi.BLOB_STACK_BYTES)
         return cls(args_off=args_off, args_bytes=_round_up(args_bytes, PAGE_SIZE),
                    park_off=park_off, sigframe_off=sigframe_off, sigframe_stride=stride,
-                   stack_off=stack_off, size=size)
+                   fill_stack_off=fill_stack_off, stack_off=stack_off, size=size)
 
 
 class _ArgsWriter:
@@ -455,21 +562,34 @@ def _check_region(task: Task, runtime: RuntimeLayout, base: int, size: int) -> N
                                  f"running {name} ({start:#x}-{stop:#x})")
 
 
-def _blob_vma(index: int, vma: Vma, service: ServiceFds) -> abi.BlobVma:
-    """One VMA descriptor: its fd (the service fd of its file), writable while filled."""
+def _blob_vma(index: int, vma: Vma, service: ServiceFds, thp_disabled: bool) -> abi.BlobVma:
+    """One VMA descriptor: its fd (the service fd of its file), writable while filled.
+
+    The checkpointed MADV_HUGEPAGE / MADV_NOHUGEPAGE go in fill_madv, given before the
+    fill: the kernel picks a page's size when it is first touched, so advice given after
+    would leave an "nh" VMA filled with huge pages (THP "always") or an "hg" one with
+    4 KiB pages (THP "madvise"). Not when the task had THP disabled (PR_SET_THP_DISABLE,
+    set only after the fill by step SET_MM): it had no huge page, so the advice waits.
+    There is no advice that gives back a VMA with neither flag, so a VMA the image has
+    without "hg" is never filled with MADV_HUGEPAGE: it fills with huge pages only where
+    the system's THP mode is "always", as the original would have.
+    """
     flags = vma.flags & ~(MAP_FIXED | MAP_FIXED_NOREPLACE)
     if vma.file is None:
         fd = -1
         flags |= mmap.MAP_ANONYMOUS
     else:
-        key = (vma.file.path, vma.file.open_flags)
-        if key not in service.mapped:
-            raise AssertionError(f"build_bootstrap: VMA {index} maps {key}, which has no service "
-                                 f"fd (ServiceFds.mapped has {sorted(service.mapped)})")
-        fd = service.mapped[key]
+        found = service.fd_of(vma)  # a device mapping (plugin) has one of its own
+        if found is None:
+            raise AssertionError(f"build_bootstrap: VMA {index} maps {(vma.file.path, vma.file.open_flags)}, which "
+                                 f"has no service fd (ServiceFds.mapped has {sorted(service.mapped)}, "
+                                 f"plugin {sorted(service.plugin)})")
+        fd = found
     map_prot = vma.prot | mmap.PROT_WRITE if vma.page_runs else vma.prot
-    return abi.BlobVma(start=vma.start, end=vma.end, pgoff=vma.pgoff, madv=vma.madv,
-                       prot=vma.prot, map_prot=map_prot, flags=flags, fd=fd, plan_index=index)
+    fill_madv = 0 if thp_disabled else vma.madv & PAGE_SIZE_ADVICE
+    return abi.BlobVma(start=vma.start, end=vma.end, pgoff=vma.pgoff, madv=vma.madv & ~fill_madv,
+                       fill_madv=fill_madv, prot=vma.prot, map_prot=map_prot, flags=flags, fd=fd,
+                       plan_index=index)
 
 
 def _vdso_areas(task: Task, runtime: RuntimeLayout, park_addr: int) -> list[abi.BlobVdsoArea]:

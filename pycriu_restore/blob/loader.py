@@ -21,27 +21,46 @@ the blob cannot have, and is refused with :class:`UnsupportedRelocation`.
 
 Parsing (pyelftools) happens once, in :func:`load_blob`; :meth:`Blob.image_at` then only
 patches bytes. pyelftools' ``ELFError`` and ``OSError`` do not leave this module.
+
+Prepared at build time: importing pyelftools and parsing take ~25 ms, a large part of a
+small restore, for a result that only changes when the blob is rebuilt. So the build
+(setup.py, tools/build_inplace.py) runs :func:`write_prepared`, which parses the ELF here,
+with every check above, and writes the resulting Blob beside it as JSON::
+
+    restorer.elf.prepared.json   {"format": 1, "elf_bytes": N, "elf_crc32": ..., "image": base64,
+                                  "symbols": {name: offset}, "relocations": [[offset, addend]]}
+
+:func:`load_blob` uses it when its ``elf_bytes`` and ``elf_crc32`` are those of the ELF it
+would read, and parses the ELF otherwise (no prepared file, a blob rebuilt without it,
+another path). A CRC is enough: it guards against a stale file after a rebuild, not against
+an attacker, who could as well change the ELF (both are files of the installed package);
+and zlib is loaded already, where hashlib would add ~4 ms of OpenSSL start-up.
 """
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import os
 import pathlib
 import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_RELOC_TYPE_x64
-from elftools.elf.relocation import RelocationSection
+from typing import TYPE_CHECKING
 
 from pycriu_restore.blob import abi
 from pycriu_restore.blob.errors import BlobMalformed, BlobMissing, UnsupportedRelocation
 
+if TYPE_CHECKING:  # pyelftools is imported where an ELF is parsed (see "Prepared at build time")
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.relocation import RelocationSection
+
 BLOB_FILE_NAME = "restorer.elf"
+PREPARED_SUFFIX = ".prepared.json"  # restorer.elf -> restorer.elf.prepared.json
+PREPARED_FORMAT = 1
 
 # Bounds on an untrusted file: the real blob is a few KiB.
 MAX_BLOB_FILE_BYTES = 16 << 20
@@ -51,10 +70,9 @@ PAGE_SIZE = abi.BLOB_PAGE_SIZE
 ADDRESS_BYTES = 8           # an R_X86_64_RELATIVE slot: one little-endian u64
 _U64 = struct.Struct("<Q")
 
-# Relocation types by number, for messages (elf.h names, from pyelftools' table).
-_RELOC_NAMES = {value: name for name, value in ENUM_RELOC_TYPE_x64.items() if name != "_default_"}
-R_X86_64_NONE = ENUM_RELOC_TYPE_x64["R_X86_64_NONE"]
-R_X86_64_RELATIVE = ENUM_RELOC_TYPE_x64["R_X86_64_RELATIVE"]
+# <elf.h>: the two relocation types the blob may hold (tested against pyelftools' table).
+R_X86_64_NONE = 0
+R_X86_64_RELATIVE = 8
 
 
 @dataclass(frozen=True)
@@ -146,13 +164,81 @@ def load_blob(path: pathlib.Path | None = None, *,
         raise BlobMissing(path, "restorer blob not found: run pip install . to build it") from err
     except OSError as err:
         raise BlobMalformed(path, f"cannot read: {err.strerror or err}") from err
-    try:
-        blob = _parse(path, ELFFile(io.BytesIO(data)))
-    except (ELFError, ValueError, KeyError, IndexError, struct.error) as err:
-        raise BlobMalformed(path, f"not a valid ELF file: {err}") from err
+    blob = _load_prepared(path, data)
+    if blob is None:  # no prepared form for these bytes: parse them (pyelftools)
+        blob = _parse_elf(path, data)
     for name in required_symbols:
         blob.entry_offset(name)
     return blob
+
+
+def prepared_path(elf_path: pathlib.Path) -> pathlib.Path:
+    """Where the prepared form of the blob at ``elf_path`` is written and looked for."""
+    return elf_path.with_name(elf_path.name + PREPARED_SUFFIX)
+
+
+def write_prepared(elf_path: pathlib.Path) -> pathlib.Path:
+    """Build time: parse the ELF at ``elf_path`` (every check of :func:`load_blob`) and write
+    the Blob beside it, tied to the ELF's bytes by their length and CRC-32. Returns the path written.
+
+    Written to a temporary file and renamed, so a reader sees the old file or the new one.
+    """
+    elf_path = pathlib.Path(elf_path)
+    data = elf_path.read_bytes()
+    blob = _parse_elf(elf_path, data)
+    doc = {"format": PREPARED_FORMAT, "elf_bytes": len(data), "elf_crc32": zlib.crc32(data),
+           "image": base64.b64encode(blob.image).decode("ascii"), "symbols": dict(blob.symbols),
+           "relocations": [[r.offset, r.addend] for r in blob.relocations]}
+    out = prepared_path(elf_path)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
+def _load_prepared(path: pathlib.Path, data: bytes) -> Blob | None:
+    """The Blob from the prepared file beside ``path``, if there is one for exactly these ELF
+    bytes; None if there is none or it is for other bytes (the ELF is then parsed).
+
+    The file comes from the package build like the ELF itself, so it is only checked for
+    being well-formed and self-consistent (BlobMalformed, naming it, otherwise).
+    """
+    prepared = prepared_path(path)
+    try:
+        doc = json.loads(prepared.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise BlobMalformed(prepared, f"cannot read the prepared blob: {err}") from err
+    if not isinstance(doc, dict) or (doc.get("elf_bytes"), doc.get("elf_crc32")) != (len(data), zlib.crc32(data)):
+        return None  # prepared for another build of the blob
+    try:
+        if doc["format"] != PREPARED_FORMAT:
+            raise ValueError(f"format {doc['format']}, expected {PREPARED_FORMAT}")
+        image = base64.b64decode(doc["image"], validate=True)
+        symbols = {str(name): int(offset) for name, offset in doc["symbols"].items()}
+        relocations = tuple(Relocation(offset=int(o), addend=int(a)) for o, a in doc["relocations"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BlobMalformed(prepared, f"not a prepared blob: {err}") from err
+    if not image or len(image) % PAGE_SIZE or len(image) > MAX_BLOB_BYTES:
+        raise BlobMalformed(prepared, f"image of {len(image)} bytes, expected whole pages, at most {MAX_BLOB_BYTES}")
+    outside = [f"symbol {n} at {v:#x}" for n, v in symbols.items() if not 0 <= v < len(image)]
+    outside += [f"relocation at {r.offset:#x}" for r in relocations
+                if not 0 <= r.offset <= len(image) - ADDRESS_BYTES]
+    if outside:
+        raise BlobMalformed(prepared, f"{outside[0]} is outside the {len(image)}-byte image")
+    return Blob(path=path, image=image, symbols=MappingProxyType(symbols), relocations=relocations)
+
+
+def _parse_elf(path: pathlib.Path, data: bytes) -> Blob:
+    """Parse the ELF bytes with pyelftools: every check of the module docstring."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        return _parse(path, ELFFile(io.BytesIO(data)))
+    except (ELFError, ValueError, KeyError, IndexError, struct.error) as err:
+        raise BlobMalformed(path, f"not a valid ELF file: {err}") from err
 
 
 def _parse(path: pathlib.Path, elf: ELFFile) -> Blob:
@@ -240,6 +326,11 @@ def _relocations(path: pathlib.Path, elf: ELFFile, size_bytes: int) -> Iterable[
     already made, and are ignored. Raises UnsupportedRelocation for any type but
     RELATIVE or NONE, BlobMalformed for a REL section or a slot outside the image.
     """
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.enums import ENUM_RELOC_TYPE_x64
+    from elftools.elf.relocation import RelocationSection
+
+    reloc_names = {value: name for name, value in ENUM_RELOC_TYPE_x64.items() if name != "_default_"}
     for section in elf.iter_sections():
         if not isinstance(section, RelocationSection) or not section["sh_flags"] & SH_FLAGS.SHF_ALLOC:
             continue
@@ -251,7 +342,7 @@ def _relocations(path: pathlib.Path, elf: ELFFile, size_bytes: int) -> Iterable[
             if kind == R_X86_64_NONE:
                 continue
             if kind != R_X86_64_RELATIVE or reloc["r_info_sym"] != 0:
-                raise UnsupportedRelocation(path, _RELOC_NAMES.get(kind, f"type {kind}"), offset,
+                raise UnsupportedRelocation(path, reloc_names.get(kind, f"type {kind}"), offset,
                                             _symbol_name(elf, section, reloc["r_info_sym"]))
             if offset + ADDRESS_BYTES > size_bytes:
                 raise BlobMalformed(path, f"R_X86_64_RELATIVE at offset {offset:#x} is outside "
@@ -265,5 +356,5 @@ def _symbol_name(elf: ELFFile, section: RelocationSection, index: int) -> str | 
         return None
     try:
         return elf.get_section(section["sh_link"]).get_symbol(index).name or None
-    except (ELFError, AttributeError, IndexError, KeyError, ValueError):
+    except Exception:  # noqa: BLE001 - a name for a message only; pyelftools raises assorted errors
         return None

@@ -57,7 +57,7 @@ STEP_NAMES: dict[int, str] = {
 # What status.index selects in steps that do several different things (restorer.c).
 _CHECK_ARGS_FIELDS = ("flags", "exit_code", "bootstrap region", "thread count",
                       "page read batch", "thread descriptor", "thread creds", "thread seccomp filters",
-                      "posix timers")
+                      "posix timers", "fill workers")
 _CHECK_THREAD = (5, 6, 7)          # status.index of a bad per-thread item; addr: the thread's index
 _UNMAP_PARTS = ("below the bootstrap region", "above the bootstrap region")
 _SET_MM_CALLS = ("PR_SET_MM_MAP", "close the exe fd", "PR_SET_THP_DISABLE", "PR_SET_DUMPABLE")

@@ -33,6 +33,7 @@ from pycriu_restore.dump.files import FileTable
 from pycriu_restore.dump.procfs import SmapsEntry
 from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_PROT, MMAP_STATUS, RFILE_FLAGS
 from pycriu_restore.images.schemas import vma_pb2
+from pycriu_restore.linux.memory import MAP_HUGETLB, MAP_LOCKED, MAP_NORESERVE  # bits crit has no name for
 
 _PROT = dict(MMAP_PROT)
 _FLAGS = dict(MMAP_FLAGS)
@@ -40,10 +41,6 @@ _STATUS = dict(MMAP_STATUS)
 PROT_READ, PROT_WRITE, PROT_EXEC = _PROT["PROT_READ"], _PROT["PROT_WRITE"], _PROT["PROT_EXEC"]
 MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = _FLAGS["MAP_SHARED"], _FLAGS["MAP_PRIVATE"], _FLAGS["MAP_ANON"]
 MAP_GROWSDOWN, MAP_DROPPABLE = _FLAGS["MAP_GROWSDOWN"], _FLAGS["MAP_DROPPABLE"]
-# <asm-generic/mman.h>, <asm-generic/mman-common.h>: bits crit has no name for.
-MAP_LOCKED = 0x2000
-MAP_NORESERVE = 0x4000
-MAP_HUGETLB = 0x40000
 VMA_AREA_REGULAR = _STATUS["VMA_AREA_REGULAR"]
 VMA_AREA_VSYSCALL = _STATUS["VMA_AREA_VSYSCALL"]
 VMA_AREA_VDSO = _STATUS["VMA_AREA_VDSO"]

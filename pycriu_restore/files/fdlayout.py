@@ -8,8 +8,9 @@ fds above the task's highest fd, within RLIMIT_NOFILE (criu/servicefd.c); so do 
 ranges computed from the plan:
 
     0 .. image_top-1          the fds of the images (every task)
-    per task: service fds     pages, exe, one per mapped file (ServiceFds, from the task's
-                              own highest fd + 1, at least SERVICE_MIN)
+    per task: service fds     pages, exe, one per mapped file, one per device mapping
+                              (ServiceFds, from the task's own highest fd + 1, at least
+                              SERVICE_MIN)
     parked_base ..            shared objects: the same numbers in every task (above every
                               task's service fds)
     status_fd, mntns_fd       the status pipe; --pid-ns: the new mount namespace (root)
@@ -41,6 +42,10 @@ class ServiceFds:
     mapped: dict[tuple[str, int], int] = field(default_factory=dict)  # (path, open flags) -> fd
     memfds: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> memfd inode id
     shmems: dict[tuple[str, int], int] = field(default_factory=dict)  # same key -> anon shmem shmid
+    # Device mappings (MappedFile.plugin): one fd per VMA, keyed by its start, since a
+    # plugin answers each VMA with an fd of its own (CRIU's UPDATE_VMA_MAP); the task puts
+    # there what the plugin returns (restore/task.py), after the fds above.
+    plugin: dict[int, int] = field(default_factory=dict)
 
     @staticmethod
     def for_task(task) -> ServiceFds:  # task: plan.model.Task
@@ -48,8 +53,9 @@ class ServiceFds:
         mapped: dict[tuple[str, int], int] = {}
         memfds: dict[tuple[str, int], int] = {}
         shmems: dict[tuple[str, int], int] = {}
+        devices = [vma.start for vma in task.vmas if vma.file is not None and vma.file.plugin]
         for vma in task.vmas:
-            if vma.file is not None:
+            if vma.file is not None and not vma.file.plugin:
                 key = (vma.file.path, vma.file.open_flags)
                 if key not in mapped:
                     mapped[key] = base + 2 + len(mapped)
@@ -57,11 +63,22 @@ class ServiceFds:
                     memfds[key] = vma.file.memfd_inode
                 if vma.file.shmem_id is not None:
                     shmems[key] = vma.file.shmem_id
-        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds, shmems=shmems)
+        first = base + 2 + len(mapped)
+        plugin = {start: first + i for i, start in enumerate(devices)}
+        return ServiceFds(pages=base, exe=base + 1, mapped=mapped, memfds=memfds, shmems=shmems, plugin=plugin)
+
+    def fd_of(self, vma) -> int | None:  # vma: plan.model.Vma
+        """The service fd the blob maps ``vma`` through; None for an anonymous VMA or one
+        whose file has no service fd (a caller's bug: the layout is made from the task)."""
+        if vma.file is None:
+            return None
+        if vma.file.plugin:
+            return self.plugin.get(vma.start)
+        return self.mapped.get((vma.file.path, vma.file.open_flags))
 
     @property
     def all(self) -> list[int]:
-        return [self.pages, self.exe, *self.mapped.values()]
+        return [self.pages, self.exe, *self.mapped.values(), *self.plugin.values()]
 
     @property
     def end(self) -> int:

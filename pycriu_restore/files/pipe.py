@@ -27,6 +27,11 @@ def read(ctx: FdContext) -> PipeEnd:
     return PipeEnd(fd=ctx.fd, pipe_id=p.pipe_id, flags=p.flags, cloexec=ctx.cloexec)
 
 
+def inherit_key(ctx: FdContext) -> str:
+    """``pipe:[INO]``, as /proc/PID/fd shows it (criu/pipes.c pipe_d_name): both ends share it."""
+    return f"pipe:[{ctx.entry.pipe.pipe_id}]"
+
+
 def shared(ctx: TreeContext) -> tuple[SharedObject, ...]:
     """Every pipe any task holds an end of, with its buffer size and unread data if any."""
     wanted = {f.pipe_id for t in ctx.tasks for f in t.files if isinstance(f, PipeEnd)}

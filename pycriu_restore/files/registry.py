@@ -24,6 +24,12 @@ The interface a kind module provides (module-level names; only ``read`` is requi
 ``SPECS: tuple[type, ...]``
     The spec classes ``read`` returns: the restore dispatches on them.
 
+``inherit_key(ctx: FdContext) -> str``  *(optional; default: the kind cannot be inherited)*
+    The name CRIU's ``file_desc_ops.name`` gives the fd's file ("pipe:[INO]", a path
+    without its leading "/"): the RESOURCE of ``--inherit-fd fd[N]:RESOURCE``. When the
+    caller names it, the plan makes the fd an ``InheritedFile`` (files/inherited.py) instead
+    of calling ``read``.
+
 ``depends_on(spec) -> tuple[int, ...]``  *(optional; default: nothing)*
     Fd numbers of the same task that must be installed before this one (an epoll set after
     the fds it watches). restore/task.py installs in an order that honours it.
@@ -88,6 +94,9 @@ KIND_MODULES: dict[str, str] = {
     # Not a FileEntry type: MAP_SHARED|MAP_ANONYMOUS memory, which the root creates before
     # forking like the shared objects above (files/anon_shmem.py).
     "SHMEM": "pycriu_restore.files.anon_shmem",
+    # Not a FileEntry type: a caller's fd put in place of a file (--inherit-fd), whatever
+    # kind the file is (files/inherited.py); the plan chooses it through ``inherit_key``.
+    "INHERITED": "pycriu_restore.files.inherited",
 }
 
 # A readable name for refusals of the types no module owns (yet).
@@ -139,7 +148,7 @@ class SharedObject:
     kind: str  # the FileEntry type of the kind that owns it ("PIPE")
     key: int  # the kind's id for it (pipe_id, socket inode, FileEntry id, memfd inode)
     nr_fds: int
-    spec: Any  # the kind's dataclass (PipeBuffer, UnixSocketPair, OpenFile, ...)
+    spec: Any  # the kind's dataclass (PipeBuffer, OpenFile, a RESOURCE string, ...)
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,11 @@ class FileKind:
 
     def read(self, ctx: FdContext) -> Any:
         return self.module.read(ctx)
+
+    def inherit_key(self, ctx: FdContext) -> str | None:
+        """The --inherit-fd RESOURCE of this fd's file, or None if the kind has none."""
+        fn = getattr(self.module, "inherit_key", None)
+        return fn(ctx) if fn else None
 
     def depends_on(self, spec: Any) -> tuple[int, ...]:
         fn = getattr(self.module, "depends_on", None)

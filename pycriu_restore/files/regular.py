@@ -26,6 +26,9 @@ def read(ctx: FdContext) -> OpenFile:
     if not ctx.entry.HasField("reg"):
         raise ctx.inconsistent("type REG without its reg payload")
     reg = ctx.entry.reg
+    if reg.ext:  # the plan took it from the caller if one was given (files/inherited.py)
+        raise ctx.refuse(f"external file {reg.name} (dumped with --external): pass an fd for it with "
+                         f"--inherit-fd fd[N]:{reg.name}")
     is_regular = (reg.mode & S_IFMT) == S_IFREG
     check_size = is_regular and reg.HasField("size") and not reg.flags & os.O_APPEND
     return OpenFile(
@@ -38,6 +41,16 @@ def read(ctx: FdContext) -> OpenFile:
         expected_size=reg.size if check_size else None,
         expected_mode=reg.mode if reg.HasField("mode") else None,
     )
+
+
+def inherit_key(ctx: FdContext) -> str:
+    """The path without its leading "/" ("." for "/"), as CRIU names a regular file for
+    --inherit-fd (criu/files-reg.c: rfi->path); an external file by its whole name, the
+    ``file[MNT_ID:INODE]`` key --external gave it at dump (criu/files-reg.c open_path)."""
+    reg = ctx.entry.reg
+    if reg.ext:
+        return reg.name
+    return reg.name[1:] if reg.name.startswith("/") and reg.name != "/" else "."
 
 
 def open(f: OpenFile) -> int:  # noqa: A001 - the interface's name (files/registry.py)

@@ -50,9 +50,14 @@ from pycriu_restore.files import install as install_fd, park
 from pycriu_restore.files.registry import FdContext, InstallContext, SharedObject, TreeContext
 from pycriu_restore.linux.tcp_repair import TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
-from pycriu_restore.plan.model import UnixSocketEnd
+from pycriu_restore.plan.model import InheritedFile, UnixSocketEnd
 
 SPECS = (UnixSocketEnd,)
+
+# criu/sk-unix.c: UnixSkEntry.uflags bit of a socket outside the tree (the peer of one of
+# ours, dumped with --ext-unix-sk); CRIU's other bits (USK_SERVICE, USK_CALLBACK, USK_INHERIT)
+# never appear in a dump of an application.
+USK_EXTERN = 1 << 0
 
 # Socket types (<linux/net.h>; CRIU's sk_unix.proto names them STREAM/DGRAM/SEQPACKET).
 SOCK_STREAM = int(socket.SOCK_STREAM)
@@ -166,6 +171,9 @@ def read(ctx: FdContext) -> UnixSocketEnd:
             raise ctx.refuse(f"{what} connected to unix socket {usk.peer} outside the restored tree "
                              "(CRIU restores it only with --ext-unix-sk)")
         peer = peers[0]
+        if peer.uflags & USK_EXTERN:
+            raise ctx.refuse(f"{what} connected to unix socket {usk.peer} outside the restored tree (dumped with "
+                             f"--ext-unix-sk): pass an fd for it with --inherit-fd fd[N]:socket:[{usk.ino}]")
         if peer.type != usk.type:
             raise ctx.inconsistent(f"{what}: its peer {usk.peer} is of type {peer.type}")
         if peer.peer != usk.ino:  # one way: connect() to the peer's name
@@ -180,18 +188,34 @@ def read(ctx: FdContext) -> UnixSocketEnd:
     return UnixSocketEnd(fd=ctx.fd, socket_id=usk.ino, flags=usk.flags, cloexec=ctx.cloexec)
 
 
+def inherit_key(ctx: FdContext) -> str:
+    """``socket:[INO]``, as /proc/PID/fd shows it (criu/sk-unix.c socket_d_name)."""
+    return f"socket:[{ctx.entry.usk.ino}]"
+
+
 def shared(ctx: TreeContext) -> tuple[SharedObject, ...]:
-    """One object holding every socket any task holds (each parked under its inode)."""
+    """One object holding every socket any task holds (each parked under its inode).
+
+    A socket the caller hands over (--inherit-fd socket:[INO], files/inherited.py) is not
+    made: no socket of the tree may be connected to it, and its queued messages are the
+    caller's concern, not replayed (as CRIU marks it USK_INHERIT and skips its queue)."""
     held = {f.socket_id for t in ctx.tasks for f in t.files if isinstance(f, UnixSocketEnd)}
+    inherited = {int(f.key[len("socket:["):-1]) for t in ctx.tasks for f in t.files
+                 if isinstance(f, InheritedFile) and f.key.startswith("socket:[")}
     if not held:
         return ()
     entries = {e.usk.ino: e.usk for e in ctx.files.values() if e.HasField("usk")}
     for ino in sorted(held):
         peer = entries[ino].peer
+        if peer and peer in inherited:
+            raise UnsupportedFeature("files.img", f"{describe(ino, entries[ino].type, socket_name(entries[ino]))}: "
+                                     f"connected to socket {peer}, which --inherit-fd replaces: not restored")
         if peer and peer not in held:  # read() checked it is in files.img
             raise UnsupportedFeature("files.img", f"{describe(ino, entries[ino].type, socket_name(entries[ino]))}: "
                                      f"its peer {peer} is held by no task (in flight in a queue?): not restored")
-    return (SharedObject("UNIXSK", 0, len(held), plan_sockets([entries[i] for i in sorted(held)], ctx.images.sk_queues())),)
+    skip = {entries[ino].id for ino in inherited if ino in entries}  # file ids whose queues are not replayed
+    packets = [(p, data) for p, data in ctx.images.sk_queues() if p.id_for not in skip]
+    return (SharedObject("UNIXSK", 0, len(held), plan_sockets([entries[i] for i in sorted(held)], packets)),)
 
 
 def plan_sockets(entries: list, packets: list[tuple[object, bytes]]) -> UnixSockets:

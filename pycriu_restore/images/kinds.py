@@ -7,79 +7,24 @@ CRIU's format strings (``criu/image-desc.c``), e.g. ``core-%u.img``.
 
 Adding a kind is one line in :data:`KINDS` (or a :func:`register_kind` call from a plugin)::
 
-    ImageKind("AMDGPU_KFD", None, Framing.PLUGIN, amdgpu_pb2.CriuKfd, ("amdgpu-kfd-%u.img",)),
+    ImageKind("AMDGPU_KFD", None, Framing.PLUGIN, "amdgpu_pb2.CriuKfd", ("amdgpu-kfd-%u.img",)),
+
+A kind names its message class ("core_pb2.CoreEntry", a module of images/schemas.py) and the
+class is imported when a file of the kind is first read: a restore builds the classes of the
+dozen kinds its images hold, not of all of them (schemas.py). A plugin may pass the class.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
 from pycriu_restore.images import magic as M
-from pycriu_restore.images.schemas import (
-    amdgpu_pb2,
-    apparmor_pb2,
-    autofs_pb2,
-    binfmt_misc_pb2,
-    bpfmap_data_pb2,
-    bpfmap_file_pb2,
-    cgroup_pb2,
-    core_pb2,
-    cpuinfo_pb2,
-    creds_pb2,
-    eventfd_pb2,
-    eventpoll_pb2,
-    ext_file_pb2,
-    fdinfo_pb2,
-    fh_pb2,
-    fifo_pb2,
-    file_lock_pb2,
-    fs_pb2,
-    fsnotify_pb2,
-    ghost_file_pb2,
-    ids_pb2,
-    inventory_pb2,
-    ipc_msg_pb2,
-    ipc_sem_pb2,
-    ipc_shm_pb2,
-    ipc_var_pb2,
-    memfd_pb2,
-    mm_pb2,
-    mnt_pb2,
-    net_pb2,
-    ns_pb2,
-    packet_sock_pb2,
-    pagemap_pb2,
-    pidfd_pb2,
-    pidns_pb2,
-    pipe_data_pb2,
-    pipe_pb2,
-    pstree_pb2,
-    regfile_pb2,
-    remap_file_path_pb2,
-    rlimit_pb2,
-    sa_pb2,
-    seccomp_pb2,
-    siginfo_pb2,
-    signalfd_pb2,
-    sk_inet_pb2,
-    sk_netlink_pb2,
-    sk_queues_pb2,
-    sk_unix_pb2,
-    stats_pb2,
-    tcp_stream_pb2,
-    timens_pb2,
-    timer_pb2,
-    timerfd_pb2,
-    tty_pb2,
-    tun_pb2,
-    userns_pb2,
-    utsns_pb2,
-    vma_pb2,
-)
+from pycriu_restore.images import schemas
 
 
 class Framing(enum.Enum):
@@ -112,12 +57,22 @@ def _name_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
+def _schema_class(ref: str | type[Message] | None) -> type[Message] | None:
+    """The message class ``ref`` names, importing its schema module on first use."""
+    if ref is None or isinstance(ref, type):
+        return ref
+    module, _, name = ref.partition(".")
+    return getattr(getattr(schemas, module), name)
+
+
 @dataclass(frozen=True)
 class ImageKind:
     """One kind of image file.
 
-    ``message`` is the class of every record; ``head``, where set, the class of the first
-    record only (pagemap files: a PagemapHead, then PagemapEntry records).
+    ``schema`` names the class of every record (``"core_pb2.CoreEntry"``, a module of
+    images/schemas.py, or the class itself); ``head_schema``, where set, the class of the
+    first record only (pagemap files: a PagemapHead, then PagemapEntry records). The classes
+    are :attr:`message` and :attr:`head`, imported on first use.
 
     ``payload_fields`` name the record fields whose sum is the number of raw bytes following
     each record in the file (pipes-data: ``bytes``; sk-queues: ``length``; tcp-stream:
@@ -135,21 +90,34 @@ class ImageKind:
     name: str
     magic: int | None
     framing: Framing
-    message: type[Message] | None
+    schema: str | type[Message] | None  # "core_pb2.CoreEntry", or the class
     file_names: tuple[str, ...]
-    head: type[Message] | None = None
+    head_schema: str | type[Message] | None = None
     payload_fields: tuple[str, ...] = ()
     payload_keys: tuple[str, ...] = ()
     undecoded: str | None = None
-    _regexes: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         assert self.file_names, f"ImageKind {self.name}: no file name"
-        assert (self.framing is Framing.RAW) == (self.message is None), \
+        assert (self.framing is Framing.RAW) == (self.schema is None), \
             f"ImageKind {self.name}: raw kinds, and only they, have no message"
         assert not self.payload_keys or len(self.payload_keys) == len(self.payload_fields), \
             f"ImageKind {self.name}: one payload key per payload field"
-        object.__setattr__(self, "_regexes", tuple(_name_regex(p) for p in self.file_names))
+
+    @functools.cached_property
+    def _regexes(self) -> tuple[re.Pattern[str], ...]:
+        # Compiled on the first match, not at import: ~90 patterns take ~10 ms to compile.
+        return tuple(_name_regex(p) for p in self.file_names)
+
+    @property
+    def message(self) -> type[Message] | None:
+        """The class of every record (None for a raw kind)."""
+        return _schema_class(self.schema)
+
+    @property
+    def head(self) -> type[Message] | None:
+        """The class of the first record where it differs from the others, else None."""
+        return _schema_class(self.head_schema)
 
     def payload_sizes(self, message: Message) -> tuple[int, ...]:
         """The byte counts of the payload parts that follow ``message`` (one per payload field)."""
@@ -176,31 +144,31 @@ C, S, I, R, P = Framing.COMMON, Framing.SERVICE, Framing.INVENTORY, Framing.RAW,
 # Every kind pycrestore reads, in CRIU's names. The legacy kinds (one image per fd type,
 # per-task creds/sigacts/rlimits...) are still read by CRIU's restore and so by ours.
 KINDS: list[ImageKind] = [
-    ImageKind("INVENTORY", M.INVENTORY_MAGIC, I, inventory_pb2.InventoryEntry, ("inventory.img",)),
-    ImageKind("PSTREE", M.PSTREE_MAGIC, C, pstree_pb2.PstreeEntry, ("pstree.img",)),
-    ImageKind("CORE", M.CORE_MAGIC, C, core_pb2.CoreEntry, ("core-%u.img",)),
-    ImageKind("IDS", M.IDS_MAGIC, C, ids_pb2.TaskKobjIdsEntry, ("ids-%u.img",)),
-    ImageKind("MM", M.MM_MAGIC, C, mm_pb2.MmEntry, ("mm-%u.img",)),
-    ImageKind("PAGEMAP", M.PAGEMAP_MAGIC, C, pagemap_pb2.PagemapEntry,
-              ("pagemap-%lu.img", "pagemap-shmem-%lu.img"), head=pagemap_pb2.PagemapHead),
+    ImageKind("INVENTORY", M.INVENTORY_MAGIC, I, "inventory_pb2.InventoryEntry", ("inventory.img",)),
+    ImageKind("PSTREE", M.PSTREE_MAGIC, C, "pstree_pb2.PstreeEntry", ("pstree.img",)),
+    ImageKind("CORE", M.CORE_MAGIC, C, "core_pb2.CoreEntry", ("core-%u.img",)),
+    ImageKind("IDS", M.IDS_MAGIC, C, "ids_pb2.TaskKobjIdsEntry", ("ids-%u.img",)),
+    ImageKind("MM", M.MM_MAGIC, C, "mm_pb2.MmEntry", ("mm-%u.img",)),
+    ImageKind("PAGEMAP", M.PAGEMAP_MAGIC, C, "pagemap_pb2.PagemapEntry",
+              ("pagemap-%lu.img", "pagemap-shmem-%lu.img"), head_schema="pagemap_pb2.PagemapHead"),
     ImageKind("PAGES", M.RAW_IMAGE_MAGIC, R, None, ("pages-%u.img",)),
-    ImageKind("FS", M.FS_MAGIC, C, fs_pb2.FsEntry, ("fs-%u.img",)),
-    ImageKind("FILES", M.FILES_MAGIC, C, fdinfo_pb2.FileEntry, ("files.img",)),
-    ImageKind("FDINFO", M.FDINFO_MAGIC, C, fdinfo_pb2.FdinfoEntry, ("fdinfo-%u.img",)),
-    ImageKind("PIPES_DATA", M.PIPES_DATA_MAGIC, C, pipe_data_pb2.PipeDataEntry, ("pipes-data.img",),
+    ImageKind("FS", M.FS_MAGIC, C, "fs_pb2.FsEntry", ("fs-%u.img",)),
+    ImageKind("FILES", M.FILES_MAGIC, C, "fdinfo_pb2.FileEntry", ("files.img",)),
+    ImageKind("FDINFO", M.FDINFO_MAGIC, C, "fdinfo_pb2.FdinfoEntry", ("fdinfo-%u.img",)),
+    ImageKind("PIPES_DATA", M.PIPES_DATA_MAGIC, C, "pipe_data_pb2.PipeDataEntry", ("pipes-data.img",),
               payload_fields=("bytes",)),
-    ImageKind("SK_QUEUES", M.SK_QUEUES_MAGIC, C, sk_queues_pb2.SkPacketEntry, ("sk-queues.img",),
+    ImageKind("SK_QUEUES", M.SK_QUEUES_MAGIC, C, "sk_queues_pb2.SkPacketEntry", ("sk-queues.img",),
               payload_fields=("length",)),
-    ImageKind("MEMFD_INODE", M.MEMFD_INODE_MAGIC, C, memfd_pb2.MemfdInodeEntry, ("memfd.img",)),
-    ImageKind("TTY_INFO", M.TTY_INFO_MAGIC, C, tty_pb2.TtyInfoEntry, ("tty-info.img",)),
-    ImageKind("TTY_DATA", M.TTY_DATA_MAGIC, C, tty_pb2.TtyDataEntry, ("tty-data.img",)),
-    ImageKind("TIMENS", M.TIMENS_MAGIC, C, timens_pb2.TimensEntry, ("timens-%u.img",)),
-    ImageKind("SECCOMP", M.SECCOMP_MAGIC, C, seccomp_pb2.SeccompEntry, ("seccomp.img",)),
-    ImageKind("CPUINFO", M.CPUINFO_MAGIC, C, cpuinfo_pb2.CpuinfoEntry, ("cpuinfo.img",)),
-    ImageKind("STATS", M.STATS_MAGIC, S, stats_pb2.StatsEntry, ("stats-%s",)),
+    ImageKind("MEMFD_INODE", M.MEMFD_INODE_MAGIC, C, "memfd_pb2.MemfdInodeEntry", ("memfd.img",)),
+    ImageKind("TTY_INFO", M.TTY_INFO_MAGIC, C, "tty_pb2.TtyInfoEntry", ("tty-info.img",)),
+    ImageKind("TTY_DATA", M.TTY_DATA_MAGIC, C, "tty_pb2.TtyDataEntry", ("tty-data.img",)),
+    ImageKind("TIMENS", M.TIMENS_MAGIC, C, "timens_pb2.TimensEntry", ("timens-%u.img",)),
+    ImageKind("SECCOMP", M.SECCOMP_MAGIC, C, "seccomp_pb2.SeccompEntry", ("seccomp.img",)),
+    ImageKind("CPUINFO", M.CPUINFO_MAGIC, C, "cpuinfo_pb2.CpuinfoEntry", ("cpuinfo.img",)),
+    ImageKind("STATS", M.STATS_MAGIC, S, "stats_pb2.StatsEntry", ("stats-%s",)),
     # Network namespace: netdev and netns are records; the rest are raw tool dumps.
-    ImageKind("NETDEV", M.NETDEV_MAGIC, C, net_pb2.NetDeviceEntry, ("netdev-%u.img",)),
-    ImageKind("NETNS", M.NETNS_MAGIC, C, net_pb2.NetnsEntry, ("netns-%u.img",)),
+    ImageKind("NETDEV", M.NETDEV_MAGIC, C, "net_pb2.NetDeviceEntry", ("netdev-%u.img",)),
+    ImageKind("NETNS", M.NETNS_MAGIC, C, "net_pb2.NetnsEntry", ("netns-%u.img",)),
     ImageKind("IFADDR", M.RAW_IMAGE_MAGIC, R, None, ("ifaddr-%u.img",)),
     ImageKind("ROUTE", M.RAW_IMAGE_MAGIC, R, None, ("route-%u.img",)),
     ImageKind("ROUTE6", M.RAW_IMAGE_MAGIC, R, None, ("route6-%u.img",)),
@@ -213,81 +181,81 @@ KINDS: list[ImageKind] = [
     # The amdgpu plugin's own images (plugins/amdgpu/amdgpu_plugin_util.c): a u64 size, then
     # one message; the page images hold a u64 size, then raw BO contents (read by the plugin).
     # crit does not decode these; the names are pycrestore's.
-    ImageKind("AMDGPU_KFD", None, P, amdgpu_pb2.CriuKfd, ("amdgpu-kfd-%d.img",)),
-    ImageKind("AMDGPU_RENDERD", None, P, amdgpu_pb2.CriuRenderNode, ("amdgpu-renderD-%d.img",)),
-    ImageKind("AMDGPU_DMABUF", None, P, amdgpu_pb2.CriuDmabufNode, ("amdgpu-dmabuf_%d.img",)),
+    ImageKind("AMDGPU_KFD", None, P, "amdgpu_pb2.CriuKfd", ("amdgpu-kfd-%d.img",)),
+    ImageKind("AMDGPU_RENDERD", None, P, "amdgpu_pb2.CriuRenderNode", ("amdgpu-renderD-%d.img",)),
+    ImageKind("AMDGPU_DMABUF", None, P, "amdgpu_pb2.CriuDmabufNode", ("amdgpu-dmabuf_%d.img",)),
     ImageKind("AMDGPU_PAGES", M.RAW_IMAGE_MAGIC, R, None, ("amdgpu-pages-%d-%04x.img",)),
     ImageKind("AMDGPU_DRM_PAGES", M.RAW_IMAGE_MAGIC, R, None, ("amdgpu-drm-pages-%d-%d-%04x.img",)),
     # Legacy: one image per fd type (files.img holds them all since CRIU 3.x).
-    ImageKind("REG_FILES", M.REG_FILES_MAGIC, C, regfile_pb2.RegFileEntry, ("reg-files.img",)),
-    ImageKind("PIPES", M.PIPES_MAGIC, C, pipe_pb2.PipeEntry, ("pipes.img",)),
-    ImageKind("UNIXSK", M.UNIXSK_MAGIC, C, sk_unix_pb2.UnixSkEntry, ("unixsk.img",)),
-    ImageKind("EVENTFD_FILE", M.EVENTFD_FILE_MAGIC, C, eventfd_pb2.EventfdFileEntry, ("eventfd.img",)),
-    ImageKind("EXT_FILES", M.EXT_FILES_MAGIC, C, ext_file_pb2.ExtFileEntry, ("ext-files.img",)),
-    ImageKind("TTY_FILES", M.TTY_FILES_MAGIC, C, tty_pb2.TtyFileEntry, ("tty.img",)),
+    ImageKind("REG_FILES", M.REG_FILES_MAGIC, C, "regfile_pb2.RegFileEntry", ("reg-files.img",)),
+    ImageKind("PIPES", M.PIPES_MAGIC, C, "pipe_pb2.PipeEntry", ("pipes.img",)),
+    ImageKind("UNIXSK", M.UNIXSK_MAGIC, C, "sk_unix_pb2.UnixSkEntry", ("unixsk.img",)),
+    ImageKind("EVENTFD_FILE", M.EVENTFD_FILE_MAGIC, C, "eventfd_pb2.EventfdFileEntry", ("eventfd.img",)),
+    ImageKind("EXT_FILES", M.EXT_FILES_MAGIC, C, "ext_file_pb2.ExtFileEntry", ("ext-files.img",)),
+    ImageKind("TTY_FILES", M.TTY_FILES_MAGIC, C, "tty_pb2.TtyFileEntry", ("tty.img",)),
     # Legacy: per-task state that core-N.img holds since CRIU 1.x.
-    ImageKind("VMAS", M.VMAS_MAGIC, C, vma_pb2.VmaEntry, ("vmas-%u.img",)),
-    ImageKind("SIGACT", M.SIGACT_MAGIC, C, sa_pb2.SaEntry, ("sigacts-%u.img",)),
-    ImageKind("CREDS", M.CREDS_MAGIC, C, creds_pb2.CredsEntry, ("creds-%u.img",)),
-    ImageKind("RLIMIT", M.RLIMIT_MAGIC, C, rlimit_pb2.RlimitEntry, ("rlimit-%u.img",)),
-    ImageKind("ITIMERS", M.ITIMERS_MAGIC, C, timer_pb2.ItimerEntry, ("itimers-%u.img",)),
-    ImageKind("POSIX_TIMERS", M.POSIX_TIMERS_MAGIC, C, timer_pb2.PosixTimerEntry, ("posix-timers-%u.img",)),
-    ImageKind("SIGNAL", M.SIGNAL_MAGIC, C, siginfo_pb2.SiginfoEntry, ("signal-s-%u.img", "signal-p-%u.img")),
+    ImageKind("VMAS", M.VMAS_MAGIC, C, "vma_pb2.VmaEntry", ("vmas-%u.img",)),
+    ImageKind("SIGACT", M.SIGACT_MAGIC, C, "sa_pb2.SaEntry", ("sigacts-%u.img",)),
+    ImageKind("CREDS", M.CREDS_MAGIC, C, "creds_pb2.CredsEntry", ("creds-%u.img",)),
+    ImageKind("RLIMIT", M.RLIMIT_MAGIC, C, "rlimit_pb2.RlimitEntry", ("rlimit-%u.img",)),
+    ImageKind("ITIMERS", M.ITIMERS_MAGIC, C, "timer_pb2.ItimerEntry", ("itimers-%u.img",)),
+    ImageKind("POSIX_TIMERS", M.POSIX_TIMERS_MAGIC, C, "timer_pb2.PosixTimerEntry", ("posix-timers-%u.img",)),
+    ImageKind("SIGNAL", M.SIGNAL_MAGIC, C, "siginfo_pb2.SiginfoEntry", ("signal-s-%u.img", "signal-p-%u.img")),
     # A TCP connection's sequence numbers, options and queues, named by the socket's inode
     # (InetSkEntry.ino); the receive queue, then the send queue, follow each record.
-    ImageKind("TCP_STREAM", M.TCP_STREAM_MAGIC, C, tcp_stream_pb2.TcpStreamEntry, ("tcp-stream-%x.img",),
+    ImageKind("TCP_STREAM", M.TCP_STREAM_MAGIC, C, "tcp_stream_pb2.TcpStreamEntry", ("tcp-stream-%x.img",),
               payload_fields=("inq_len", "outq_len"), payload_keys=("inq", "outq")),
     # Legacy: the other per-fd-kind images (CRIU 4.x writes these fds into files.img).
-    ImageKind("INETSK", M.INETSK_MAGIC, C, sk_inet_pb2.InetSkEntry, ("inetsk.img",)),
-    ImageKind("PACKETSK", M.PACKETSK_MAGIC, C, packet_sock_pb2.PacketSockEntry, ("packetsk.img",)),
-    ImageKind("NETLINK_SK", M.NETLINK_SK_MAGIC, C, sk_netlink_pb2.NetlinkSkEntry, ("netlinksk.img",)),
-    ImageKind("NS_FILES", M.NS_FILES_MAGIC, C, ns_pb2.NsFileEntry, ("ns-files.img",)),
-    ImageKind("EVENTPOLL_FILE", M.EVENTPOLL_FILE_MAGIC, C, eventpoll_pb2.EventpollFileEntry, ("eventpoll.img",)),
-    ImageKind("EVENTPOLL_TFD", M.EVENTPOLL_TFD_MAGIC, C, eventpoll_pb2.EventpollTfdEntry, ("eventpoll-tfd.img",)),
-    ImageKind("SIGNALFD", M.SIGNALFD_MAGIC, C, signalfd_pb2.SignalfdEntry, ("signalfd.img",)),
-    ImageKind("TIMERFD", M.TIMERFD_MAGIC, C, timerfd_pb2.TimerfdEntry, ("timerfd.img",)),
-    ImageKind("INOTIFY_FILE", M.INOTIFY_FILE_MAGIC, C, fsnotify_pb2.InotifyFileEntry, ("inotify.img",)),
-    ImageKind("INOTIFY_WD", M.INOTIFY_WD_MAGIC, C, fsnotify_pb2.InotifyWdEntry, ("inotify-wd.img",)),
-    ImageKind("FANOTIFY_FILE", M.FANOTIFY_FILE_MAGIC, C, fsnotify_pb2.FanotifyFileEntry, ("fanotify.img",)),
-    ImageKind("FANOTIFY_MARK", M.FANOTIFY_MARK_MAGIC, C, fsnotify_pb2.FanotifyMarkEntry, ("fanotify-mark.img",)),
-    ImageKind("TUNFILE", M.TUNFILE_MAGIC, C, tun_pb2.TunfileEntry, ("tunfile.img",)),
-    ImageKind("FIFO", M.FIFO_MAGIC, C, fifo_pb2.FifoEntry, ("fifo.img",)),
-    ImageKind("BPFMAP_FILE", M.BPFMAP_FILE_MAGIC, C, bpfmap_file_pb2.BpfmapFileEntry, ("bpfmap-file.img",)),
-    ImageKind("PIDFD", M.PIDFD_MAGIC, C, pidfd_pb2.PidfdEntry, ("pidfd.img",)),
+    ImageKind("INETSK", M.INETSK_MAGIC, C, "sk_inet_pb2.InetSkEntry", ("inetsk.img",)),
+    ImageKind("PACKETSK", M.PACKETSK_MAGIC, C, "packet_sock_pb2.PacketSockEntry", ("packetsk.img",)),
+    ImageKind("NETLINK_SK", M.NETLINK_SK_MAGIC, C, "sk_netlink_pb2.NetlinkSkEntry", ("netlinksk.img",)),
+    ImageKind("NS_FILES", M.NS_FILES_MAGIC, C, "ns_pb2.NsFileEntry", ("ns-files.img",)),
+    ImageKind("EVENTPOLL_FILE", M.EVENTPOLL_FILE_MAGIC, C, "eventpoll_pb2.EventpollFileEntry", ("eventpoll.img",)),
+    ImageKind("EVENTPOLL_TFD", M.EVENTPOLL_TFD_MAGIC, C, "eventpoll_pb2.EventpollTfdEntry", ("eventpoll-tfd.img",)),
+    ImageKind("SIGNALFD", M.SIGNALFD_MAGIC, C, "signalfd_pb2.SignalfdEntry", ("signalfd.img",)),
+    ImageKind("TIMERFD", M.TIMERFD_MAGIC, C, "timerfd_pb2.TimerfdEntry", ("timerfd.img",)),
+    ImageKind("INOTIFY_FILE", M.INOTIFY_FILE_MAGIC, C, "fsnotify_pb2.InotifyFileEntry", ("inotify.img",)),
+    ImageKind("INOTIFY_WD", M.INOTIFY_WD_MAGIC, C, "fsnotify_pb2.InotifyWdEntry", ("inotify-wd.img",)),
+    ImageKind("FANOTIFY_FILE", M.FANOTIFY_FILE_MAGIC, C, "fsnotify_pb2.FanotifyFileEntry", ("fanotify.img",)),
+    ImageKind("FANOTIFY_MARK", M.FANOTIFY_MARK_MAGIC, C, "fsnotify_pb2.FanotifyMarkEntry", ("fanotify-mark.img",)),
+    ImageKind("TUNFILE", M.TUNFILE_MAGIC, C, "tun_pb2.TunfileEntry", ("tunfile.img",)),
+    ImageKind("FIFO", M.FIFO_MAGIC, C, "fifo_pb2.FifoEntry", ("fifo.img",)),
+    ImageKind("BPFMAP_FILE", M.BPFMAP_FILE_MAGIC, C, "bpfmap_file_pb2.BpfmapFileEntry", ("bpfmap-file.img",)),
+    ImageKind("PIDFD", M.PIDFD_MAGIC, C, "pidfd_pb2.PidfdEntry", ("pidfd.img",)),
     # Data behind fds: FIFO contents (framed as pipes-data), BPF map keys then values.
-    ImageKind("FIFO_DATA", M.FIFO_DATA_MAGIC, C, pipe_data_pb2.PipeDataEntry, ("fifo-data.img",),
+    ImageKind("FIFO_DATA", M.FIFO_DATA_MAGIC, C, "pipe_data_pb2.PipeDataEntry", ("fifo-data.img",),
               payload_fields=("bytes",)),
-    ImageKind("BPFMAP_DATA", M.BPFMAP_DATA_MAGIC, C, bpfmap_data_pb2.BpfmapDataEntry, ("bpfmap-data.img",),
+    ImageKind("BPFMAP_DATA", M.BPFMAP_DATA_MAGIC, C, "bpfmap_data_pb2.BpfmapDataEntry", ("bpfmap-data.img",),
               payload_fields=("keys_bytes", "values_bytes")),
     # Files that were deleted or unreachable at dump time, and file locks.
-    ImageKind("REMAP_FPATH", M.REMAP_FPATH_MAGIC, C, remap_file_path_pb2.RemapFilePathEntry, ("remap-fpath.img",)),
-    ImageKind("GHOST_FILE", M.GHOST_FILE_MAGIC, C, ghost_file_pb2.GhostFileEntry, ("ghost-file-%x.img",),
+    ImageKind("REMAP_FPATH", M.REMAP_FPATH_MAGIC, C, "remap_file_path_pb2.RemapFilePathEntry", ("remap-fpath.img",)),
+    ImageKind("GHOST_FILE", M.GHOST_FILE_MAGIC, C, "ghost_file_pb2.GhostFileEntry", ("ghost-file-%x.img",),
               undecoded="a GhostFileEntry, then the file's bytes or GhostChunkEntry records with data"),
-    ImageKind("FILE_LOCKS", M.FILE_LOCKS_MAGIC, C, file_lock_pb2.FileLockEntry, ("filelocks.img",)),
+    ImageKind("FILE_LOCKS", M.FILE_LOCKS_MAGIC, C, "file_lock_pb2.FileLockEntry", ("filelocks.img",)),
     # Namespaces, mounts and cgroups.
-    ImageKind("UTSNS", M.UTSNS_MAGIC, C, utsns_pb2.UtsnsEntry, ("utsns-%u.img",)),
-    ImageKind("USERNS", M.USERNS_MAGIC, C, userns_pb2.UsernsEntry, ("userns-%u.img",)),
-    ImageKind("PIDNS", M.PIDNS_MAGIC, C, pidns_pb2.PidnsEntry, ("pidns-%u.img",)),
-    ImageKind("IPC_VAR", M.IPC_VAR_MAGIC, C, ipc_var_pb2.IpcVarEntry, ("ipcns-var-%u.img",)),
-    ImageKind("IPCNS_SHM", M.IPCNS_SHM_MAGIC, C, ipc_shm_pb2.IpcShmEntry, ("ipcns-shm-%u.img",),
+    ImageKind("UTSNS", M.UTSNS_MAGIC, C, "utsns_pb2.UtsnsEntry", ("utsns-%u.img",)),
+    ImageKind("USERNS", M.USERNS_MAGIC, C, "userns_pb2.UsernsEntry", ("userns-%u.img",)),
+    ImageKind("PIDNS", M.PIDNS_MAGIC, C, "pidns_pb2.PidnsEntry", ("pidns-%u.img",)),
+    ImageKind("IPC_VAR", M.IPC_VAR_MAGIC, C, "ipc_var_pb2.IpcVarEntry", ("ipcns-var-%u.img",)),
+    ImageKind("IPCNS_SHM", M.IPCNS_SHM_MAGIC, C, "ipc_shm_pb2.IpcShmEntry", ("ipcns-shm-%u.img",),
               undecoded="each record is followed by the segment's bytes, padded to 4 bytes"),
-    ImageKind("IPCNS_MSG", M.IPCNS_MSG_MAGIC, C, ipc_msg_pb2.IpcMsgEntry, ("ipcns-msg-%u.img",),
+    ImageKind("IPCNS_MSG", M.IPCNS_MSG_MAGIC, C, "ipc_msg_pb2.IpcMsgEntry", ("ipcns-msg-%u.img",),
               undecoded="each record is followed by qnum IpcMsg records, each with its text padded to 8 bytes"),
-    ImageKind("IPCNS_SEM", M.IPCNS_SEM_MAGIC, C, ipc_sem_pb2.IpcSemEntry, ("ipcns-sem-%u.img",),
+    ImageKind("IPCNS_SEM", M.IPCNS_SEM_MAGIC, C, "ipc_sem_pb2.IpcSemEntry", ("ipcns-sem-%u.img",),
               undecoded="each record is followed by nsems u16 values, padded to 8 bytes"),
-    ImageKind("MNTS", M.MNTS_MAGIC, C, mnt_pb2.MntEntry, ("mountpoints-%u.img",)),
+    ImageKind("MNTS", M.MNTS_MAGIC, C, "mnt_pb2.MntEntry", ("mountpoints-%u.img",)),
     ImageKind("TMPFS_IMG", M.RAW_IMAGE_MAGIC, R, None, ("tmpfs-%u.tar.gz.img",)),
     ImageKind("TMPFS_DEV", M.RAW_IMAGE_MAGIC, R, None, ("tmpfs-dev-%u.tar.gz.img",)),
-    ImageKind("AUTOFS", M.AUTOFS_MAGIC, C, autofs_pb2.AutofsEntry, ("autofs-%u.img",)),
-    ImageKind("BINFMT_MISC", M.BINFMT_MISC_MAGIC, C, binfmt_misc_pb2.BinfmtMiscEntry,
+    ImageKind("AUTOFS", M.AUTOFS_MAGIC, C, "autofs_pb2.AutofsEntry", ("autofs-%u.img",)),
+    ImageKind("BINFMT_MISC", M.BINFMT_MISC_MAGIC, C, "binfmt_misc_pb2.BinfmtMiscEntry",
               ("binfmt-misc.img", "binfmt-misc-%u.img")),
-    ImageKind("CGROUP", M.CGROUP_MAGIC, C, cgroup_pb2.CgroupEntry, ("cgroup.img",)),
-    ImageKind("APPARMOR", M.APPARMOR_MAGIC, C, apparmor_pb2.ApparmorEntry, ("apparmor.img",)),
+    ImageKind("CGROUP", M.CGROUP_MAGIC, C, "cgroup_pb2.CgroupEntry", ("cgroup.img",)),
+    ImageKind("APPARMOR", M.APPARMOR_MAGIC, C, "apparmor_pb2.ApparmorEntry", ("apparmor.img",)),
     # Legacy: shared memory pages as CRIU 1.x wrote them (now pagemap-shmem-N.img + pages-N.img).
-    ImageKind("SHM_PAGES_OLD", M.SHM_PAGES_OLD_MAGIC, C, pagemap_pb2.PagemapEntry, ("pages-shmem-%ld.img",),
+    ImageKind("SHM_PAGES_OLD", M.SHM_PAGES_OLD_MAGIC, C, "pagemap_pb2.PagemapEntry", ("pages-shmem-%ld.img",),
               undecoded="pages of shared memory in the CRIU 1.x layout"),
     # A service file: the inode -> path cache of fsnotify dumps.
-    ImageKind("IRMAP_CACHE", M.IRMAP_CACHE_MAGIC, S, fh_pb2.IrmapCacheEntry, ("irmap-cache",)),
+    ImageKind("IRMAP_CACHE", M.IRMAP_CACHE_MAGIC, S, "fh_pb2.IrmapCacheEntry", ("irmap-cache",)),
 ]
 
 

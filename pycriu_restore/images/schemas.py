@@ -3,11 +3,19 @@
 The ``*_pb2`` modules are build outputs (setup.py compiles them; in a source checkout run
 ``python tools/build_inplace.py protos``). Importing them here turns a missing build into an
 ``ImportError`` that says how to fix it, instead of a bare "No module named ..._pb2".
+
+Each module is imported on first use (``from pycriu_restore.images.schemas import core_pb2``,
+or ``schemas.core_pb2``; PEP 562): building the message classes of all of them takes longer
+than a small restore, and a restore needs the dozen its images hold.
 """
 
 from __future__ import annotations
 
-try:
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what type checkers and linters see; at run time, __getattr__ below
     from pycriu_restore.images.proto import (
         amdgpu_pb2,
         apparmor_pb2,
@@ -76,11 +84,6 @@ try:
         utsns_pb2,
         vma_pb2,
     )
-except ImportError as err:  # pragma: no cover - depends on the build, not on the code
-    raise ImportError(
-        f"pycrestore's image schemas are not compiled ({err}); "
-        "run `python tools/build_inplace.py protos` in the source tree, or reinstall the package"
-    ) from err
 
 __all__ = [
     "amdgpu_pb2", "apparmor_pb2", "autofs_pb2", "binfmt_misc_pb2", "bpfmap_data_pb2",
@@ -95,3 +98,17 @@ __all__ = [
     "sk_unix_pb2", "stats_pb2", "tcp_stream_pb2", "time_pb2", "timens_pb2", "timer_pb2",
     "timerfd_pb2", "tty_pb2", "tun_pb2", "userns_pb2", "utsns_pb2", "vma_pb2",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"pycriu_restore.images.proto.{name}")
+    except ImportError as err:  # pragma: no cover - depends on the build, not on the code
+        raise ImportError(
+            f"pycrestore's image schemas are not compiled ({err}); "
+            "run `python tools/build_inplace.py protos` in the source tree, or reinstall the package"
+        ) from err
+    globals()[name] = module  # the next lookup is a plain attribute
+    return module

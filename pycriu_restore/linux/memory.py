@@ -33,6 +33,11 @@ Buffer = bytes | bytearray | memoryview
 
 # <limits.h> IOV_MAX (the kernel's UIO_MAXIOV): iovec entries accepted per call.
 IOV_MAX = 1024
+# <asm-generic/mman.h>: MAP_* bits of a VMA's flags that crit's table (images/flags.py) has
+# no name for; the plan and the dumper read them.
+MAP_LOCKED = 0x2000
+MAP_NORESERVE = 0x4000
+MAP_HUGETLB = 0x40000
 
 _VM_RW_ARGTYPES = [ctypes.c_int, ctypes.POINTER(Iovec), ctypes.c_ulong,
                    ctypes.POINTER(Iovec), ctypes.c_ulong, ctypes.c_ulong]

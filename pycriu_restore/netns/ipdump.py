@@ -14,16 +14,16 @@ messages of the kernel's dump reply, each padded to 4 bytes (NLMSG_ALIGN):
 NLM_F_ACK and takes EEXIST as success; pycrestore does the same (netns/namespace.py). This
 module only splits and checks; pyroute2's message classes decode each message so that a
 malformed one is found before anything is created.
+
+pyroute2 is imported only when a dump holds a message: importing it takes ~100 ms, more than
+a whole small restore, and most checkpoints have no network namespace of their own.
 """
 
 from __future__ import annotations
 
+import importlib
 import struct
 from dataclasses import dataclass
-
-from pyroute2.netlink.rtnl.fibmsg import fibmsg
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from pycriu_restore.plan.errors import InconsistentImages
 
@@ -53,12 +53,16 @@ class DumpKind:
 
     magic: int
     msg_type: int
-    message: type  # pyroute2 message class
+    message: str  # pyroute2 message class, "module:class" (imported on the first message)
+
+    def message_class(self) -> type:
+        module, _, name = self.message.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-ADDRESSES = DumpKind(IFADDR_DUMP_MAGIC, RTM_NEWADDR, ifaddrmsg)
-ROUTES = DumpKind(ROUTE_DUMP_MAGIC, RTM_NEWROUTE, rtmsg)
-RULES = DumpKind(RULE_DUMP_MAGIC, RTM_NEWRULE, fibmsg)
+ADDRESSES = DumpKind(IFADDR_DUMP_MAGIC, RTM_NEWADDR, "pyroute2.netlink.rtnl.ifaddrmsg:ifaddrmsg")
+ROUTES = DumpKind(ROUTE_DUMP_MAGIC, RTM_NEWROUTE, "pyroute2.netlink.rtnl.rtmsg:rtmsg")
+RULES = DumpKind(RULE_DUMP_MAGIC, RTM_NEWRULE, "pyroute2.netlink.rtnl.fibmsg:fibmsg")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ def parse_dump(data: bytes, kind: DumpKind, image: str) -> tuple[RtnlMessage, ..
 
 
 def _describe(raw: bytes, kind: DumpKind, image: str, offset: int) -> RtnlMessage:
-    msg = kind.message(raw)
+    msg = kind.message_class()(raw)
     try:
         msg.decode()
     except Exception as err:  # noqa: BLE001 - pyroute2 raises assorted errors on bad input

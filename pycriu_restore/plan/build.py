@@ -21,15 +21,19 @@ from pathlib import Path
 from typing import Iterable
 
 from pycriu_restore.images import ImageSet
-from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_STATUS, PMAP_FLAGS
+from pycriu_restore.images.flags import MMAP_FLAGS, MMAP_PROT, MMAP_STATUS, PMAP_FLAGS
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
+from pycriu_restore.linux.memory import MAP_HUGETLB
 from pycriu_restore.plan import validate
+from pycriu_restore.plan.validate import (SECCOMP_MODE_DISABLED, SECCOMP_MODE_FILTER, SECCOMP_MODE_STRICT,
+                                          VMA_AREA_GUARD, VMA_EXT_PLUGIN)
 from pycriu_restore.plan.refusals import Refusal, find_refusals, summarize
 from pycriu_restore.files import registry
 from pycriu_restore.files import memfd as memfd_kind
 from pycriu_restore.files import owner as fd_owner
 from pycriu_restore.plan.model import (
     Creds,
+    InheritedFile,
     PosixTimer,
     SeccompFilter,
     DumpCpu,
@@ -66,10 +70,9 @@ VMA_AREA_AIORING = _STATUS["VMA_AREA_AIORING"]
 VMA_AREA_MEMFD = _STATUS["VMA_AREA_MEMFD"]
 VMA_AREA_SHSTK = _STATUS["VMA_AREA_SHSTK"]
 VMA_AREA_UPROBES = _STATUS["VMA_AREA_UPROBES"]
-VMA_AREA_GUARD = 1 << 16  # criu/include/image.h; crit has no name for it
 MAP_ANONYMOUS = dict(MMAP_FLAGS)["MAP_ANON"]
 MAP_SHARED = dict(MMAP_FLAGS)["MAP_SHARED"]
-MAP_HUGETLB = 0x40000  # <asm-generic/mman.h>; crit's flag table has no name for it
+PROT_WRITE = dict(MMAP_PROT)["PROT_WRITE"]
 PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 PAGE_SIZE = 4096  # x86_64
@@ -105,7 +108,6 @@ REGS_NATIVE = 1  # user_x86_regs_entry.mode: NATIVE 1, COMPAT 2
 NGROUPS_MAX = 65536  # <linux/limits.h>: longest supplementary group list
 CAP_WORDS = 2  # _LINUX_CAPABILITY_U32S_3 (<linux/capability.h>): u32 words per capability set
 SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6  # <linux/securebits.h>
-SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2  # <linux/seccomp.h>
 # <linux/seccomp.h> SECCOMP_FILTER_FLAG_*: TSYNC 1, LOG 2, SPEC_ALLOW 4 are what CRIU dumps
 # (PTRACE_SECCOMP_GET_METADATA reports LOG; CRIU adds TSYNC itself); NEW_LISTENER (8) and
 # later flags would hand the task a new fd or change how it waits: not restored.
@@ -129,8 +131,12 @@ MAX_POSIX_TIMERS = 65536
 PERSONALITY_QUERY = 0xFFFFFFFF  # personality(0xffffffff) only reads the persona
 
 
-def build_plan(images: ImageSet) -> RestorePlan:
-    """Build and validate the plan for every task in ``pstree.img``, root first."""
+def build_plan(images: ImageSet, inherit: frozenset[str] = frozenset()) -> RestorePlan:
+    """Build and validate the plan for every task in ``pstree.img``, root first.
+
+    ``inherit``: the --inherit-fd RESOURCE names the caller hands fds for; an fd whose file
+    has one of them becomes an InheritedFile (files/inherited.py) instead of its kind's spec.
+    """
     entries = list(images.pstree())
     if not entries:
         raise InconsistentImages("pstree.img", "no tasks")
@@ -138,13 +144,14 @@ def build_plan(images: ImageSet) -> RestorePlan:
     files = {f.id: f for f in images.files()}
     # First, every object and field whose state cannot be restored, all in one error: the
     # fds each kind module refuses (naming task and fd), then the coverage table's fields.
-    found = _fd_refusals(images, entries, files) + list(find_refusals(images))
+    inherit_index = {key: i for i, key in enumerate(sorted(inherit))}
+    found = _fd_refusals(images, entries, files, inherit_index) + list(find_refusals(images))
     if found:
         raise UnsupportedFeature(found[0].image, summarize(found))
     validate.check_images(images, early=False)  # then the rest: fd tables, pagemaps, ...
     memfds = memfd_kind.read_inodes(images)
     notes: list[str] = []
-    tasks = tuple(_build_task(images, entry, files, memfds, notes) for entry in _parents_first(entries))
+    tasks = tuple(_build_task(images, entry, files, memfds, notes, inherit_index) for entry in _parents_first(entries))
     _check_zombies(tasks)
     tasks = _with_fd_owners(images, tasks, files)
     return RestorePlan(
@@ -155,6 +162,7 @@ def build_plan(images: ImageSet) -> RestorePlan:
                      for obj in kind.shared(registry.TreeContext(tasks=tasks, images=images, files=files))),
         dump_cpu=_dump_cpu(images, tasks),
         notes=tuple(notes),
+        inherited=tuple(sorted({f.key for t in tasks for f in t.files if isinstance(f, InheritedFile)})),
     )
 
 
@@ -180,13 +188,13 @@ def _with_fd_owners(images: ImageSet, tasks: tuple[Task, ...], files: dict) -> t
     return tuple(out)
 
 
-def _fd_refusals(images: ImageSet, entries: list, files: dict) -> list[Refusal]:
+def _fd_refusals(images: ImageSet, entries: list, files: dict, inherit: dict[str, int]) -> list[Refusal]:
     """Every fd of every task that its kind module refuses (or that no module owns)."""
     found: list[Refusal] = []
     for entry in entries:
         if not images.exists(f"ids-{entry.pid}.img"):
             continue  # a zombie holds no fds
-        _build_files(images, entry.pid, images.ids(entry.pid).files_id, files, found)
+        _build_files(images, entry.pid, images.ids(entry.pid).files_id, files, inherit, found)
     return found
 
 
@@ -206,7 +214,8 @@ def _parents_first(entries: list) -> list:
     return ordered
 
 
-def _build_task(images: ImageSet, entry, files: dict, memfds: dict, notes: list[str]) -> Task:
+def _build_task(images: ImageSet, entry, files: dict, memfds: dict, notes: list[str],
+                inherit: dict[str, int]) -> Task:
     """One task: its threads, memory, files and signal state (a zombie: its exit status)."""
     pid = entry.pid
     core = images.core(pid)
@@ -236,7 +245,7 @@ def _build_task(images: ImageSet, entry, files: dict, memfds: dict, notes: list[
     vmas = _build_vmas(images, pid, mm, files, memfds)
     ids = images.ids(pid)
     fs = images.fs(pid)
-    fds = _build_files(images, pid, ids.files_id, files)
+    fds = _build_files(images, pid, ids.files_id, files, inherit)
     return Task(
         pid=pid,
         ppid=entry.ppid,
@@ -579,6 +588,13 @@ def _vma_kind(name: str, index: int, vma) -> VmaKind | None:
         return VmaKind.VVAR
     if status & VMA_AREA_MEMFD:
         return VmaKind.MEMFD_SHARED
+    if status & VMA_EXT_PLUGIN:
+        # CRIU marks a mapping of a device a plugin handles (proc_parse.c handle_vma_plugin):
+        # GPU memory, MAP_SHARED, whose contents the plugin restores, not the pages image.
+        if not (status & VMA_FILE_SHARED and vma.flags & MAP_SHARED):
+            raise UnsupportedFeature(name, f"{where}: a private device mapping (VMA_EXT_PLUGIN, status "
+                                     f"{status:#x}, flags {vma.flags:#x}); only MAP_SHARED ones (GPU memory) are restored")
+        return VmaKind.FILE_SHARED
     if status & VMA_FILE_SHARED:
         return VmaKind.FILE_SHARED
     if status & VMA_FILE_PRIVATE:
@@ -614,7 +630,9 @@ def _build_vmas(images: ImageSet, pid: int, mm, files: dict, memfds: dict) -> tu
     out = []
     for i, (vma, kind) in enumerate(raw):
         mapped = None
-        if kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
+        if vma.status & VMA_EXT_PLUGIN:
+            mapped = _plugin_mapping(files, vma, f"{name}: VMA at {vma.start:#x}")
+        elif kind in (VmaKind.FILE_PRIVATE, VmaKind.FILE_SHARED):
             mapped = _mapped_file(files, vma.shmid, vma.fdflags, f"{name}: VMA at {vma.start:#x}")
         elif kind is VmaKind.MEMFD_SHARED:
             mapped = _memfd_mapping(files, memfds, vma, f"{name}: VMA at {vma.start:#x}")
@@ -709,10 +727,11 @@ def _build_mm(pid: int, mm, files: dict) -> MmFields:
     )
 
 
-def _build_files(images: ImageSet, pid: int, files_id: int, files: dict,
+def _build_files(images: ImageSet, pid: int, files_id: int, files: dict, inherit: dict[str, int],
                  refusals: list[Refusal] | None = None) -> tuple:
     """The fd table (fdinfo-N.img) of task ``pid``: one spec per fd, read by the module that
-    owns its kind (files/registry.py). With ``refusals``, a refused fd is appended there and
+    owns its kind (files/registry.py), or an InheritedFile where the file's name is one of
+    ``inherit`` (RESOURCE -> index). With ``refusals``, a refused fd is appended there and
     the others are still read (so that all are reported at once); without, it raises."""
     name = f"fdinfo-{files_id}.img"
     out = []
@@ -730,7 +749,11 @@ def _build_files(images: ImageSet, pid: int, files_id: int, files: dict,
             if kind is None:
                 word = registry.TYPE_WORDS.get(type_name, "file")
                 raise ctx.refuse(f"{word} (file type {type_name}, file id {fdinfo.id})")
-            out.append(kind.read(ctx))
+            key = kind.inherit_key(ctx) if inherit else None
+            if key in inherit:
+                out.append(InheritedFile(fd=ctx.fd, key=key, cloexec=ctx.cloexec, index=inherit[key]))
+            else:
+                out.append(kind.read(ctx))
         except UnsupportedFeature as err:
             if refusals is None:
                 raise
@@ -746,6 +769,18 @@ def _mapped_file(files: dict, file_id: int, open_flags: int, what: str) -> Mappe
     build_id = b"".join(w.to_bytes(4, "little") for w in reg.build_id) or None
     size = reg.size if reg.HasField("size") else None
     return MappedFile(file_id=file_id, path=path, open_flags=open_flags, expected_size=size, build_id=build_id)
+
+
+def _plugin_mapping(files: dict, vma, what: str) -> MappedFile:
+    """A device mapping (VMA_EXT_PLUGIN) as CRIU dumps it: its shmid is the regular-file entry
+    of the device node (cr-dump.c dump_filemap), whose name the plugin's UPDATE_VMA_MAP
+    matches (/dev/kfd, /dev/dri/renderD128). The node is not opened or checked here: the
+    task maps the fd its plugin returns (restore/task.py), and the device's size says nothing."""
+    path = _reg_path(files, vma.shmid, what)
+    # Without fdflags, CRIU's guess (files-reg.c collect_filemap): writable iff PROT_WRITE.
+    guess = os.O_RDWR if vma.prot & PROT_WRITE else os.O_RDONLY
+    open_flags = vma.fdflags if vma.HasField("fdflags") else guess
+    return MappedFile(file_id=vma.shmid, path=path, open_flags=open_flags, plugin=True)
 
 
 def _memfd_mapping(files: dict, memfds: dict, vma, what: str) -> MappedFile:
@@ -774,6 +809,9 @@ def _reg_path(files: dict, file_id: int, what: str) -> str:
     entry = files.get(file_id)
     if entry is None or not entry.HasField("reg"):
         raise InconsistentImages("files.img", f"{what} refers to file id {file_id}, which is not a regular file entry")
+    if entry.reg.ext:
+        raise UnsupportedFeature("files.img", f"{what}: maps the external file {entry.reg.name} (dumped with "
+                                 "--external): not restored (--inherit-fd stands in for fds of one, not mappings)")
     return entry.reg.name
 
 

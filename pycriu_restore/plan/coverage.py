@@ -33,6 +33,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from pycriu_restore.files.registry import KIND_MODULES
+from pycriu_restore.files.unix_socket import USK_EXTERN
 from pycriu_restore.images.flags import PMAP_FLAGS
 from pycriu_restore.images.schemas import (
     core_pb2,
@@ -365,13 +366,16 @@ MM = RecordKind("mm", "mm-PID.img", mm_pb2.MmEntry, (
     A("vmas.end", "Vma.end"),
     A("vmas.pgoff", "Vma.pgoff"),
     A("vmas.shmid", "Vma.file: the files.img id of the mapped file (or memfd); for VMA_ANON_SHARED the shmem "
-      "object's inode number: MappedFile.shmem_id, one AnonSharedMemory per shmid (files/anon_shmem.py)"),
+      "object's inode number: MappedFile.shmem_id, one AnonSharedMemory per shmid (files/anon_shmem.py); for "
+      "VMA_EXT_PLUGIN the device node's entry, whose name the plugin matches"),
     A("vmas.prot", "Vma.prot: blob step protect_vmas"),
     A("vmas.flags", "Vma.flags: blob step map_vmas"),
     A("vmas.status", "Vma.kind: plan/build.py _vma_kind (kinds not restored are refused there; VMA_ANON_SHARED: "
-      "VmaKind.ANON_SHARED, mapped MAP_SHARED from the root's shmem object, files/anon_shmem.py)"),
+      "VmaKind.ANON_SHARED, mapped MAP_SHARED from the root's shmem object, files/anon_shmem.py; VMA_EXT_PLUGIN: "
+      "MappedFile.plugin, mapped through the fd and at the offset the task's plugin gives, restore/task.py "
+      "_map_device_vmas)"),
     I("vmas.fd", "dump-side: the fd the dumper mapped through (always -1 in images); files come from shmid"),
-    A("vmas.madv", "Vma.madv: blob step protect_vmas (madvise)"),
+    A("vmas.madv", "Vma.madv: blob steps map_vmas (hg/nh, before the fill: they choose the page size) and protect_vmas (the rest)"),
     A("vmas.fdflags", "MappedFile.open_flags: the mode the mapped file is opened with"),
     A("dumpable", "MmFields.dumpable: blob (PR_SET_DUMPABLE 0 or 1)", probe=f"{_TC}.mm.dumpable"),
     R("dumpable", "dumpable 2 (suid_dumpable), which PR_SET_DUMPABLE cannot set", _only(0, 1), bad=2),
@@ -399,7 +403,7 @@ PAGEMAP = RecordKind("pagemap", "pagemap-PID.img, pagemap-shmem-ID.img", pagemap
 FS = RecordKind("fs", "fs-PID.img", fs_pb2.FsEntry, (
     A("cwd_id", "Task.cwd: restore/task.py _restore_fs (chdir)"),
     A("root_id", "Task.root: restore/task.py _restore_fs (chroot)"),
-    A("umask", "Task.umask: restore/task.py _restore_fs (umask)", probe=f"{_TC}.umask"),
+    A("umask", "Task.umask: restore/task.py run_child (umask, before the fds)", probe=f"{_TC}.umask"),
 ))
 
 IDS = RecordKind("ids", "ids-PID.img", ids_pb2.TaskKobjIdsEntry, (
@@ -542,7 +546,9 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     I("reg.mnt_id", "paths are opened in the restorer's mount namespace; a task in another mount "
       "namespace is refused (ids mnt_ns_id)"),
     A("reg.size", "OpenFile.expected_size / MappedFile.expected_size: checked as CRIU does"),
-    R("reg.ext", "an external file (--external / --inherit-fd)"),
+    A("reg.ext", "an external file (dumped with --external file[...]): its fds take the caller's fd with "
+                 "--inherit-fd fd[N]:NAME (files/inherited.py); files/regular.py refuses it without one, "
+                 "plan/build.py _reg_path refuses a mapping of it"),
     A("reg.mode", "OpenFile.expected_mode: checked"),
     A("reg.build_id", "MappedFile.build_id: checked as CRIU does"),
     R("reg.checksum", "a file checksum to validate (--file-validation checksum)"),
@@ -619,7 +625,10 @@ FILES = RecordKind("files", "files.img", fdinfo_pb2.FileEntry, (
     A("usk.state", "UnixSocket.state/making: listen(), connect(), socketpair() or accept(); states other than "
       "connected, unconnected and listening refused by files/unix_socket.py read"),
     A("usk.flags", "UnixSocketEnd.flags (O_NONBLOCK)"),
-    R("usk.uflags", "CRIU's external/service socket flags (USK_*)"),
+    R("usk.uflags", "CRIU's service socket flags (USK_* other than USK_EXTERN); USK_EXTERN marks a socket "
+                    "outside the tree (--ext-unix-sk), never made: a socket of the tree connected to it is "
+                    "refused (files/unix_socket.py) unless --inherit-fd replaces it",
+      accepts=lambda value, ctx: value in (0, USK_EXTERN), bad=2),
     A("usk.backlog", "UnixSocket.backlog: listen(backlog) of a listening socket; for the others it is the "
       "count of queued packets, which sk-queues.img holds"),
     A("usk.peer", "UnixSocket.peer/making: the socket it is connected to (socketpair, accept from the listener "

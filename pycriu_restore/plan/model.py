@@ -66,6 +66,10 @@ class MappedFile:
     # object of this shmid (AnonSharedMemory) that every task sharing it received; ``path``
     # only names it in messages.
     shmem_id: int | None = None
+    # A device mapping (VMA_EXT_PLUGIN: /dev/kfd, /dev/dri/renderD*): the task asks its
+    # plugins (update_vma_map) for the fd and the new offset to map it through, as CRIU's
+    # open_filemap does; ``path`` is the device's name in the image, which the plugin matches.
+    plugin: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,18 @@ class PipeEnd:
     pipe_id: int
     flags: int  # O_RDONLY for the read end, O_WRONLY for the write end, plus O_NONBLOCK
     cloexec: bool
+
+
+@dataclass(frozen=True)
+class InheritedFile:
+    """An fd the caller hands over (CRIU's --inherit-fd fd[N]:RESOURCE) in place of the
+    file the images name ``key`` ("pipe:[INO]", a path without its leading "/"): installed
+    at ``fd`` as it is, not re-created (files/inherited.py)."""
+
+    fd: int
+    key: str
+    cloexec: bool
+    index: int  # the key's place among the --inherit-fd resources given: its shared object's key
 
 
 @dataclass(frozen=True)
@@ -399,6 +415,9 @@ class RestorePlan:
     shared: tuple = ()
     notes: tuple[str, ...] = field(default=())  # things accepted but not restored, for the log
     dump_cpu: DumpCpu | None = None
+    # The --inherit-fd resources some fd of the tree takes from the caller, sorted; the
+    # orchestrator hands their fds to the root task (files/inherited.py).
+    inherited: tuple[str, ...] = ()
 
     @property
     def root(self) -> Task:

@@ -55,12 +55,16 @@ PIPE_SIZE_MAX = 1 << 31
 # The VMA status bits of a VMA that maps a file (its shmid is a files.img id), from the
 # images layer's table (criu/include/image.h).
 _STATUS = dict(MMAP_STATUS)
-# criu/include/image.h defines these and VMA_AREA_GUARD (1 << 16), which crit's table lacks.
-_KNOWN_STATUS_BITS = sum(bit for _, bit in MMAP_STATUS) | (1 << 16)
+VMA_AREA_GUARD = 1 << 16  # criu/include/image.h; crit's table has no name for it
+# criu/include/image.h: a device mapping a plugin restores (CRIU's UPDATE_VMA_MAP; the amdgpu
+# plugin's render-node and /dev/kfd VMAs). MMAP_STATUS does not list it either.
+VMA_EXT_PLUGIN = 1 << 27
+# criu/include/image.h defines these, VMA_AREA_GUARD and VMA_EXT_PLUGIN.
+_KNOWN_STATUS_BITS = sum(bit for _, bit in MMAP_STATUS) | VMA_AREA_GUARD | VMA_EXT_PLUGIN
 # arch/x86/include/asm/vsyscall.h VSYSCALL_ADDR: the one [vsyscall] page.
 VSYSCALL_PAGE = (0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000)
 VMA_FILE_BITS = _STATUS["VMA_FILE_PRIVATE"] | _STATUS["VMA_FILE_SHARED"] | _STATUS["VMA_AREA_MEMFD"]
-SECCOMP_MODE_FILTER = 2  # <linux/seccomp.h>
+SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2  # <linux/seccomp.h>
 TASK_DEAD = 2  # compel/include/uapi/task-state.h COMPEL_TASK_DEAD: a zombie
 PIPE_READ_ACCESS = {os.O_RDONLY, os.O_RDWR}  # access modes of an end CRIU reads data from
 

@@ -26,13 +26,14 @@ and copy commands) crosses through IPC set up in ``restore_init``, before the fo
 sides inherit it. docs/plugins.md says more.
 
 Plugins are found through the ``pycrestore.plugins`` entry point group: each entry point
-names a class (or factory) that takes no argument and returns a :class:`Plugin`.
+names a class (or factory) that takes no argument and returns a :class:`Plugin`. A restore
+looks for them only when :func:`plugins_apply` says the images need one: scanning the
+installed distributions and importing a plugin cost more than a small restore.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -77,7 +78,11 @@ class Plugin:
         return None
 
     def update_vma_map(self, ctx: RestoreContext, task: Task, path: str, start: int, pgoff: int) -> tuple[int, int | None] | None:
-        """Restored task: the new (pgoff, fd or None) for a device VMA, or None if unchanged."""
+        """Restored task, after its fds are installed: where the device VMA at ``start``, which
+        mapped ``path`` (its name in the image) at ``pgoff``, maps now: (new pgoff, fd), or None
+        if it is not ours. The fd (a new one, the caller closes it) is what the VMA is mapped
+        through; with None the core opens ``path``. A device VMA no plugin answers for fails
+        the restore (restore/task.py _map_device_vmas)."""
         return None
 
     def resume_devices_late(self, ctx: RestoreContext, pid: int) -> None:
@@ -104,8 +109,31 @@ class PluginInfo:
     description: str
 
 
+def plugins_apply(images: ImageSet, plan: RestorePlan) -> bool:
+    """May any plugin have work in this restore? The images say so in two places:
+
+    - inventory.img lists the plugins that dumped state (CRIU >= 4.1: ``plugins_entry``; a
+      plugin adds its name there when it dumps a device file or a device VMA, and at restore
+      CRIU enables only the listed ones: criu/image.c check_and_remove_inventory_plugin);
+    - a task holds an EXT file (files.img type EXT), which only a plugin can open.
+
+    Without either, every hook would find nothing of its own (RESTORE_EXT_FILE has no file,
+    the amdgpu plugin no amdgpu-kfd-<id>.img), so no plugin is looked up or imported.
+    """
+    from pycriu_restore.plan.model import ExtFileEnd  # plan/ is above this module's imports
+
+    inventory = images.inventory
+    if inventory.HasField("plugins_entry") and inventory.plugins_entry.plugins:
+        return True
+    if any(v.file is not None and v.file.plugin for task in plan.tasks for v in task.vmas):
+        return True  # a device mapping (VMA_EXT_PLUGIN): only a plugin can say how to map it
+    return any(isinstance(f, ExtFileEnd) for task in plan.tasks for f in task.files)
+
+
 def installed_plugins() -> list[PluginInfo]:
     """Every plugin registered under the entry point group, without loading it."""
+    from importlib.metadata import entry_points  # ~10 ms to import; only listing and loading need it
+
     out = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         description = ""
@@ -119,4 +147,6 @@ def installed_plugins() -> list[PluginInfo]:
 
 def load_plugins() -> list[Plugin]:
     """Instantiate every installed plugin, in name order."""
+    from importlib.metadata import entry_points
+
     return [ep.load()() for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]

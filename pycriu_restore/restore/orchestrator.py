@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pycriu_restore.blob.bootstrap import Bootstrap, RuntimeLayout, bootstrap_size, build_bootstrap
 from pycriu_restore.blob import abi
@@ -41,15 +41,16 @@ from pycriu_restore.linux import ptrace, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
-from pycriu_restore.plan.model import RestorePlan, TaskState
+from pycriu_restore.plan.model import RestorePlan, Task, TaskState
+from pycriu_restore.plan.reroot import reroot
 from pycriu_restore.files.inet_lock import ConnectionLock
-from pycriu_restore.netns.namespace import NetNamespace
 from pycriu_restore.plan.netns import read_net_namespace
-from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins
+from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins, plugins_apply
 from pycriu_restore import faults, interruption
 from pycriu_restore.linux.errors import LinuxError
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.notify import CARRIES_PID, Notify
+from pycriu_restore.restore.fill_tids import assign_fill_tids, usable_cpus
 from pycriu_restore.restore.layout import choose_bootstrap_base, runtime_layout
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.cpucap import DEFAULT_CPU_CAP, CpuCap, check_cpu
@@ -60,6 +61,9 @@ from pycriu_restore.restore.terminals import prepare_terminals
 from pycriu_restore.restore.timeline import Stage, Timeline
 from pycriu_restore.restore.tree import Rollback, SpawnedTask, spawn_tree
 from pycriu_restore.tracee import Tracee
+
+if TYPE_CHECKING:  # imported where a tree has a namespace of its own: pyroute2 takes ~100 ms to load
+    from pycriu_restore.netns.namespace import NetNamespace
 
 log = logging.getLogger("pycrestore")
 
@@ -79,7 +83,7 @@ class RestoreOptions:
     # Called as each stage after FORK begins, with the pids made so far (ours). For watching
     # a restore from outside, and for tests that break one in the middle.
     on_stage: Callable[[Stage, list[int]], None] | None = None
-    # Plugins (plugins/api.py): None loads every installed one (entry points).
+    # Plugins (plugins/api.py): None loads every installed one (entry points) if plugins_apply().
     plugins: tuple[Plugin, ...] | None = None
     gpu_backend: str = "kfd"  # amdgpu plugin: "kfd" (real /dev/kfd) or "sim" (simgpu)
     parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
@@ -92,6 +96,12 @@ class RestoreOptions:
     # CRIU's --restore-sibling (rpc rst_sibling): the root is forked with CLONE_PARENT, so it
     # becomes a child of our parent (the RPC client), not ours.
     restore_sibling: bool = False
+    # CRIU's --inherit-fd fd[N]:RESOURCE, as (N, RESOURCE): our fd N takes the place of the
+    # file named RESOURCE (files/inherited.py). The first pair for a RESOURCE counts.
+    inherit_fd: tuple[tuple[int, str], ...] = ()
+    # CRIU's --root DIR: every path of the images under DIR, and DIR the tasks' "/"
+    # (plan/reroot.py). None or "/": as dumped.
+    root: str | None = None
     # CRIU's notify points (restore/notify.py), called on this thread with the point and,
     # where CRIU sends one, the root's pid in our namespace. Raising aborts the restore.
     on_notify: Callable[[Notify, int | None], None] | None = None
@@ -138,7 +148,16 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
     timeline = Timeline()
     with timeline.stage(Stage.PLAN, images_dir):
         images = ImageSet.open(images_dir)
-        plan = build_plan(images)
+        inherit = {}  # RESOURCE -> our fd
+        for fd, key in options.inherit_fd:
+            inherit.setdefault(key, fd)
+        plan = build_plan(images, frozenset(inherit))
+        if options.root is not None:
+            plan = reroot(plan, options.root)
+        for key in sorted(set(inherit) - set(plan.inherited)):
+            log.warning("--inherit-fd fd[%d]:%s: no fd of the checkpoint has that file (pycrestore takes "
+                        "pipe:[INO], socket:[INO], file[MNT:INODE] and paths without the leading /); fd unused",
+                        inherit[key], key)
         # The tree's own network namespace, if it has one (plan/netns.py; None: ours).
         netns_plan = read_net_namespace(images, options.external)
     with timeline.stage(Stage.PREFLIGHT):
@@ -159,7 +178,10 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             # The lock's table would be made in our namespace, not in the tree's.
             raise UnsupportedFeature(f"netns-{netns_plan.ns_id}.img", "established TCP connections in a "
                                      "network namespace of the tree's own are not restored")
-    plugins = tuple(load_plugins()) if options.plugins is None else options.plugins
+    if options.plugins is not None:
+        plugins = options.plugins
+    else:  # the installed ones, looked up only where the images hold something of a plugin's
+        plugins = tuple(load_plugins()) if plugins_apply(images, plan) else ()
     ctx = RestoreContext(images=images, plan=plan,
                          options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
                                   "gpu_bytes_per_s": options.gpu_bytes_per_s})
@@ -177,7 +199,9 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             if options.pid_ns:
                 pidns = rollback.pidns = PidNamespace.create(fresh_devpts=terminals.fresh_devpts)
             if netns_plan is not None:  # links, addresses, routes, rules: all before a task runs in it
-                netns = NetNamespace.create(netns_plan)
+                from pycriu_restore.netns import namespace
+
+                netns = namespace.NetNamespace.create(netns_plan)
 
             def post_forking() -> None:  # the orchestrator forks nothing after the root
                 for plugin in plugins:
@@ -186,20 +210,24 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
             # In the tree's network namespace (if any) for the root's clone3: it and its children live there.
             with terminals.caller_terminal_held(), (netns.entered() if netns else contextlib.nullcontext()):
                 tree = spawn_tree(plan, rollback, pidns, plugins, ctx, after_root_fork=post_forking,
-                                  restore_sibling=options.restore_sibling)
+                                  restore_sibling=options.restore_sibling,
+                                  inherited={key: inherit[key] for key in plan.inherited})
             spawned = tree.tasks  # the zombies have exited already: they need nothing more
         root_pid = next(s.pid for s in spawned if s.task.pid == plan.root.pid)
         _notify_point(options, Notify.SETUP_NAMESPACES, root_pid)
         _notify_point(options, Notify.POST_SETUP_NAMESPACES, root_pid)
         _notify(options, Stage.BOOTSTRAP, spawned)
         with timeline.stage(Stage.BOOTSTRAP):
-            bootstraps = [_enter_blob(s) for s in spawned]
+            # Each blob fills its pages with threads of its own; their tids (restore/fill_tids.py).
+            fill_tids = assign_fill_tids(plan, [s.task for s in spawned], usable_cpus())
+            bootstraps = [_enter_blob(s, fill_tids[s.task.pid]) for s in spawned]
             for s, b in zip(spawned, bootstraps):
                 for note in b.notes:
                     log.warning("task %d: %s", s.task.pid, note)
         pages = sum(v.nr_present_pages for t in plan.tasks for v in t.vmas)
         _notify(options, Stage.MEMORY, spawned)
-        with timeline.stage(Stage.MEMORY, f"{pages} pages"):
+        fill = max((b.fill_threads for b in bootstraps), default=1)  # the blobs' own threads (step FILL_PAGES)
+        with timeline.stage(Stage.MEMORY, f"{pages} pages" + (f", up to {fill} fill threads a task" if fill > 1 else "")):
             # Every blob runs at once; none is released before all have finished, as
             # CRIU's restore stages do (a task must not run while another is half-made).
             for s in spawned:
@@ -263,15 +291,20 @@ def _notify_point(options: RestoreOptions, point: Notify, root_pid: int | None) 
         options.on_notify(point, root_pid if point in CARRIES_PID else None)
 
 
-def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
-    """Map the bootstrap region in the stopped task, fill it, and point the task at the blob."""
+def _enter_blob(spawned: SpawnedTask, fill_tids: tuple[int, ...] = ()) -> Bootstrap:
+    """Map the bootstrap region in the stopped task, fill it, and point the task at the blob.
+
+    ``fill_tids``: one tid per fill worker the blob makes in step FILL_PAGES (none: the
+    leader fills alone)."""
     tracee = spawned.tracee
+    task = _with_device_offsets(spawned)
     runtime: RuntimeLayout = dataclasses.replace(
-        runtime_layout(tracee), keep_exe=_same_file(f"/proc/{tracee.pid}/exe", spawned.task.mm.exe.path))
-    size = bootstrap_size(spawned.task, runtime)
-    base = choose_bootstrap_base(tracee.maps(), spawned.task.vmas, size)
+        runtime_layout(tracee), keep_exe=_same_file(f"/proc/{tracee.pid}/exe", task.mm.exe.path),
+        fill_tids=fill_tids)
+    size = bootstrap_size(task, runtime)
+    base = choose_bootstrap_base(tracee.maps(), task.vmas, size)
     # Built (and so checked: vdso fit, FPU state) before the task is touched.
-    bootstrap = build_bootstrap(spawned.task, base, runtime, spawned.service)
+    bootstrap = build_bootstrap(task, base, runtime, spawned.service)
     faults.point("bootstrap.mmap")
     got = tracee.inject_syscall(syscalls.NR_MMAP, base, size, PROT_RWX, MAP_PRIVATE_ANON_FIXED_NOREPLACE, -1 & 0xFFFFFFFFFFFFFFFF, 0)
     if got != base:
@@ -284,8 +317,34 @@ def _enter_blob(spawned: SpawnedTask) -> Bootstrap:
     regs.rdi = bootstrap.args_addr
     regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # not in a syscall: no restart logic on resume
     tracee.regs = regs
-    log.debug("bootstrap region %#x-%#x, entry %#x", base, base + size, bootstrap.entry)
+    log.debug("bootstrap region %#x-%#x, entry %#x, %d fill thread(s)", base, base + size, bootstrap.entry,
+              bootstrap.fill_threads)
     return bootstrap
+
+
+def _with_device_offsets(spawned: SpawnedTask) -> Task:
+    """The plan's task with each device VMA at the offset its plugin gave in the task.
+
+    The task learnt the offsets (update_vma_map, restore/task.py) and put the plugin's fd
+    at the VMA's service fd; the blob maps that fd at the new offset with the VMA's own
+    prot and flags, as CRIU's open_filemap + restorer do.
+    """
+    task, moved = spawned.task, spawned.device_offsets
+    devices = {v.start for v in task.vmas if v.file is not None and v.file.plugin}
+    if not devices and not moved:
+        return task
+    missing = sorted(devices - set(moved))
+    if missing:
+        vma = next(v for v in task.vmas if v.start == missing[0])
+        raise RestoreFailed(task.pid, "device mappings",
+                            f"device VMA {vma.start:#x}-{vma.end:#x} ({vma.file.path}, offset {vma.pgoff:#x}): "
+                            f"the task reported no new offset for it (it reported {len(moved)} of {len(devices)})")
+    strays = sorted(set(moved) - devices)
+    if strays:
+        raise RestoreFailed(task.pid, "device mappings", f"the task reported offsets for {strays[0]:#x}, "
+                            "which is not a device VMA of its image")
+    vmas = tuple(dataclasses.replace(v, pgoff=moved[v.start]) if v.start in devices else v for v in task.vmas)
+    return dataclasses.replace(task, vmas=vmas)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import os
 import stat
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from pycriu_restore.linux.pidusers import pid_users
 from pycriu_restore.plan.model import MappedFile, OpenFile, RestorePlan, Task
 from pycriu_restore.restore.errors import FileMismatch, PidAboveMax, PidTaken, SeccompNotSuspendable
 from pycriu_restore.restore import limits
+from pycriu_restore.restore.build_id import elf_build_id
 
 PID_MAX_PATH = "/proc/sys/kernel/pid_max"
 # <linux/threads.h>: PID_MAX_LIMIT on 64-bit, the most kernel.pid_max can be.
@@ -47,7 +45,8 @@ def check_plan(plan: RestorePlan, new_pid_ns: bool) -> None:
             if isinstance(f, OpenFile):  # pipes are created anew: nothing to check
                 _check_open_file(f.path, f.expected_size, f.expected_mode)
         for mapped in [task.mm.exe] + [v.file for v in task.vmas if v.file is not None]:
-            made_anew = mapped.memfd_inode is not None or mapped.shmem_id is not None  # memfds, anon shmem
+            # memfds and anon shmem are made anew; a device mapping maps what its plugin gives
+            made_anew = mapped.memfd_inode is not None or mapped.shmem_id is not None or mapped.plugin
             if not made_anew and mapped.path not in seen:
                 seen.add(mapped.path)
                 check_mapped_file(mapped)
@@ -134,19 +133,3 @@ def check_mapped_file(mapped: MappedFile) -> None:
             mapped.path,
             f"ELF build-id is {found.hex() if found else 'absent'}, dumped {mapped.build_id.hex()} (the binary was rebuilt or replaced)",
         )
-
-
-def elf_build_id(path: str) -> bytes | None:
-    """The GNU build-id note's descriptor bytes, or None if the file has none or is not ELF."""
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for segment in elf.iter_segments():
-                if segment.header.p_type != "PT_NOTE":
-                    continue
-                for note in segment.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return bytes.fromhex(note["n_desc"])
-    except (ELFError, OSError):
-        return None
-    return None

@@ -16,13 +16,17 @@ order (CRIU's restore task does the same in C, research/criu-restore-internals.m
     its controlling terminal, the foreground group's leader sets the group;
  6. fork its children with their pids (clone3 set_tid); they start again at 1 (a zombie
     child exits at once, and the parent waits for it without reaping it: restore/zombie.py);
- 7. oom_score_adj and loginuid (/proc/self); root, cwd, umask;
+ 7. oom_score_adj and loginuid (/proc/self); umask;
  8. install every fd of the image at its number, each by the module of its kind
     (files/registry.py), in an order that puts an fd after those it needs (an epoll set
     after its targets): shared objects are dups of the parked fds, files only this task
     holds are opened now;
- 9. open the files the blob needs at the service fds (pages image, exe, mapped files);
-10. close the parked fds, report "ready" on the status pipe, and stop itself with SIGSTOP.
+ 9. put each device mapping's fd (from its plugin, update_vma_map) at its service fd, then
+    open the files the blob needs at the others (pages image, exe, mapped files);
+ 9b. cwd, then root (chdir, chroot): last, since every path above is opened whole
+    (plan/reroot.py puts them under --root);
+10. close the parked fds, report "ready" on the status pipe (after the device mappings' new
+    offsets, if any), and stop itself with SIGSTOP.
 
 The orchestrator then never lets it run Python again: it points the registers at the blob.
 Any failure is written to the status pipe as one JSON line and the task exits; it never
@@ -40,6 +44,7 @@ from typing import NoReturn
 
 from pycriu_restore import faults, files
 from pycriu_restore.files import close_all_except, registry
+from pycriu_restore.files import inherited as inherited_fd
 from pycriu_restore.files import owner as fd_owner
 from pycriu_restore.files.fdlayout import FdLayout, ServiceFds
 from pycriu_restore.linux import namespaces
@@ -50,6 +55,11 @@ from pycriu_restore.restore.shared import SharedFds, close_parked, create_shared
 from pycriu_restore.restore.zombie import collect_zombies, exit_as_zombie, hold_child_exits
 
 READY = b"R"
+# The status pipe's one other record of a task that succeeded: before READY, one JSON line
+# {"device_vmas": {"<VMA start>": new pgoff, ...}} when the task has device mappings (their
+# offsets come from its plugins, which only the task can ask: restore/orchestrator.py maps
+# them there). A failure is one JSON line without this key, and no READY.
+DEVICE_VMAS = "device_vmas"
 # Exit codes of a task that failed before the blob (the JSON line says why).
 CHILD_FAILED = 111
 CHILD_NOT_TAKEN_OVER = 112
@@ -128,6 +138,7 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
         if is_root:
             faults.point("task.shared_objects")
             _step("create shared objects", lambda: create_shared_objects(tree.plan, tree.parked))
+            inherited_fd.release()  # parked now; the children must not inherit the hand-over copies
         # After setsid/setpgid and the shared objects, before the forks: children inherit a
         # controlling terminal only if their session leader took it first (files/tty.py).
         for kind in registry.all_kinds():
@@ -146,15 +157,22 @@ def run_child(task: Task, tree: TreeSetup) -> NoReturn:
             os.close(tree.links[pid].go_fd)
             os.close(tree.links[pid].status_fd)
         _restore_proc_attrs(task)  # after the forks: children inherit both, and set their own
-        _restore_fs(task)  # chroot last: /proc must still be reachable above
+        os.umask(task.umask)  # before the fds: a unix socket's file is made with it
         _install_fds(task, tree)
         for owner in task.fd_owners:  # once every fd is in place (files/owner.py)
             _step(f"owner of fd {owner.fd} (F_SETOWN {owner.pid})", lambda owner=owner: fd_owner.restore(owner))
+        # Before the plugins close what they kept: a device VMA maps through their files.
+        device_offsets = _map_device_vmas(task, link.service, tree)
         for plugin in tree.plugins:  # e.g. the amdgpu channel: never left in the restored task
             plugin.close_inherited_fds()
         _open_service_files(task, link.service, tree.parked)
+        # cwd and root last: every path of the images (fds, mapped files) was opened by its
+        # whole path; from here on nothing needs /proc or a path outside the new root.
+        _restore_fs(task)
         close_parked(tree.parked)
-        os.write(status_fd, READY)
+        report = memoryview(ready_report(device_offsets))
+        while report:  # beyond PIPE_BUF (many device VMAs) a write may be partial
+            report = report[os.write(status_fd, report):]
         os.close(status_fd)
         os.kill(os.getpid(), signal.SIGSTOP)
         os._exit(CHILD_NOT_TAKEN_OVER)  # only reached if the orchestrator let us continue
@@ -226,6 +244,7 @@ def _keep_only(link: TaskLink, tree: TreeSetup, below: list[int], keep_mntns: bo
     if keep_mntns and tree.mntns_fd is not None:
         keep.add(os.dup2(tree.mntns_fd, layout.mntns_fd, inheritable=False))
     keep.update(tree.parked.all)
+    keep.update(inherited_fd.handed_over())  # the root's, until create_shared_objects (files/inherited.py)
     for plugin in tree.plugins:
         keep.update(plugin.inherited_fds())
     for pid in below:
@@ -285,11 +304,13 @@ def _write_proc_self(name: str, value: int) -> None:
 
 
 def _restore_fs(task: Task) -> None:
+    """cwd, then root. Both are whole paths as the dumper saw them (under --root, under that
+    root: plan/reroot.py): chdir first, so that the cwd of a task dumped in a chroot is found,
+    and chroot keeps it (CRIU: restore_fs fchdir()s to the cwd and fchroot()s to the root)."""
     faults.point("task.fs")
+    _step(f"chdir {task.cwd}", lambda: os.chdir(task.cwd))
     if task.root != "/":
         _step(f"chroot {task.root}", lambda: os.chroot(task.root))
-    _step(f"chdir {task.cwd}", lambda: os.chdir(task.cwd))
-    os.umask(task.umask)
 
 
 def _install_fds(task: Task, tree: TreeSetup) -> None:
@@ -357,6 +378,75 @@ def _open_service_files(task: Task, service: ServiceFds, parked: SharedFds) -> N
             os.close(tmp)
 
         _step(f"open {path}", open_at)
+
+
+def _map_device_vmas(task: Task, service: ServiceFds, tree: TreeSetup) -> dict[int, int]:
+    """Put the fd of each device mapping at its service fd; return each one's new pgoff.
+
+    CRIU's open_filemap for a VMA_EXT_PLUGIN VMA: once the task's files (and so the
+    device's buffers) are restored, the first plugin whose update_vma_map answers gives
+    the new offset and the fd to map through (DRM maps a buffer only through the file that
+    made it); without an fd, the device is opened by its path. Unlike CRIU, a device VMA
+    no plugin answers for fails the restore: at its old offset it would map another buffer,
+    or none.
+    """
+    out: dict[int, int] = {}
+    for vma in task.vmas:
+        if vma.file is None or not vma.file.plugin:
+            continue
+        path, where = vma.file.path, f"device VMA {vma.start:#x}-{vma.end:#x} ({vma.file.path})"
+        answer = None
+        for plugin in tree.plugins:
+            answer = _step(where, lambda plugin=plugin, vma=vma: plugin.update_vma_map(
+                tree.plugin_ctx, task, vma.file.path, vma.start, vma.pgoff))
+            if answer is not None:
+                break
+        if answer is None:
+            names = ", ".join(p.name for p in tree.plugins) or "none loaded"
+            raise ChildStepFailed(where, f"no plugin maps it (update_vma_map of {names} answered None for "
+                                  f"offset {vma.pgoff:#x}): mapped at its old offset it would show another buffer")
+        new_pgoff, fd = answer
+        page = resource.getpagesize()  # mmap(2): the offset is a multiple of the page size
+        if not isinstance(new_pgoff, int) or new_pgoff < 0 or new_pgoff % page:
+            if fd is not None:
+                _close_quietly(fd)
+            raise ChildStepFailed(where, f"the plugin answered offset {new_pgoff!r}, expected a multiple of "
+                                  f"{page} bytes")
+        slot = service.plugin[vma.start]
+
+        def put(fd=fd, slot=slot, path=path, flags=vma.file.open_flags) -> None:
+            src = os.open(path, flags | os.O_CLOEXEC) if fd is None else fd
+            try:
+                os.dup2(src, slot, inheritable=False)
+            finally:
+                os.close(src)  # the plugin's fd is ours to close (CRIU's core closes it too)
+
+        _step(where, put)
+        out[vma.start] = new_pgoff
+    return out
+
+
+def ready_report(device_offsets: dict[int, int]) -> bytes:
+    """What a task that is ready writes: READY, after its device VMAs' offsets if it has any."""
+    if not device_offsets:
+        return READY
+    line = json.dumps({DEVICE_VMAS: {str(start): pgoff for start, pgoff in device_offsets.items()}})
+    return line.encode() + b"\n" + READY
+
+
+def parse_ready(report: bytes) -> dict[int, int] | None:
+    """The device VMA offsets of a ready report (empty if none), or None if ``report`` is
+    not one that says ready (a failure: read it with its JSON)."""
+    if report == READY:
+        return {}
+    line, sep, rest = report.partition(b"\n")
+    if not sep or rest != READY:
+        return None
+    try:
+        record = json.loads(line.decode())
+        return {int(start): int(pgoff) for start, pgoff in record[DEVICE_VMAS].items()}
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _report(status_fd: int, failure: dict) -> None:

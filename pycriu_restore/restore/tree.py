@@ -7,7 +7,8 @@
     clone3(set_tid=[pid])  ------------------> blocks on the go pipe
     PTRACE_SEIZE (O_EXITKILL)
     write "go" ------------------------------> restore/task.py: fds, fs, session, timens
-    read the status pipe  <------------------- "R" (or one JSON line, then exit)
+    read the status pipe  <------------------- "R", after the device VMAs' offsets if any
+                                              (or one JSON line, then exit)
     wait for the SIGSTOP stop  <-------------- kill(self, SIGSTOP)
 
 Seizing before the child starts its preparation means no stop can be missed, and
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pycriu_restore import interruption
+from pycriu_restore.files import inherited as inherited_fd
 from pycriu_restore.linux import namespaces, ptrace
 from pycriu_restore.linux.clone3 import CLONE_PARENT, clone3
 from pycriu_restore.linux.waitstatus import WALL, StopKind
@@ -33,7 +35,7 @@ from pycriu_restore.plugins.api import Plugin, RestoreContext
 from pycriu_restore.restore.errors import FileMismatch, RestoreFailed
 from pycriu_restore.restore.pidns import PidNamespace
 from pycriu_restore.restore.shared import SharedFds
-from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, run_child
+from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, parse_ready, run_child
 from pycriu_restore.restore.zombie import check_zombie
 from pycriu_restore.tracee import DEFAULT_OPTIONS, Tracee
 
@@ -119,6 +121,8 @@ class SpawnedTask:
     tracee: Tracee  # the main thread
     service: ServiceFds
     threads: list[Tracee] = field(default_factory=list)  # the others, once the blob made them
+    # Device mappings (MappedFile.plugin): VMA start -> the pgoff its plugin gave in the task.
+    device_offsets: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +135,8 @@ class SpawnedTree:
 
 def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None,
                plugins: tuple[Plugin, ...] = (), plugin_ctx: RestoreContext | None = None,
-               after_root_fork: Callable[[], None] | None = None, restore_sibling: bool = False) -> SpawnedTree:
+               after_root_fork: Callable[[], None] | None = None, restore_sibling: bool = False,
+               inherited: dict[str, int] | None = None) -> SpawnedTree:
     """Create every task of the plan with its pid, let each prepare itself, hold all stopped.
 
     The orchestrator forks only the root; each task forks its own children during its
@@ -143,6 +148,7 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     A zombie is not seized: it has exited by the time its parent is ready, and is checked
     in /proc (restore/zombie.py). ``restore_sibling``: the root is born our parent's child
     (CLONE_PARENT, CRIU's --restore-sibling); we still trace it, and our parent reaps it.
+    ``inherited``: --inherit-fd RESOURCE -> our fd, handed to the root (files/inherited.py).
     """
     links: dict[int, TaskLink] = {}
     ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
@@ -156,12 +162,15 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
                      plugins=plugins, plugin_ctx=plugin_ctx,
                      orchestrator_fds=frozenset(fd for ends in ours.values() for fd in ends))
     try:
+        # Above every number of the layout: the root keeps them until its objects are parked.
+        inherited_fd.hand_over(inherited or {}, tree.parked.fd_layout.temp_base)
         with interruption.deferred():  # no stop signal between the clone and rollback.add
             pid = _clone_with_pid(plan.root.pid, pidns, CLONE_PARENT if restore_sibling else 0)
             if pid == 0:
                 run_child(plan.root, tree)  # never returns
             rollback.add(pid)
     finally:
+        inherited_fd.release()
         for link in links.values():
             os.close(link.go_fd)
             os.close(link.status_fd)
@@ -217,12 +226,13 @@ def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceF
     tracee = Tracee.seize(pid, options)
     os.write(go_w, b"g")
     report = _read_status(status_r, task.pid)
-    if report != READY:
+    device_offsets = parse_ready(report)
+    if device_offsets is None:
         _raise_child_failure(task.pid, report)
     stop = tracee.wait_stop()
     if not (stop.kind is StopKind.SIGNAL and stop.signal == signal.SIGSTOP):
         raise RestoreFailed(task.pid, "prepare", f"expected the task to stop itself, got {stop.describe()}")
-    return SpawnedTask(task=task, pid=pid, tracee=tracee, service=service)
+    return SpawnedTask(task=task, pid=pid, tracee=tracee, service=service, device_offsets=device_offsets or {})
 
 
 def _child_outer_pid(parent_pid: int, inner_pid: int, in_pidns: bool) -> int:

@@ -10,6 +10,10 @@ same on a real AMD GPU and on the simulated one; only these operations differ:
     open_device    the restored task            open /dev/kfd, check its version  a memfd "simgpu-kfd"
     restore_bos    the restored task            AMDKFD_IOC_CRIU_OP(RESTORE):      one memfd per VRAM/GTT BO
                                                 BOs back at their VAs, dma-bufs
+    restore_render the restored task            GEM_CREATE or PRIME import,       a memfd per created BO,
+      _node                                     CHANGE_HANDLE, GEM_MMAP, GEM_VA   the exporter's for imports
+    vma_target     the restored task            a dup of the GPU's DRM file, at   a dup of the BO's memfd,
+                                                the BO's new mmap offset          at 0
     fill           a fill-pool thread (or the   SDMA copy from a staging buffer   pread/pwrite, GIL released
                    task itself, serial mode),
                    once per chunk of a BO
@@ -31,7 +35,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from pycriu_restore.images.proto.amdgpu_pb2 import CriuKfd
+    from collections.abc import Callable
+
+    from pycriu_restore.images.proto.amdgpu_pb2 import CriuKfd, CriuRenderNode
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,25 @@ class RestoredBo:
     minor: int = 0  # the destination render minor (real GPU), 0 for simgpu
 
 
+@dataclass(frozen=True)
+class RestoredDrmBo:
+    """One GEM object of a render-node file, re-created in the task's DRM file.
+
+    ``index`` is its position in the CriuRenderNode's ``bo_entries``; ``handle`` the
+    checkpointed GEM handle, which it has again. ``dmabuf_fd`` (owned by the caller) is
+    the dma-buf of a created BO, -1 for an imported one (its exporter holds the memory).
+    ``new_offset`` is where mmap() of the task's render fd finds it now (the VMA that
+    used ``old_offset`` moves there), None when it cannot be CPU-mapped.
+    """
+
+    index: int
+    handle: int
+    size: int
+    dmabuf_fd: int
+    old_offset: int
+    new_offset: int | None
+
+
 @runtime_checkable
 class GpuBackend(Protocol):
     """What a GPU backend provides. See the module docstring for which process calls what."""
@@ -88,6 +113,33 @@ class GpuBackend(Protocol):
         order; BOs that are neither VRAM nor GTT (doorbell, MMIO) are re-created but have no
         contents to fill and are not returned.
         """
+        ...
+
+    def restore_render_node(self, node: CriuRenderNode, local: LocalGpu,
+                            import_fd: Callable[[int], int]) -> tuple[int, list[RestoredDrmBo]]:
+        """In the task: re-create a render-node file's BOs; return (its fd, the BOs).
+
+        The fd is a new fd of the task's DRM file for ``local`` (the one KFD's VM lives in,
+        as in CRIU: every render node of one GPU is that one file), owned by the caller.
+        Each BO gets its checkpoint handle back and its GPU VM mappings; an imported BO
+        (is_import) is the dma-buf ``import_fd(handle)`` returns, not a new one. BOs this
+        DRM file already holds (an earlier render node of the same GPU) are skipped.
+        """
+        ...
+
+    def render_fd(self, local_gpu_id: int) -> int:
+        """In the task: the DRM file of a local GPU (VRAM and render-node VMAs map through it)."""
+        ...
+
+    def vma_target(self, local_gpu_id: int, offset: int) -> tuple[int, int]:
+        """In the task: what a device VMA of the BO at mmap ``offset`` of the GPU's DRM file
+        maps now: (pgoff, a new fd the caller closes). A real GPU: the DRM file itself at
+        ``offset`` (the only file DRM lets map the BO); simgpu: the BO's own memfd at 0.
+        """
+        ...
+
+    def forget_vma_targets(self) -> None:
+        """In the task, once its device VMAs have their fds: drop what vma_target needed."""
         ...
 
     def fill(self, bo_fd: int, size: int, src_fd: int, src_offset: int, gpu_id: int,

@@ -15,13 +15,18 @@ A stream is a sequence of messages; all integers little-endian, sizes and offset
     ------  ----  ---------------------------------------------------------------------
       0      4    magic        b"PCGC"
       4      2    version      1 (VERSION); another version is refused
-      6      2    kind         1 COMMAND, 2 DONE (no more commands; all counts 0)
+      6      2    kind         1 COMMAND, 2 DONE (no more commands; all counts 0),
+                               3 PROGRESS (a task is still working: serial fills send
+                               one at least every PROGRESS_INTERVAL_S; all counts 0)
       8      4    kfd_id       ExtFileEntry id of the /dev/kfd file (amdgpu-kfd-<id>.img)
      12      4    n_gpus       GPU records that follow                  (<= MAX_GPUS)
      16      4    n_entries    entries that follow the GPU records      (<= MAX_ENTRIES)
      20      4    n_fds        fds that follow the entries              (<= MAX_FDS)
      24      4    flags        bit 0 ALREADY_FILLED: the task filled the BOs itself (serial
                                mode); the orchestrator only takes the fds (simgpu keeps them)
+                               bit 1 RENDER_NODE: kfd_id is the id of a render-node file
+                               (amdgpu-renderD-<id>.img), bo_index a BO of its bo_entries,
+                               and each BO's bytes are in its own drm-pages file
      28      4    sender_pid   the task's pid, for messages
 
     GPU record, 16 bytes (GPU_RECORD), n_gpus times
@@ -46,7 +51,8 @@ A stream is a sequence of messages; all integers little-endian, sizes and offset
 Reading is exact: every part is read to its full length (a stream socket may deliver any
 split), and a stream that ends or stalls inside a message is an error, not a hang. The
 receiver waits ``idle_timeout_s`` for a message to begin (the task may be busy restoring
-files for a while) and then gives the whole message ``message_timeout_s`` to arrive: a
+files for a while; a PROGRESS message starts the wait again, so liveness is judged by
+progress, not by how long a fill takes) and then gives the whole message ``message_timeout_s`` to arrive: a
 deadline for the message, not per read, so a sender that trickles cannot stretch it.
 Every violation is a :class:`ChannelError`; fds received before it are closed.
 
@@ -68,8 +74,12 @@ MAGIC = b"PCGC"
 VERSION = 1
 KIND_COMMAND = 1
 KIND_DONE = 2
+KIND_PROGRESS = 3
+# A task busy filling (serial mode) reports progress this often, well inside IDLE_TIMEOUT_S.
+PROGRESS_INTERVAL_S = 5.0
 FLAG_ALREADY_FILLED = 1 << 0
-_KNOWN_FLAGS = FLAG_ALREADY_FILLED
+FLAG_RENDER_NODE = 1 << 1
+_KNOWN_FLAGS = FLAG_ALREADY_FILLED | FLAG_RENDER_NODE
 
 HEADER = struct.Struct("<4sHHIIIIII")
 GPU_RECORD = struct.Struct("<IIII")
@@ -143,6 +153,7 @@ class Command:
     fds: list[int] = field(default_factory=list)
     already_filled: bool = False
     sender_pid: int = 0
+    render_node: bool = False  # kfd_id names a render-node file (FLAG_RENDER_NODE)
 
     def close_fds(self) -> None:
         """Close every fd of the command (each at most once)."""
@@ -181,7 +192,7 @@ def _move_high(sock: socket.socket) -> socket.socket:
 
 def encode(command: Command) -> bytes:
     """The header, GPU records and entries of ``command`` (the fds travel separately)."""
-    flags = FLAG_ALREADY_FILLED if command.already_filled else 0
+    flags = (FLAG_ALREADY_FILLED if command.already_filled else 0) | (FLAG_RENDER_NODE if command.render_node else 0)
     parts = [HEADER.pack(MAGIC, VERSION, KIND_COMMAND, command.kfd_id, len(command.gpus),
                          len(command.entries), len(command.fds), flags, command.sender_pid)]
     parts += [GPU_RECORD.pack(g.gpu_id, g.local_gpu_id, g.minor, 0) for g in command.gpus]
@@ -216,6 +227,15 @@ def send_done(sock: socket.socket, timeout_s: float = MESSAGE_TIMEOUT_S) -> None
         sock.sendall(HEADER.pack(MAGIC, VERSION, KIND_DONE, 0, 0, 0, 0, 0, os.getpid()), socket.MSG_NOSIGNAL)
     except OSError as err:
         raise ChannelError("done message", f"send failed: {err.strerror or err}") from err
+
+
+def send_progress(sock: socket.socket, timeout_s: float = MESSAGE_TIMEOUT_S) -> None:
+    """Tell the orchestrator that this task is alive and working (restarts its idle wait)."""
+    try:
+        sock.settimeout(timeout_s)
+        sock.sendall(HEADER.pack(MAGIC, VERSION, KIND_PROGRESS, 0, 0, 0, 0, 0, os.getpid()), socket.MSG_NOSIGNAL)
+    except OSError as err:
+        raise ChannelError("progress message", f"send failed: {err.strerror or err}") from err
 
 
 def _check_outgoing(command: Command) -> None:
@@ -309,23 +329,28 @@ def receive_command(sock: socket.socket, idle_timeout_s: float = IDLE_TIMEOUT_S,
 
     Raises ChannelError for anything else (see the module docstring); no fd leaks then.
     """
-    reader = _Reader(sock, idle_timeout_s, message_timeout_s)
-    raw = reader.read_exact(HEADER.size, "header")
-    if raw is None:
-        return None
-    magic, version, kind, kfd_id, n_gpus, n_entries, n_fds, flags, pid = HEADER.unpack(raw)
-    if magic != MAGIC:
-        raise ChannelError("header", f"magic is {magic!r}, expected {MAGIC!r}", pid=pid or None)
-    if version != VERSION:
-        raise ChannelError("header", f"version is {version}, this end speaks {VERSION}", pid=pid)
-    if kind == KIND_DONE:
-        if (kfd_id, n_gpus, n_entries, n_fds, flags) != (0, 0, 0, 0, 0):
-            raise ChannelError("done message", f"carries kfd_id {kfd_id}, {n_gpus} GPUs, {n_entries} "
+    while True:  # PROGRESS messages only restart the idle wait
+        reader = _Reader(sock, idle_timeout_s, message_timeout_s)
+        raw = reader.read_exact(HEADER.size, "header")
+        if raw is None:
+            return None
+        magic, version, kind, kfd_id, n_gpus, n_entries, n_fds, flags, pid = HEADER.unpack(raw)
+        if magic != MAGIC:
+            raise ChannelError("header", f"magic is {magic!r}, expected {MAGIC!r}", pid=pid or None)
+        if version != VERSION:
+            raise ChannelError("header", f"version is {version}, this end speaks {VERSION}", pid=pid)
+        if kind in (KIND_DONE, KIND_PROGRESS) and (kfd_id, n_gpus, n_entries, n_fds, flags) != (0, 0, 0, 0, 0):
+            name = "done" if kind == KIND_DONE else "progress"
+            raise ChannelError(f"{name} message", f"carries kfd_id {kfd_id}, {n_gpus} GPUs, {n_entries} "
                                f"entries, {n_fds} fds, flags {flags:#x}; expected all 0", pid=pid)
-        return None
+        if kind == KIND_DONE:
+            return None
+        if kind != KIND_PROGRESS:
+            break
     what = f"command for kfd file {kfd_id}"
     if kind != KIND_COMMAND:
-        raise ChannelError("header", f"message kind is {kind}, expected {KIND_COMMAND} or {KIND_DONE}", pid=pid)
+        raise ChannelError("header", f"message kind is {kind}, expected {KIND_COMMAND}, {KIND_DONE} or "
+                           f"{KIND_PROGRESS}", pid=pid)
     for name, count, limit in (("GPUs", n_gpus, MAX_GPUS), ("entries", n_entries, MAX_ENTRIES),
                                ("fds", n_fds, MAX_FDS)):
         if count > limit:
@@ -348,7 +373,8 @@ def receive_command(sock: socket.socket, idle_timeout_s: float = IDLE_TIMEOUT_S,
         _close_all(fds)
         raise ChannelError(err.what, err.cause, kfd_id, pid) from err
     return Command(kfd_id=kfd_id, gpus=gpus, entries=entries, fds=fds,
-                   already_filled=bool(flags & FLAG_ALREADY_FILLED), sender_pid=pid)
+                   already_filled=bool(flags & FLAG_ALREADY_FILLED), sender_pid=pid,
+                   render_node=bool(flags & FLAG_RENDER_NODE))
 
 
 def _decode_gpus(raw: bytes, n_gpus: int, what: str, kfd_id: int, pid: int) -> list[GpuRecord]:

@@ -60,7 +60,16 @@ class DrmPrimeHandle(ctypes.Structure):
     ]
 
 
+class DrmGemChangeHandle(ctypes.Structure):
+    """``struct drm_gem_change_handle`` (Linux 6.18 uapi drm.h; CRIU ships a copy in
+    plugins/amdgpu/drm.h): give a GEM object the handle it had at checkpoint time."""
+
+    _fields_ = [("handle", ctypes.c_uint32), ("new_handle", ctypes.c_uint32)]
+
+
 DRM_IOCTL_GEM_CLOSE = iow(DRM_IOCTL_BASE, 0x09, DrmGemClose)
+# Newer than the libdrm-dev headers the ABI test compiles against: checked by value there.
+DRM_IOCTL_GEM_CHANGE_HANDLE = iowr(DRM_IOCTL_BASE, 0xD2, DrmGemChangeHandle)
 DRM_IOCTL_PRIME_HANDLE_TO_FD = iowr(DRM_IOCTL_BASE, 0x2D, DrmPrimeHandle)
 DRM_IOCTL_PRIME_FD_TO_HANDLE = iowr(DRM_IOCTL_BASE, 0x2E, DrmPrimeHandle)
 
@@ -504,6 +513,16 @@ def gem_close(fd: int, handle: int, device: str) -> None:
     """Drop this DRM file's reference ``handle`` (the object lives on if others hold it)."""
     call_ioctl(fd, DRM_IOCTL_GEM_CLOSE, DrmGemClose(handle=handle), "DRM_IOCTL_GEM_CLOSE",
                device)
+
+
+def gem_change_handle(fd: int, handle: int, new_handle: int, device: str) -> None:
+    """DRM_IOCTL_GEM_CHANGE_HANDLE: the object at ``handle`` is at ``new_handle`` from now on.
+
+    ``new_handle`` must be free in this DRM file; the old handle is gone afterwards, and
+    PRIME_FD_TO_HANDLE answers the new one. Kernels before 6.18 lack it (EINVAL/ENOTTY).
+    """
+    call_ioctl(fd, DRM_IOCTL_GEM_CHANGE_HANDLE, DrmGemChangeHandle(handle=handle, new_handle=new_handle),
+               "DRM_IOCTL_GEM_CHANGE_HANDLE", device)
 
 
 def gem_create(fd: int, size_bytes: int, alignment_bytes: int, domains: int, flags: int,

@@ -110,12 +110,14 @@ class Throttle:
 
 
 def copy_bo(backend: GpuBackend, bo_fd: int, src_fd: int, entry: Entry, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-            throttle: Throttle | None = None, cancel: threading.Event | None = None) -> None:
+            throttle: Throttle | None = None, cancel: threading.Event | None = None,
+            on_chunk: Callable[[], None] | None = None) -> None:
     """Copy one entry (a BO, or a part of one) from ``src_fd`` into ``bo_fd``, chunk by chunk.
 
     The bytes at ``entry.file_offset`` of the pages file go to ``entry.bo_offset`` of the BO.
-    Used by the pool's workers and, in serial mode, by the task itself. Raises whatever
-    backend.fill raises, or Cancelled once ``cancel`` is set.
+    Used by the pool's workers and, in serial mode, by the task itself (``on_chunk`` then
+    reports progress to the orchestrator). Raises whatever backend.fill raises, or
+    Cancelled once ``cancel`` is set.
     """
     step = chunk_bytes if throttle is None else throttle.chunk_bytes(chunk_bytes)
     done = 0
@@ -127,6 +129,8 @@ def copy_bo(backend: GpuBackend, bo_fd: int, src_fd: int, entry: Entry, chunk_by
         done += n
         if throttle is not None:
             throttle.account(n)
+        if on_chunk is not None:
+            on_chunk()
 
 
 def check_ranges(entry: Entry, src_fd: int, bo_fd: int) -> str | None:
@@ -172,7 +176,8 @@ class FillPool:
     """The orchestrator's fill threads for one restore. ``start()`` / ``join()`` (or ``stop()``).
 
     ``sock`` is the orchestrator end of the channel; ``pages_path(kfd_id, gpu_id)`` names
-    the pages file of a GPU; ``expected_commands`` is how many commands the tasks will send
+    the pages file of a GPU; ``source_path(command, entry)``, when given, names the file
+    of any entry instead (render-node BOs each have their own file); ``expected_commands`` is how many commands the tasks will send
     (one per restored /dev/kfd file; None: read until DONE or EOF). ``on_filled(command)``
     is called once every entry of a command is copied (or at once for an ALREADY_FILLED
     command), before its fds are closed: simgpu's device keeps dups of them there.
@@ -185,11 +190,13 @@ class FillPool:
                  bytes_per_s_per_gpu: float | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
                  message_timeout_s: float = MESSAGE_TIMEOUT_S,
                  check_command: Callable[[Command], None] | None = None,
-                 on_filled: Callable[[Command], None] | None = None) -> None:
+                 on_filled: Callable[[Command], None] | None = None,
+                 source_path: Callable[[Command, Entry], str | os.PathLike[str]] | None = None) -> None:
         assert chunk_bytes > 0, "FillPool: chunk_bytes must be positive"
         # Set at construction, read-only afterwards (any thread):
         self.backend = backend
         self.pages_path = pages_path
+        self.source_path = source_path
         self.expected_commands = expected_commands
         self.chunk_bytes = chunk_bytes
         self.bytes_per_s_per_gpu = bytes_per_s_per_gpu
@@ -329,13 +336,17 @@ class FillPool:
                 return
             faults.point("amdgpu.fill")
             self.backend.prepare_fill(gpu_id, local)
-            path = self.pages_path(command.kfd_id, gpu_id)
-            src_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            sources: dict[str, int] = {}  # path -> its fd, for this job
             try:
                 last_use = {e.fd_index: i for i, e in enumerate(entries)}
                 for i, entry in enumerate(entries):
                     bo_index = entry.bo_index
                     bo_fd = command.fds[entry.fd_index]
+                    path = os.fspath(self.source_path(command, entry) if self.source_path is not None
+                                     else self.pages_path(command.kfd_id, gpu_id))
+                    if path not in sources:
+                        sources[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    src_fd = sources[path]
                     problem = check_ranges(entry, src_fd, bo_fd)
                     if problem:
                         raise FillError(f"{problem} ({os.fspath(path)})", gpu_id, bo_index, command.kfd_id)
@@ -346,7 +357,8 @@ class FillPool:
                             self.backend.release_bo(bo_fd)
                     copied += entry.size_bytes
             finally:
-                os.close(src_fd)
+                for fd in sources.values():
+                    os.close(fd)
         except Cancelled:
             return
         except (FillError, ChannelError) as err:

@@ -25,6 +25,7 @@ import ctypes
 import errno as errno_mod
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Any
 
 from pycriu_restore.errors import EXIT_ENVIRONMENT, EXIT_RESTORE, PycrestoreError
@@ -43,6 +44,11 @@ _IOC_READ = 2
 
 # kmtIoctl (CRIU plugins/amdgpu/amdgpu_plugin.c) retries EINTR/EAGAIN this many times.
 _MAX_RETRIES = 200
+
+# The one function every GPU ioctl goes through, with fcntl.ioctl's signature. Tests put a
+# model of the kernel here (tests/fake_amdgpu.py: KFD and amdgpu DRM at the ioctl
+# boundary, checking each call as the kernel would); nothing else may replace it.
+ioctl_syscall: Callable[[int, int, Any, bool], int] = fcntl.ioctl
 
 
 def _ioc(direction: int, type_char: str, nr: int, size: int) -> int:
@@ -103,7 +109,7 @@ def call_ioctl(fd: int, request: int, arg: ctypes.Structure | ctypes.Union, ioct
     """
     for _ in range(_MAX_RETRIES):
         try:
-            return fcntl.ioctl(fd, request, arg, True)
+            return ioctl_syscall(fd, request, arg, True)
         except OSError as err:
             if err.errno in (errno_mod.EINTR, errno_mod.EAGAIN):
                 continue

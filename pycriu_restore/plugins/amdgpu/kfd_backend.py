@@ -49,8 +49,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pycriu_restore.images.errors import ImageError
-from pycriu_restore.plugins.amdgpu import dmabuf, drm, kfd, sdma, topology
-from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo
+from pycriu_restore.plugins.amdgpu import dmabuf, drm, kfd, renderd, sdma, topology
+from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo
+from pycriu_restore.plugins.amdgpu.images import gpu_entries
 from pycriu_restore.plugins.amdgpu.ioctl import (DeviceUnavailable, GpuDeviceError,
                                                  GpuIoctlError, open_device)
 
@@ -407,6 +408,8 @@ class KfdBackend:
     dma-buf: only for host-visible BOs, e.g. GTT or APUs). ``fd_floor``: render-node fds
     the task keeps open are moved to numbers >= it, so that they cannot collide with the
     fds the restore installs later (CRIU's fd_next); 0 leaves them where open() put them.
+    ``park_fd`` does that instead when given (the plugin passes files.park: the task's
+    temporary range, above every fd of the images).
 
     Created in the orchestrator and inherited by the task through fork: it holds no
     thread, and its per-process state (copiers) is rebuilt when the pid changes.
@@ -417,7 +420,8 @@ class KfdBackend:
     def __init__(self, *, topology_root: Path = topology.TOPOLOGY_SYSFS_ROOT,
                  dev_dir: str = "/dev", copy_method: str = "sdma",
                  staging_bytes: int = DEFAULT_STAGING_BYTES,
-                 policy: topology.MatchPolicy | None = None, fd_floor: int = 0) -> None:
+                 policy: topology.MatchPolicy | None = None, fd_floor: int = 0,
+                 park_fd: Callable[[int], int] | None = None) -> None:
         if copy_method not in ("sdma", "cpu"):
             raise ValueError(f"copy_method must be 'sdma' or 'cpu', not {copy_method!r}")
         if staging_bytes < PAGE_BYTES:
@@ -429,10 +433,12 @@ class KfdBackend:
         self.staging_bytes = staging_bytes
         self.policy = policy if policy is not None else topology.MatchPolicy.from_env()
         self.fd_floor = fd_floor
+        self.park_fd = park_fd
         # restored task only: local gpu_id -> render fd handed to KFD (kept open), and
         # the VMA offset changes of the last restore_bos.
         self._task_render_fds: dict[int, int] = {}
         self._local_minors: dict[int, int] = {}
+        self._drm_done: dict[int, set[int]] = {}  # local gpu_id -> handles restored in its file
         self.vma_remaps: list[VmaRemap] = []
         # copying process only (pid-checked): checkpoint gpu_id -> copier, guarded by _lock
         self._copiers: dict[int, RenderNodeCopier] = {}
@@ -472,6 +478,14 @@ class KfdBackend:
         """The task's render fd for a local GPU, as given to KFD: VRAM VMAs map through it."""
         return self._task_render_fds[local_gpu_id]
 
+    def vma_target(self, local_gpu_id: int, offset: int) -> tuple[int, int]:
+        """A device VMA maps the task's DRM file at the BO's new offset (amdgpu_plugin_update_vmamap
+        returns a dup of the same file: DRM refuses mmap of the BO through any other open)."""
+        return offset, os.dup(self.render_fd(local_gpu_id))
+
+    def forget_vma_targets(self) -> None:
+        """Nothing: the DRM files stay in the task, as CRIU's do."""
+
     def _task_render_node(self, local_gpu_id: int) -> int:
         """Open (once) the task's render node for ``local_gpu_id``, above ``fd_floor``."""
         if local_gpu_id in self._task_render_fds:
@@ -484,7 +498,9 @@ class KfdBackend:
                                     f"at {self.topology_root}")
         fd = drm.open_render_node(self._local_minors[local_gpu_id],
                                   os.path.join(self.dev_dir, "dri"))
-        if self.fd_floor and fd < self.fd_floor:
+        if self.park_fd is not None:
+            fd = self.park_fd(fd)
+        elif self.fd_floor and fd < self.fd_floor:
             moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, self.fd_floor)
             os.close(fd)
             fd = moved
@@ -502,7 +518,9 @@ class KfdBackend:
         failure every dma-buf fd the kernel returned is closed.
         """
         where = f"the kfd image of pid {kfd_image.pid}"
-        gpus = [entry for entry in kfd_image.device_entries if entry.gpu_id]
+        # One device bucket per GPU node, in image order; CPU nodes (gpu_id 0) are skipped,
+        # as CRIU's restore_devices does.
+        gpus = gpu_entries(kfd_image)
         if len(gpus) != kfd_image.num_of_gpus:
             raise ImageError(where, f"{len(gpus)} GPU device entries, num_of_gpus says "
                                     f"{kfd_image.num_of_gpus}")
@@ -560,6 +578,24 @@ class KfdBackend:
                 minor=self._local_minors.get(local_id, 0)))
         self.vma_remaps = remaps
         return restored
+
+    def restore_render_node(self, node: Any, local: LocalGpu,
+                            import_fd: Callable[[int], int]) -> tuple[int, list[RestoredDrmBo]]:
+        """A render-node file in the task: its BOs in the GPU's one DRM file (renderd.py).
+
+        The DRM file is the one KFD's RESTORE got for ``local`` (opened here if no kfd file
+        came first); the returned fd is a new dup of it, the caller's to install.
+        """
+        fd = self._task_render_node(local.gpu_id)
+        device = drm.render_node_path(self._local_minors.get(local.gpu_id, local.minor),
+                                      os.path.join(self.dev_dir, "dri"))
+        done = self._drm_done.setdefault(local.gpu_id, set())
+        bos = renderd.restore_render_bos(fd, node, import_fd, device, done)
+        try:
+            return os.dup(fd), bos
+        except OSError:
+            _close_all(b.dmabuf_fd for b in bos if b.dmabuf_fd >= 0)
+            raise
 
     # --- in whichever process copies (orchestrator pool, or the task in serial mode) -----
 

@@ -3,8 +3,9 @@
 The hooks, in the order a restore calls them, and the process each runs in::
 
     restore_init         orchestrator  read and check every amdgpu-kfd-<id>.img and its pages
-                                       files; pick the backend ("kfd" or "sim") and the mode;
-                                       make the channel (a socketpair) the tasks inherit
+                                       files, every render-node and dma-buf image and the
+                                       handles that join them; pick the backend ("kfd" or
+                                       "sim") and the mode; make the channel (a socketpair)
     post_forking         orchestrator  close our copy of the task end; start the FillPool
     restore_ext_file     task          for a /dev/kfd EXT file: open the device, re-create the
                                        BOs (dma-buf fds), then
@@ -12,8 +13,16 @@ The hooks, in the order a restore calls them, and the process each runs in::
                                          serial:   fill the BOs here, then send them flagged
                                                    ALREADY_FILLED (simgpu's device keeps them)
                                        close the dma-bufs (and, after the task's last kfd file,
-                                       its channel end); return the device fd to install
-    update_vma_map       task          a device VMA at (addr, old pgoff): the BO's new pgoff
+                                       its channel end); return the device fd to install;
+                                       ROCm's /dev/shm/hsakmt_shared_mem recreated.
+                                       For a render-node file: its BOs in the GPU's one DRM
+                                       file, contents the same way (a RENDER_NODE command);
+                                       a dup of that DRM file. For a dma-buf file: a dup of
+                                       its exporter's dma-buf. Files a file needs (kfd before
+                                       render nodes, exporters before importers) are made
+                                       first and wait for their own hook.
+    update_vma_map       task          a device VMA at (addr, old pgoff): its new pgoff and,
+                                       for a render node, the DRM file to map it through
     resume_devices_late  orchestrator  first call: join the pool (every copy done, or its
                                        error raised); then resume the GPU of that task
     cleanup              orchestrator  stop the pool if it still runs; close the channel
@@ -35,21 +44,27 @@ import multiprocessing
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
-from pycriu_restore import faults
+from pycriu_restore import faults, files
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
+from pycriu_restore.images import BadRecord
 from pycriu_restore.plan.model import ExtFileEnd, Task
-from pycriu_restore.plugins.amdgpu.backend import GpuBackend, LocalGpu, RestoredBo
+from pycriu_restore.plugins.amdgpu import hsakmt
+from pycriu_restore.plugins.amdgpu.backend import GpuBackend, LocalGpu, RestoredBo, RestoredDrmBo
 from pycriu_restore.plugins.amdgpu.channel import (
+    IDLE_TIMEOUT_S,
     MESSAGE_TIMEOUT_S,
+    PROGRESS_INTERVAL_S,
     ChannelError,
     Command,
     Entry,
     GpuRecord,
     make_channel,
     send_command,
+    send_progress,
 )
 from pycriu_restore.plugins.amdgpu.fillpool import (
     DEFAULT_CHUNK_BYTES,
@@ -60,13 +75,27 @@ from pycriu_restore.plugins.amdgpu.fillpool import (
     check_ranges,
     copy_bo,
 )
-from pycriu_restore.plugins.amdgpu.images import KfdImage, kfd_file_ids, load_kfd_image
+from pycriu_restore.plugins.amdgpu.images import (
+    NO_HANDLE,
+    PAGES_HEADER,
+    KfdImage,
+    RenderImage,
+    dmabuf_file_ids,
+    has_contents,
+    kfd_file_ids,
+    load_dmabuf_handle,
+    load_kfd_image,
+    load_render_image,
+    render_file_ids,
+)
 from pycriu_restore.plugins.amdgpu.sim import SimBackend, SimDevice
 from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("kfd", "sim")
+# A file of ours: ("kfd" | "render" | "dmabuf", its ExtFileEntry id).
+FileKey = tuple[str, int]
 # Device files whose VMAs the plugin moves (CRIU's amdgpu_plugin_update_vmamap).
 KFD_DEVICE_PATH = "/dev/kfd"
 RENDER_NODE_PREFIX = "/dev/dri/renderD"
@@ -84,7 +113,11 @@ class AmdgpuPlugin(Plugin):
     ``gpu_backend`` "kfd" (default) or "sim"; ``parallel_gpu`` (default True);
     ``gpu_bytes_per_s`` a per-GPU bandwidth cap for the copies (default none);
     ``gpu_chunk_bytes`` bytes per copy call; ``gpu_fill_timeout_s`` how long
-    resume_devices_late waits for the copies (default: as long as they take).
+    resume_devices_late waits for the copies (default: as long as they take);
+    ``gpu_idle_timeout_s`` how long the pool waits for a task's next message or progress
+    report (default channel.IDLE_TIMEOUT_S); ``gpu_shm_dir`` where ROCm's shared memory
+    file is recreated (default /dev/shm with the kfd backend; simgpu: not at all) and
+    ``gpu_shm_sem_name`` its semaphore's name (default hsakmt_semaphore, as ROCm's).
     A ``backend`` passed to the constructor overrides ``gpu_backend`` (tests).
     """
 
@@ -100,21 +133,35 @@ class AmdgpuPlugin(Plugin):
         self.backend: GpuBackend | None = self._given_backend
         self.parallel = False
         self._kfd: dict[int, KfdImage] = {}  # ExtFileEntry id -> its checked image
+        self._render: dict[int, RenderImage] = {}  # ExtFileEntry id -> render-node image
+        self._dmabuf: dict[int, tuple[int, int]] = {}  # ExtFileEntry id -> exporter (gpu_id, handle)
+        self._exporters: dict[tuple[int, int], tuple[str, int, int]] = {}  # (gpu_id, handle) -> (kind, id, BO)
+        self._needed: set[tuple[int, int]] = set()  # exporters an import or a dma-buf file uses
         self._files_of: dict[int, set[int]] = {}  # checkpointed pid -> kfd file ids it holds
+        self._plugin_files_of: dict[int, list[FileKey]] = {}  # pid -> every file of ours, fd order
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
         self._bytes_per_s: float | None = None
         self._fill_timeout_s: float | None = None
+        self._idle_timeout_s = IDLE_TIMEOUT_S
+        self._shm_dir: str | None = None  # where ROCm's shared memory file goes (None: nowhere)
+        self._sem_name = hsakmt.HSAKMT_SEM_NAME
         self._orch_sock: socket.socket | None = None
         self._task_sock: socket.socket | None = None
         self._sock_inodes: dict[int, tuple[int, int]] = {}  # fd -> (st_dev, st_ino) at creation
         self._send_lock: Any = None  # serial mode with several tasks: one sender at a time
+        self._last_progress = 0.0  # task: when the serial fill last reported progress
         # orchestrator only, from post_forking:
         self._pool: FillPool | None = None
         self._joined = False
         self.stats: FillStats | None = None
         # task only (each forked task changes its own copy):
-        self._installed: dict[int, int] = {}  # kfd file id -> the fd it was installed at
-        self._vma_moves: dict[tuple[int, int], int] = {}  # (addr, old pgoff) -> new pgoff
+        self._installed: dict[FileKey, int] = {}  # file -> the fd it was installed at
+        self._made: dict[FileKey, int] = {}  # files restored ahead of their hook -> their fd
+        self._gpus: dict[int, LocalGpu] = {}  # checkpoint gpu_id -> where its kfd file put it
+        self._shared: dict[tuple[int, int], int] = {}  # needed exporter -> a dup of its dma-buf
+        # (addr, old pgoff) -> (new pgoff, local gpu_id whose render fd maps it, or None: /dev/kfd)
+        self._vma_moves: dict[tuple[int, int], tuple[int, int | None]] = {}
+        self._render_moves: dict[tuple[int, int], tuple[int, int]] = {}  # (minor, old) -> (new, gpu)
 
     @property
     def sim_device(self) -> SimDevice | None:
@@ -136,11 +183,19 @@ class AmdgpuPlugin(Plugin):
         """Task, after its fds are installed: close the channel ends it still holds, if any.
 
         A task with no kfd file never sent a command; one with kfd files has closed its end
-        already. Closes a number only if it still holds our socket (it may be reused).
+        already. Closes a number only if it still holds our socket (it may be reused). Runs
+        after the task's device VMAs have their fds (restore/task.py): what the backend kept
+        for them goes too.
         """
+        if self.backend is not None:
+            self.backend.forget_vma_targets()
         self._close_if_ours(self._orch_sock)
         self._close_if_ours(self._task_sock)
         self._orch_sock = self._task_sock = None
+        shared, self._shared = self._shared, {}  # the dma-buf dups kept for importers
+        made, self._made = self._made, {}  # restored ahead of a hook that never came
+        for fd in [*shared.values(), *made.values()]:
+            os.close(fd)
 
     # --- orchestrator: before any fork --------------------------------------------------
 
@@ -151,10 +206,15 @@ class AmdgpuPlugin(Plugin):
         if not ids:
             return
         self._kfd = {file_id: load_kfd_image(ctx.images, file_id) for file_id in ids}
+        self._load_shared_images(ctx)
         for task in ctx.plan.tasks:
             held = {f.file_id for f in task.files if isinstance(f, ExtFileEnd) and f.file_id in self._kfd}
             if held:
                 self._files_of[task.pid] = held
+            ours = [key for f in sorted((f for f in task.files if isinstance(f, ExtFileEnd)), key=lambda f: f.fd)
+                    if (key := self._key_of(f.file_id)) is not None]
+            if ours:
+                self._plugin_files_of[task.pid] = list(dict.fromkeys(ours))
         unused = set(self._kfd) - {i for held in self._files_of.values() for i in held}
         for file_id in sorted(unused):
             log.warning("amdgpu: %s: no task holds this file; its BOs are not restored", self._kfd[file_id].path.name)
@@ -164,12 +224,18 @@ class AmdgpuPlugin(Plugin):
 
         options = ctx.options
         if self.backend is None:
-            self.backend = _make_backend(options.get("gpu_backend", "kfd"))
+            self.backend = _make_backend(options.get("gpu_backend", "kfd"),
+                                         maps_devices=any(v.file is not None and v.file.plugin
+                                                          for task in ctx.plan.tasks for v in task.vmas))
         self._chunk_bytes = int(options.get("gpu_chunk_bytes") or DEFAULT_CHUNK_BYTES)
         rate = options.get("gpu_bytes_per_s")
         self._bytes_per_s = float(rate) if rate else None
         timeout = options.get("gpu_fill_timeout_s")
         self._fill_timeout_s = float(timeout) if timeout else None
+        self._shm_dir = options.get("gpu_shm_dir") or (hsakmt.SHM_DIR if self.backend.name == "kfd" else None)
+        self._sem_name = options.get("gpu_shm_sem_name") or hsakmt.HSAKMT_SEM_NAME
+        idle = options.get("gpu_idle_timeout_s")
+        self._idle_timeout_s = float(idle) if idle else IDLE_TIMEOUT_S
         self.parallel = bool(options.get("parallel_gpu", True))
         if self.parallel and len(ctx.plan.tasks) > 1:
             # CRIU's rule (parallel_disabled when the root has children, §5.9).
@@ -201,9 +267,10 @@ class AmdgpuPlugin(Plugin):
         device = self.sim_device
         self._pool = FillPool(
             self.backend, self._orch_sock, self._pages_path,
-            expected_commands=sum(len(ids) for ids in self._files_of.values()),
-            chunk_bytes=self._chunk_bytes, bytes_per_s_per_gpu=self._bytes_per_s,
-            check_command=self._check_command, on_filled=device.adopt if device is not None else None)
+            expected_commands=sum(1 for keys in self._plugin_files_of.values() for k in keys if k[0] != "dmabuf"),
+            chunk_bytes=self._chunk_bytes, bytes_per_s_per_gpu=self._bytes_per_s, idle_timeout_s=self._idle_timeout_s,
+            check_command=self._check_command, on_filled=device.adopt if device is not None else None,
+            source_path=self._source_path)
         self._pool.start()
 
     def _pages_path(self, kfd_id: int, gpu_id: int) -> Path:
@@ -214,12 +281,24 @@ class AmdgpuPlugin(Plugin):
             raise FillError(f"kfd file {kfd_id} has no pages file for this GPU", gpu_id)
         return pages.path
 
+    def _source_path(self, command: Command, entry: Entry) -> Path:
+        """The file an entry's bytes come from (fill-pool workers): a GPU's pages file, or a
+        render-node BO's own drm-pages file."""
+        if command.render_node:
+            return self._render[command.kfd_id].contents[entry.bo_index]
+        return self._pages_path(command.kfd_id, entry.gpu_id)
+
     def _check_command(self, command: Command) -> None:
         """Every entry must be exactly one VRAM/GTT BO of the kfd image, at its own GPU's offset.
 
         The receiver thread runs this before any copy: a task that computed offsets wrongly
         (upstream's multi-GPU bug, §5.12.1) is caught here, not after filling VRAM with garbage.
+        A render-node command must name BOs with contents of that render node, whole, from
+        offset 8 of their own files.
         """
+        if command.render_node:
+            self._check_render_command(command)
+            return
         what = f"command for kfd file {command.kfd_id}"
         image = self._kfd.get(command.kfd_id)
         if image is None:
@@ -244,24 +323,28 @@ class AmdgpuPlugin(Plugin):
     # --- task: installing its fds -------------------------------------------------------
 
     def restore_ext_file(self, ctx: RestoreContext, task: Task, ext: ExtFile) -> int | None:
-        """Re-create the BOs of a /dev/kfd file and hand their contents over; return the device fd.
+        """Restore a /dev/kfd, render-node or dma-buf file (BOs re-created, contents handed
+        over); return the fd to install.
 
-        Runs in the task, still Python, before its blob. None if ``ext`` is not a kfd file.
+        Runs in the task, still Python, before its blob. None if ``ext`` is none of ours.
         """
-        image = self._kfd.get(ext.file_id)
-        if image is None or self.backend is None:
+        key = self._key_of(ext.file_id)
+        if key is None or self.backend is None:
             return None
-        if ext.file_id in self._installed:
+        if key in self._installed:
             # Another fd of the same open file: CRIU dups the first one.
-            return os.dup(self._installed[ext.file_id])
+            return os.dup(self._installed[key])
         self._close_if_ours(self._orch_sock)  # the orchestrator's end is not ours to hold
         self._orch_sock = None
-        device_fd = self._restore_kfd(task, image)
-        self._installed[ext.file_id] = ext.fd
-        if set(self._installed) >= self._files_of.get(task.pid, set()):
-            self._close_if_ours(self._task_sock)  # the last kfd file of this task: no more commands
+        fd = self._made.pop(key, None)
+        if fd is None:
+            fd = self._make(task, key)
+        self._installed[key] = ext.fd
+        senders = {k for k in self._plugin_files_of.get(task.pid, []) if k[0] != "dmabuf"}
+        if senders <= set(self._installed) | set(self._made):
+            self._close_if_ours(self._task_sock)  # the task's last command is sent
             self._task_sock = None
-        return device_fd
+        return fd
 
     def _restore_kfd(self, task: Task, image: KfdImage) -> int:
         """open_device, restore_bos, then send (parallel) or fill and send (serial). The device fd."""
@@ -279,12 +362,23 @@ class AmdgpuPlugin(Plugin):
             gpus = backend.map_gpus(image.kfd)
             bos = backend.restore_bos(device_fd, image.kfd, {g: local.gpu_id for g, local in gpus.items()})
             command = self._command_for(image, gpus, bos, task)
+            self._gpus.update(gpus)
             for bo in bos:
-                self._vma_moves[(bo.addr, bo.old_offset)] = bo.restored_offset
+                self._vma_moves[(bo.addr, bo.old_offset)] = (bo.restored_offset, bo.local_gpu_id)
+                handle = image.kfd.bo_entries[bo.index].handle
+                if (bo.gpu_id, handle) in self._needed:  # an import or a dma-buf file will want it
+                    self._shared[(bo.gpu_id, handle)] = _keep(bo.dmabuf_fd)
+            # Doorbell and MMIO BOs (real KFD only): their VMAs stay on /dev/kfd, at new offsets.
+            for remap in getattr(backend, "vma_remaps", ()):
+                if not has_contents(remap.alloc_flags):
+                    self._vma_moves[(remap.addr, remap.old_offset)] = (remap.new_offset, None)
             if not self.parallel:
                 self._fill_serially(image, command, gpus)
                 command.already_filled = True
             self._send(command, task)
+            if self._shm_dir is not None:  # as CRIU, once the BOs are back
+                hsakmt.restore_shared_mem(image.kfd.shared_mem_size, image.kfd.shared_mem_magic, self._shm_dir,
+                                          self._sem_name)
         except BaseException as err:
             os.close(device_fd)
             if isinstance(err, (AmdgpuError, ChannelError, FillError)):
@@ -319,14 +413,19 @@ class AmdgpuPlugin(Plugin):
                        sender_pid=os.getpid())
 
     def _fill_serially(self, image: KfdImage, command: Command, gpus: dict[int, LocalGpu]) -> None:
-        """Serial mode: copy every BO here, one GPU after the other, in the task's only thread.
+        """Serial mode: copy every BO here, before the blob, one GPU after the other.
 
-        No thread may exist in a task that is about to enter its blob, so unlike CRIU's
-        serial path (one pthread per GPU) the GPUs are filled one after another.
+        CRIU's serial path fills the GPUs side by side (a pthread each); a task here cannot
+        start a thread: it is seized with PTRACE_O_TRACECLONE (its blob's threads must be
+        traced from their first instruction), so a new thread would stop at its creation
+        until the orchestrator resumed it, which it does not do while the task prepares.
+        The fill reports progress on the channel, so the orchestrator judges the task by
+        its progress, not by how long its fill takes. (Parallel mode fills GPUs side by side.)
         """
         assert self.backend is not None, "_fill_serially: no backend"
+        backend = self.backend
         for record in command.gpus:
-            self.backend.prepare_fill(record.gpu_id, gpus[record.gpu_id])
+            backend.prepare_fill(record.gpu_id, gpus[record.gpu_id])
             pages = image.gpus[record.gpu_id]
             assert pages.path is not None, f"_fill_serially: gpu {record.gpu_id:#x} has BOs but no pages file"
             throttle = Throttle(self._bytes_per_s)
@@ -340,15 +439,212 @@ class AmdgpuPlugin(Plugin):
                     if problem:
                         raise FillError(problem, entry.gpu_id, entry.bo_index, image.file_id)
                     try:
-                        copy_bo(self.backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle)
+                        copy_bo(backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle,
+                                on_chunk=self._report_progress)
                     except (PycrestoreError, OSError) as err:
                         if isinstance(err, FillError):
                             raise
                         raise FillError(str(err), entry.gpu_id, entry.bo_index, image.file_id) from err
                     finally:
-                        self.backend.release_bo(bo_fd)
+                        backend.release_bo(bo_fd)
             finally:
                 os.close(src_fd)
+
+    def _report_progress(self) -> None:
+        """Task, serial fill: send PROGRESS at most every PROGRESS_INTERVAL_S.
+
+        Skipped while another task of the tree holds the channel: its message restarts the
+        orchestrator's idle wait just as well.
+        """
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        sock = self._task_sock
+        if sock is None or not self._is_ours(sock):
+            return
+        lock = self._send_lock
+        if lock is not None and not lock.acquire(block=False):
+            return
+        try:
+            send_progress(sock)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # --- render nodes and dma-bufs --------------------------------------------------------
+
+    def _load_shared_images(self, ctx: RestoreContext) -> None:
+        """Orchestrator, restore_init: read every render-node and dma-buf image, check the handles.
+
+        Exporters are the KFD VRAM/GTT BOs and the created render-node BOs, keyed (checkpoint
+        gpu_id, handle): handles are numbers of one DRM file, so two GPUs may reuse one (a
+        single handle-keyed table, as upstream keeps, would confuse them). Every import must
+        find an exporter on its own GPU; every dma-buf file exactly one exporter.
+        """
+        gpu_ids = {gpu for image in self._kfd.values() for gpu in image.gpus}
+        for image in self._kfd.values():
+            for index, bo in enumerate(image.kfd.bo_entries):
+                if has_contents(bo.alloc_flags) and bo.handle != NO_HANDLE:
+                    self._add_exporter(image.path.name, (bo.gpu_id, bo.handle), ("kfd", image.file_id, index))
+        self._render = {i: load_render_image(ctx.images, i, gpu_ids) for i in render_file_ids(ctx.images)}
+        for render in self._render.values():
+            for index, bo in enumerate(render.node.bo_entries):
+                if not bo.is_import:
+                    self._add_exporter(render.path.name, (render.node.gpu_id, bo.handle),
+                                       ("render", render.file_id, index))
+        for render in self._render.values():
+            for index, bo in enumerate(render.node.bo_entries):
+                key = (render.node.gpu_id, bo.handle)
+                if bo.is_import:
+                    if key not in self._exporters:
+                        raise BadRecord(str(render.path), f"BO {index} imports handle {bo.handle} of gpu_id "
+                                        f"{key[0]:#x}, which no KFD or render-node BO of the checkpoint exports")
+                    self._needed.add(key)
+        for file_id in dmabuf_file_ids(ctx.images):
+            handle = load_dmabuf_handle(ctx.images, file_id)
+            found = [key for key in self._exporters if key[1] == handle]
+            if len(found) != 1:
+                raise BadRecord(str(ctx.images.path(f"amdgpu-dmabuf_{file_id}.img")),
+                                f"gem_handle {handle} names {len(found)} exported BOs (GPUs "
+                                f"{', '.join(f'{g:#x}' for g, _ in found) or 'none'}), expected exactly one")
+            self._dmabuf[file_id] = found[0]
+            self._needed.add(found[0])
+
+    def _add_exporter(self, where: str, key: tuple[int, int], value: tuple[str, int, int]) -> None:
+        if key in self._exporters:
+            raise BadRecord(where, f"handle {key[1]} of gpu_id {key[0]:#x} is exported twice "
+                            f"({self._exporters[key][0]} file {self._exporters[key][1]} and this one)")
+        self._exporters[key] = value
+
+    def _key_of(self, file_id: int) -> FileKey | None:
+        """Which of our files the ExtFileEntry ``file_id`` is, or None."""
+        for kind, table in (("kfd", self._kfd), ("render", self._render), ("dmabuf", self._dmabuf)):
+            if file_id in table:
+                return (kind, file_id)
+        return None
+
+    def _make(self, task: Task, key: FileKey) -> int:
+        """Restore one of our files in the task and return its fd.
+
+        Order: a render node needs the task's kfd files first (their GPU map, their BOs it
+        imports: CRIU leaves this order to chance and fails otherwise) and the render nodes
+        that export its imports; a dma-buf file needs every file of the task. Files restored
+        ahead of their own hook wait in ``_made``.
+        """
+        kind, file_id = key
+        if kind == "kfd":
+            return self._restore_kfd(task, self._kfd[file_id])
+        for other in self._plugin_files_of.get(task.pid, []):
+            if other == key or other[0] == "dmabuf" or other in self._installed or other in self._made:
+                continue
+            if other[0] == "kfd" or kind == "dmabuf" or self._exports_to(other[1], file_id):
+                # Parked: the task's own fds are dup2()ed to their numbers before its hook comes.
+                self._made[other] = files.park(self._make(task, other))
+        if kind == "render":
+            return self._restore_render(task, self._render[file_id])
+        gpu_handle = self._dmabuf[file_id]
+        if gpu_handle not in self._shared:
+            raise AmdgpuError(f"amdgpu-dmabuf_{file_id}.img: the BO with handle {gpu_handle[1]} of gpu_id "
+                              f"{gpu_handle[0]:#x} is not restored in this task", pid=task.pid)
+        return os.dup(self._shared[gpu_handle])
+
+    def _exports_to(self, exporter_id: int, importer_id: int) -> bool:
+        """Whether render node ``exporter_id`` holds a BO that render node ``importer_id`` imports."""
+        importer = self._render[importer_id].node
+        return any(self._exporters.get((importer.gpu_id, bo.handle), ("", 0, 0))[:2] == ("render", exporter_id)
+                   for bo in importer.bo_entries if bo.is_import)
+
+    def _restore_render(self, task: Task, image: RenderImage) -> int:
+        """A render-node file: its BOs in the GPU's DRM file, contents sent or filled. Its fd."""
+        backend = self.backend
+        assert backend is not None, "_restore_render: no backend"
+        node, name = image.node, image.path.name
+        local = self._gpus.get(node.gpu_id)
+        if local is None:
+            raise AmdgpuError(f"{name}: render node of gpu_id {node.gpu_id:#x} in a task with no /dev/kfd file "
+                              "mapping that GPU (CRIU maps render nodes with the kfd image's topology)", pid=task.pid)
+
+        def import_fd(handle: int) -> int:
+            fd = self._shared.get((node.gpu_id, handle))
+            if fd is None:
+                raise AmdgpuError(f"{name}: imports handle {handle}, whose exporter is not restored in this task",
+                                  pid=task.pid)
+            return fd
+
+        bos: list[RestoredDrmBo] = []
+        render_fd = -1
+        try:
+            render_fd, bos = backend.restore_render_node(node, local, import_fd)
+            for bo in bos:
+                if bo.new_offset is not None:
+                    self._render_moves[(node.drm_render_minor, bo.old_offset)] = (bo.new_offset, local.gpu_id)
+                if bo.dmabuf_fd >= 0 and (node.gpu_id, bo.handle) in self._needed:
+                    self._shared[(node.gpu_id, bo.handle)] = _keep(bo.dmabuf_fd)
+            filled = [bo for bo in bos if bo.index in image.contents]
+            command = Command(kfd_id=image.file_id, gpus=[GpuRecord(node.gpu_id, local.gpu_id, local.minor)],
+                              entries=[Entry(gpu_id=node.gpu_id, fd_index=i, bo_index=bo.index,
+                                             file_offset=PAGES_HEADER.size, size_bytes=bo.size)
+                                       for i, bo in enumerate(filled)],
+                              fds=[bo.dmabuf_fd for bo in filled], sender_pid=os.getpid(), render_node=True)
+            if not self.parallel:
+                self._fill_render_serially(image, command, local)
+                command.already_filled = True
+            self._send(command, task)
+        except BaseException as err:
+            if render_fd >= 0:
+                os.close(render_fd)
+            if isinstance(err, (AmdgpuError, ChannelError, FillError)):
+                raise
+            if isinstance(err, (PycrestoreError, OSError)):
+                raise AmdgpuError(f"{name}: {err}", pid=task.pid) from err
+            raise
+        finally:
+            for bo in bos:
+                if bo.dmabuf_fd >= 0:
+                    os.close(bo.dmabuf_fd)
+        return render_fd
+
+    def _fill_render_serially(self, image: RenderImage, command: Command, local: LocalGpu) -> None:
+        """Serial mode: copy a render node's BOs here, each from its own drm-pages file."""
+        assert self.backend is not None, "_fill_render_serially: no backend"
+        if not command.entries:
+            return
+        gpu_id = command.gpus[0].gpu_id
+        self.backend.prepare_fill(gpu_id, local)
+        throttle = Throttle(self._bytes_per_s)
+        for entry in command.entries:
+            bo_fd = command.fds[entry.fd_index]
+            src_fd = os.open(image.contents[entry.bo_index], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                problem = check_ranges(entry, src_fd, bo_fd)
+                if problem:
+                    raise FillError(problem, gpu_id, entry.bo_index, image.file_id)
+                copy_bo(self.backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle,
+                        on_chunk=self._report_progress)
+            except (PycrestoreError, OSError) as err:
+                if isinstance(err, FillError):
+                    raise
+                raise FillError(str(err), gpu_id, entry.bo_index, image.file_id) from err
+            finally:
+                self.backend.release_bo(bo_fd)
+                os.close(src_fd)
+
+    def _check_render_command(self, command: Command) -> None:
+        """A render-node command names that node's BOs with contents, whole, from their files' offset 8."""
+        what = f"command for render-node file {command.kfd_id}"
+        image = self._render.get(command.kfd_id)
+        if image is None:
+            raise ChannelError(what, f"no amdgpu-renderD-{command.kfd_id}.img in the images", command.kfd_id,
+                               command.sender_pid)
+        for i, entry in enumerate(command.entries):
+            bos = image.node.bo_entries
+            if (entry.bo_index not in image.contents or entry.gpu_id != image.node.gpu_id
+                    or (entry.file_offset, entry.size_bytes, entry.bo_offset)
+                    != (PAGES_HEADER.size, bos[entry.bo_index].size, 0)):
+                raise ChannelError(what, f"entry {i}: BO {entry.bo_index} of gpu_id {entry.gpu_id:#x}, "
+                                   f"{entry.size_bytes} bytes at file offset {entry.file_offset}: not a BO with "
+                                   f"contents of {image.path.name}, whole", command.kfd_id, command.sender_pid)
 
     def _send(self, command: Command, task: Task) -> None:
         """Send ``command`` on the task end (one sender at a time when the tree has several tasks)."""
@@ -385,15 +681,31 @@ class AmdgpuPlugin(Plugin):
 
     def update_vma_map(self, ctx: RestoreContext, task: Task, path: str, start: int,
                        pgoff: int) -> tuple[int, int | None] | None:
-        """The new mmap offset of a BO mapped at ``start`` with the image's ``pgoff``.
+        """Where a device VMA at ``start`` with the image's ``pgoff`` maps now: (new pgoff, fd).
 
-        The fd is None: the VMA is mapped by reopening its path, as CRIU does for /dev/kfd.
+        As CRIU's amdgpu_plugin_update_vmamap: a /dev/kfd VMA (doorbell, MMIO) is mapped by
+        reopening /dev/kfd (fd None); a render-node VMA must be mapped through the DRM file
+        that holds the BO (DRM refuses mmap through another open of the node), so the fd is
+        a new dup of the task's render fd for that GPU, owned by the caller (the backend's
+        vma_target: simgpu answers with the BO's memfd at offset 0). KFD BOs are
+        found by (address, offset) -- KFD maps them at the same CPU and GPU address; a
+        render-node BO by (minor, offset): its CPU mapping need not be at its GPU address
+        (CRIU compared the GPU address with the VMA start and missed them).
         """
         path = re.sub("/+", "/", path)
-        if path != KFD_DEVICE_PATH and not path.startswith(RENDER_NODE_PREFIX):
+        is_kfd = path == KFD_DEVICE_PATH
+        if not is_kfd and not path.startswith(RENDER_NODE_PREFIX):
             return None
-        new = self._vma_moves.get((start, pgoff))
-        return None if new is None else (new, None)
+        found = self._vma_moves.get((start, pgoff))
+        if found is None and not is_kfd:
+            minor = path[len(RENDER_NODE_PREFIX):]
+            found = self._render_moves.get((int(minor), pgoff)) if minor.isdigit() else None
+        if found is None:
+            return None
+        new_pgoff, local_gpu = found
+        if is_kfd or local_gpu is None or self.backend is None:
+            return (new_pgoff, None)
+        return self.backend.vma_target(local_gpu, new_pgoff)
 
     # --- orchestrator: after the blobs --------------------------------------------------
 
@@ -429,14 +741,22 @@ class AmdgpuPlugin(Plugin):
                 self.sim_device.close()
 
 
-def _make_backend(name: str) -> GpuBackend:
-    """The backend called ``name`` in the options."""
+def _keep(fd: int) -> int:
+    """A dup of ``fd`` that the task keeps while it installs its fds: in the temporary range
+    (files.park), where no image fd number will be dup2()ed over it."""
+    return files.park(os.dup(fd))
+
+
+def _make_backend(name: str, maps_devices: bool = True) -> GpuBackend:
+    """The backend called ``name`` in the options. The fds it keeps in a task (its render
+    nodes) are parked above the image's fds, as every temporary of a task is. Without
+    device VMAs (``maps_devices``), simgpu keeps no BO for them (one fd per BO)."""
     if name == "sim":
-        return SimBackend()
+        return SimBackend(park_fd=files.park, keep_vma_targets=maps_devices)
     if name == "kfd":
         from pycriu_restore.plugins.amdgpu.kfd_backend import KfdBackend  # the real GPU: only when asked
 
-        return KfdBackend()
+        return KfdBackend(park_fd=files.park)
     raise AmdgpuError(f"amdgpu: gpu_backend is {name!r}, expected one of {', '.join(BACKENDS)}")
 
 

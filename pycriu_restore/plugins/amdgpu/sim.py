@@ -11,6 +11,9 @@ backend:
                                                BO's size (reads as zeros, as a new BO)
     SDMA copy from a staging buffer            pread/pwrite through a reused buffer, GIL
                                                released; holes of the pages file skipped
+    mmap of a BO through the DRM file at its   mmap of the BO's memfd at 0: vma_target
+    new offset (a device VMA)                  answers with a dup of it (simgpu has no
+                                               mmap offset space; the memfd is the BO)
     KFD_CRIU_OP_RESUME(pid)                    the pid is recorded in ``resumed``
     VRAM, checked after the restore            :class:`SimDevice`: the orchestrator keeps a
                                                dup of every BO fd the tasks send, in both
@@ -23,17 +26,22 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 import threading
 import zlib
 
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
 from pycriu_restore.images.schemas import amdgpu_pb2
-from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo
+from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo
 from pycriu_restore.plugins.amdgpu.channel import Command
-from pycriu_restore.plugins.amdgpu.images import has_contents
+from pycriu_restore.plugins.amdgpu.images import gpu_entries, has_contents
 
 SIM_KFD_NAME = "simgpu-kfd"
 SIM_BO_NAME = "simgpu-bo-{gpu_id:04x}-{index}"
+SIM_RENDER_NAME = "simgpu-renderD{minor}"      # the task's one DRM file per GPU
+SIM_DRM_BO_NAME = "simgpu-drm-bo-{gpu_id:04x}-{handle}"
+# Render-node BOs' new mmap offsets: apart from the KFD ones, one page per BO made.
+SIM_RENDER_OFFSET_BASE = 0x5134 << 36
 # New mmap offsets the simulated kernel hands out (the real one makes fresh ones too):
 # SIM_MMAP_OFFSET_BASE + the BO's index in pages, well apart from any image's offsets.
 SIM_MMAP_OFFSET_BASE = 0x5133 << 36
@@ -53,15 +61,32 @@ class SimBackend:
 
     name = "sim"
 
-    def __init__(self) -> None:
+    def __init__(self, park_fd: Callable[[int], int] | None = None, keep_vma_targets: bool = True) -> None:
+        # Moves an fd the task keeps (its render "DRM files") out of the image's fd numbers.
+        self.park_fd = park_fd
+        # Whether a task keeps a dup of each BO for vma_target (False: the images map none).
+        self.keep_vma_targets = keep_vma_targets
         # orchestrator only: what the tasks handed over, and whom we resumed.
         self.device = SimDevice()
         self.resumed: list[int] = []
         self._buffers = threading.local()  # one copy buffer per filling thread
+        # restored task only: local gpu_id -> its "DRM file", the handles restored in it
+        self._render_fds: dict[int, int] = {}
+        self._minors: dict[int, int] = {}
+        self._drm_done: dict[int, set[int]] = {}
+        self._drm_bos_made = 0
+        # (local gpu_id, new mmap offset) -> a parked dup of the BO's memfd, for vma_target;
+        # closed by forget_vma_targets, so that no BO stays open in the restored task.
+        self._vma_targets: dict[tuple[int, int], int] = {}
 
     def map_gpus(self, kfd: amdgpu_pb2.CriuKfd) -> dict[int, LocalGpu]:
-        """Each checkpointed GPU is restored on itself (same gpu_id and render minor)."""
-        return {d.gpu_id: LocalGpu(d.gpu_id, d.drm_render_minor) for d in kfd.device_entries}
+        """Each checkpointed GPU is restored on itself (same gpu_id and render minor).
+
+        CPU nodes (gpu_id 0) are part of the image's topology but are not GPUs to map.
+        """
+        gpus = {d.gpu_id: LocalGpu(d.gpu_id, d.drm_render_minor) for d in gpu_entries(kfd)}
+        self._minors.update({local.gpu_id: local.minor for local in gpus.values()})
+        return gpus
 
     def open_device(self) -> int:
         """A memfd named "simgpu-kfd", in the task's fd table where /dev/kfd was."""
@@ -72,6 +97,8 @@ class SimBackend:
 
         On failure the memfds made so far are closed and SimGpuError names the BO.
         """
+        for local_gpu_id in gpu_map.values():
+            self.render_fd(local_gpu_id)  # KFD gets one DRM file per GPU: the task keeps it
         out: list[RestoredBo] = []
         try:
             for index, bo in enumerate(kfd.bo_entries):
@@ -91,11 +118,85 @@ class SimBackend:
                 except OSError as err:
                     raise SimGpuError(f"simgpu: BO {index} (gpu_id {bo.gpu_id:#x}): cannot make {bo.size} "
                                       f"bytes: {err.strerror}") from err
+                self._keep_vma_target(out[-1].local_gpu_id, out[-1].restored_offset, fd)
         except BaseException:
             for restored in out:
                 os.close(restored.dmabuf_fd)
             raise
         return out
+
+    def render_fd(self, local_gpu_id: int) -> int:
+        """The task's simulated DRM file of a GPU: a memfd named "simgpu-renderD<minor>",
+        made on first use (by restore_bos, as the real backend opens one per GPU for KFD)."""
+        if local_gpu_id not in self._render_fds:
+            minor = self._minors.get(local_gpu_id, 0)
+            fd = os.memfd_create(SIM_RENDER_NAME.format(minor=minor), os.MFD_CLOEXEC)
+            self._render_fds[local_gpu_id] = self.park_fd(fd) if self.park_fd is not None else fd
+        return self._render_fds[local_gpu_id]
+
+    def restore_render_node(self, node: amdgpu_pb2.CriuRenderNode, local: LocalGpu,
+                            import_fd: Callable[[int], int]) -> tuple[int, list[RestoredDrmBo]]:
+        """A memfd per created BO; an import is checked to be an open fd (its exporter's) and
+        gets none. One simulated DRM file per GPU, shared by its render nodes, as on hardware."""
+        self._minors.setdefault(local.gpu_id, local.minor)
+        render_fd = self.render_fd(local.gpu_id)
+        done = self._drm_done.setdefault(local.gpu_id, set())
+        out: list[RestoredDrmBo] = []
+        try:
+            for index, bo in enumerate(node.bo_entries):
+                if bo.handle in done:
+                    continue
+                dmabuf_fd = -1
+                new_offset = SIM_RENDER_OFFSET_BASE + (self._drm_bos_made + 1) * _PAGE_BYTES
+                if bo.is_import:
+                    exporter = import_fd(bo.handle)
+                    os.fstat(exporter)  # the exporter's dma-buf must be open
+                    self._keep_vma_target(local.gpu_id, new_offset, exporter)  # an import maps its memory
+                else:
+                    dmabuf_fd = os.memfd_create(SIM_DRM_BO_NAME.format(gpu_id=node.gpu_id, handle=bo.handle),
+                                                os.MFD_CLOEXEC)
+                    try:
+                        os.ftruncate(dmabuf_fd, bo.size)  # reads as zeros, as a new BO
+                        self._keep_vma_target(local.gpu_id, new_offset, dmabuf_fd)
+                    except BaseException:
+                        os.close(dmabuf_fd)
+                        raise
+                self._drm_bos_made += 1
+                out.append(RestoredDrmBo(index=index, handle=bo.handle, size=bo.size, dmabuf_fd=dmabuf_fd,
+                                         old_offset=bo.offset, new_offset=new_offset))
+                done.add(bo.handle)
+            return os.dup(render_fd), out
+        except BaseException:
+            for restored in out:
+                if restored.dmabuf_fd >= 0:
+                    os.close(restored.dmabuf_fd)
+            raise
+
+    def _keep_vma_target(self, local_gpu_id: int, offset: int, bo_fd: int) -> None:
+        """Keep a dup of a BO's memfd for the device VMAs that map ``offset`` (vma_target)."""
+        if not self.keep_vma_targets:
+            return
+        dup = os.dup(bo_fd)
+        self._vma_targets[(local_gpu_id, offset)] = self.park_fd(dup) if self.park_fd is not None else dup
+
+    def vma_target(self, local_gpu_id: int, offset: int) -> tuple[int, int]:
+        """The BO at ``offset`` of the GPU's simulated DRM file: (0, a new dup of its memfd).
+
+        simgpu's DRM file holds no memory (a sparse memfd at 2**50 would, but the BOs are
+        memfds of their own that the fill writes), so the VMA maps the BO's memfd itself:
+        the restored task sees the BO's contents, filled before or after the blob maps it.
+        """
+        fd = self._vma_targets.get((local_gpu_id, offset))
+        if fd is None:
+            raise SimGpuError(f"simgpu: no BO at mmap offset {offset:#x} of GPU {local_gpu_id:#x} "
+                              f"(offsets: {', '.join(f'{o:#x}' for g, o in sorted(self._vma_targets) if g == local_gpu_id) or 'none'})")
+        return 0, os.dup(fd)
+
+    def forget_vma_targets(self) -> None:
+        """Close the BO dups kept for vma_target: the restored task holds no BO fd of ours."""
+        targets, self._vma_targets = self._vma_targets, {}
+        for fd in targets.values():
+            os.close(fd)
 
     def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
         """Nothing to open: a memfd needs no render node."""
@@ -159,18 +260,21 @@ class SimDevice:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # guarded by _lock: (checkpoint gpu_id, BO index) -> (fd, size in bytes)
+        # guarded by _lock: (checkpoint gpu_id, BO index) -> (fd, size in bytes) for KFD BOs,
+        # (render-node file id, BO index) -> (fd, size) for render-node BOs
         self._bos: dict[tuple[int, int], tuple[int, int]] = {}
+        self._render_bos: dict[tuple[int, int], tuple[int, int]] = {}
 
     def adopt(self, command: Command) -> None:
         """Keep a dup of each BO fd of ``command``, keyed by its GPU and image index."""
         with self._lock:
+            table = self._render_bos if command.render_node else self._bos
             for entry in command.entries:
-                key = (entry.gpu_id, entry.bo_index)
-                if key in self._bos:
+                key = (command.kfd_id, entry.bo_index) if command.render_node else (entry.gpu_id, entry.bo_index)
+                if key in table:
                     continue  # another entry of the same BO
                 fd = os.dup(command.fds[entry.fd_index])
-                self._bos[key] = (fd, os.fstat(fd).st_size)
+                table[key] = (fd, os.fstat(fd).st_size)
 
     def keys(self) -> list[tuple[int, int]]:
         """The (gpu_id, BO index) of every BO held, sorted."""
@@ -184,24 +288,36 @@ class SimDevice:
         return os.pread(fd, bo_bytes - offset if size is None else size, offset)
 
     def checksums(self) -> dict[tuple[int, int], int]:
-        """zlib.crc32 of every BO held, read in COPY_BUFFER_BYTES chunks."""
+        """zlib.crc32 of every KFD BO held, read in COPY_BUFFER_BYTES chunks."""
         with self._lock:
             bos = dict(self._bos)
-        out = {}
-        for key, (fd, bo_bytes) in bos.items():
-            crc = 0
-            for offset in range(0, bo_bytes, COPY_BUFFER_BYTES):
-                crc = zlib.crc32(os.pread(fd, min(COPY_BUFFER_BYTES, bo_bytes - offset), offset), crc)
-            out[key] = crc
-        return out
+        return _checksums(bos)
+
+    def render_checksums(self) -> dict[tuple[int, int], int]:
+        """zlib.crc32 of every render-node BO held, keyed (render file id, BO index)."""
+        with self._lock:
+            bos = dict(self._render_bos)
+        return _checksums(bos)
 
     def close(self) -> None:
         """Close every BO fd held."""
         with self._lock:
             bos, self._bos = self._bos, {}
-        for fd, _ in bos.values():
+            render, self._render_bos = self._render_bos, {}
+        for fd, _ in [*bos.values(), *render.values()]:
             os.close(fd)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._bos)
+
+
+def _checksums(bos: dict[tuple[int, int], tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """zlib.crc32 of each (fd, size) BO, read in COPY_BUFFER_BYTES chunks."""
+    out = {}
+    for key, (fd, bo_bytes) in bos.items():
+        crc = 0
+        for offset in range(0, bo_bytes, COPY_BUFFER_BYTES):
+            crc = zlib.crc32(os.pread(fd, min(COPY_BUFFER_BYTES, bo_bytes - offset), offset), crc)
+        out[key] = crc
+    return out
