@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import FIXTURES_MORE, ensure_criu, kill_session, pid_max_at_least  # noqa: E402
+from conftest import FIXTURES_MORE, ensure_criu, kill_session, needs_fixtures_more, pid_max_at_least  # noqa: E402
 from pycriu_restore.blob.status import STEP_NAMES  # noqa: E402
 from pycriu_restore.errors import EXIT_RESTORE  # noqa: E402
 
@@ -199,6 +199,7 @@ def _install_evloop() -> None:
     subprocess.run([str(FIXTURES_MORE / "install.sh"), "evloop"], check=True, capture_output=True)
 
 
+@needs_fixtures_more
 @pytest.mark.parametrize("point", GPU_POINTS)
 def test_amdgpu_fault_point_fails_cleanly(gpu_images, point):
     outcome = run_point(point, gpu_images, (EVLOOP_PID,), ["--gpu-backend", "sim"], install=_install_evloop)
