@@ -171,6 +171,16 @@ def apply(d: Path, ops: list[Op], structural_only: bool = False) -> list[str]:
                         known = {e.id for e in load_image(d / "files.img").entries} if (d / "files.img").exists() else set()
                         choices = [v for v in (0, max(known, default=0) + 1, (1 << 32) - 1) if v not in known]
                     new = choices[op.value % len(choices)]
+                elif structural_only and path.name.startswith("pagemap-") and name == "vaddr":
+                    # A page run moved by whole pages into a hole of its VMA is, again,
+                    # another valid checkpoint (other bytes at those addresses, as if a
+                    # page's content had changed). For real restores the address becomes
+                    # one a check must catch: not page-aligned, outside every VMA (0, the
+                    # top page), or another run's (overlap).
+                    old = msg.vaddr
+                    others = [e.vaddr for j, e in enumerate(image.entries) if j and j != i]
+                    choices = [old + 1, old - 1, 0, (1 << 64) - 4096] + others
+                    new = choices[op.value % len(choices)]
                 else:
                     old = getattr(msg, fd.name)[index] if index is not None else getattr(msg, fd.name)
                     new = _value(old, op.value, op.raw, bits)

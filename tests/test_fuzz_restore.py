@@ -45,3 +45,15 @@ def test_mutated_checkpoints_restore_or_refuse(tmp_path):
     assert any(o.startswith("exit") and o != "exit 0 PASS" for o in outcomes), outcomes
     if N_CASES >= 60:
         assert outcomes.get("exit 0 PASS", 0) >= 1, outcomes
+
+
+def test_failed_tree_restore_leaves_no_zombie_for_init(tmp_path):
+    """Found by the long run (seed 13: a pipes VMA's flags 2 -> 1054, the blob's mmap fails
+    with EINVAL): the child task, killed with its parent, stayed a zombie until init reaped
+    it, after pycrestore had exited. The orchestrator is now the tree's subreaper while it
+    holds it, so the rollback reaps every task itself; the fuzz case checks at once."""
+    if os.geteuid() != 0:
+        pytest.fail("real restores need root")
+    with pid_max_at_least(32768):
+        outcome, message, done = fuzz_restore.restore_case(tmp_path, 13, timeout=60)
+    assert (outcome, done) == ("exit 5", ["mm-31300.img[0].vmas[15].flags: 2 -> 1054"]), (outcome, message, done)

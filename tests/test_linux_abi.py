@@ -76,6 +76,8 @@ GLIBC_CONSTANTS: dict[tuple[ModuleType, str], str] = {
     (taskinfo, "KCMP_FILE"): "KCMP_FILE",
     (selfctl, "PR_SET_DUMPABLE"): "PR_SET_DUMPABLE",
     (selfctl, "PR_SET_NAME"): "PR_SET_NAME",
+    (selfctl, "PR_SET_CHILD_SUBREAPER"): "PR_SET_CHILD_SUBREAPER",
+    (selfctl, "PR_GET_CHILD_SUBREAPER"): "PR_GET_CHILD_SUBREAPER",
     (selfctl, "SIGACTION_SIZE"): "sizeof(struct sigaction)",
     (anonfds, "SYS_SIGNALFD4"): "__NR_signalfd4",
     (anonfds, "EPOLL_EVENT_SIZE"): "sizeof(struct epoll_event)",

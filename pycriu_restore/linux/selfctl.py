@@ -1,5 +1,6 @@
 """What a task sets on itself that Python's stdlib cannot set from any thread: a signal's
-default action (sigaction(2)), its name and its dumpable flag (prctl(2)).
+default action (sigaction(2)), its name, its dumpable flag and its child-subreaper flag
+(prctl(2)).
 
 ``signal.signal`` would do the first, but only in the interpreter's main thread, and a task
 forked by clone3 is a copy of whichever thread called ``restore()``. Numbers from
@@ -16,6 +17,8 @@ from pycriu_restore.linux.libc import libc_function, raise_errno
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 TASK_COMM_LEN = 16  # <linux/sched.h>: comm holds 15 bytes and a NUL
 # sizeof(struct sigaction) in glibc's <signal.h> on x86-64: handler, 1024-bit mask, flags,
 # restorer. All zeros is SIG_DFL with an empty mask and no flags.
@@ -47,3 +50,20 @@ def set_dumpable(dumpable: bool) -> None:
     with os_errors("prctl(PR_SET_DUMPABLE)"):
         if _prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) != 0:
             raise_errno("prctl(PR_SET_DUMPABLE)")
+
+
+def child_subreaper() -> bool:
+    """PR_GET_CHILD_SUBREAPER: whether orphaned descendants are reparented to this process."""
+    value = ctypes.c_int(0)
+    with os_errors("prctl(PR_GET_CHILD_SUBREAPER)"):
+        if _prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(value), 0, 0, 0) != 0:
+            raise_errno("prctl(PR_GET_CHILD_SUBREAPER)")
+    return bool(value.value)
+
+
+def set_child_subreaper(on: bool) -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants come to this process (and it may reap
+    them) instead of to the pid namespace's init."""
+    with os_errors("prctl(PR_SET_CHILD_SUBREAPER)"):
+        if _prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            raise_errno("prctl(PR_SET_CHILD_SUBREAPER)")

@@ -37,7 +37,7 @@ from pycriu_restore.blob import abi
 from pycriu_restore.blob.kernel_frame import fresh_task_frame
 from pycriu_restore.blob.status import decode_status
 from pycriu_restore.images import ImageSet
-from pycriu_restore.linux import ptrace, syscalls
+from pycriu_restore.linux import ptrace, selfctl, syscalls
 from pycriu_restore.linux.waitstatus import StopKind
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
@@ -190,6 +190,11 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
     pidns: PidNamespace | None = None
     netns: NetNamespace | None = None
     failed = True
+    # While tasks are held, their orphans come to us rather than to init: the task of a
+    # killed parent is then ours to reap, and a failed restore returns with nothing left,
+    # not even a zombie waiting for init. Put back before the tree runs.
+    was_subreaper = selfctl.child_subreaper()
+    selfctl.set_child_subreaper(True)
     try:
         _notify_point(options, Notify.PRE_RESTORE, None)
         for plugin in plugins:  # RESTORE_INIT: before any fork, so the tasks inherit its IPC
@@ -251,6 +256,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
                 _notify_point(options, Notify.NETWORK_UNLOCK, None)
             connections.release({s.task.pid: s.pid for s in spawned})
             _notify_point(options, Notify.PRE_RESUME, root_pid)  # the last moment tasks are held
+            selfctl.set_child_subreaper(was_subreaper)  # the running tree's orphans go where they would
             for s in spawned:  # all together, at the very end, parents first
                 if s.task.state is TaskState.STOPPED:
                     # As CRIU's finalize_restore: queued while the task is still held, the
@@ -267,6 +273,7 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         raise
     finally:
         with interruption.deferred():  # a stop signal waits until all is released (interruption.py)
+            selfctl.set_child_subreaper(was_subreaper)
             connections.unlock()  # after release() a no-op; on failure the lock goes with the tree
             if netns is not None:  # the tasks hold it now; on failure it goes with its links
                 netns.close()

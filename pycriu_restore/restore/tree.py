@@ -73,6 +73,9 @@ class Rollback:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # Parents first (victims is in creation order): by the time a parent is reaped, its
+        # children are ours (the orchestrator is their subreaper while the restore runs), so
+        # each wait below reaps for good, and nothing is left for init to reap later.
         for pid in victims:
             for tid in [t for t in threads[pid] if t != pid] + [pid]:
                 try:  # __WALL: as their tracer we may reap tasks that are not our children
