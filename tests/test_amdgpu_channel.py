@@ -196,7 +196,7 @@ def test_eof_inside_a_message_from_a_child_is_an_error_not_a_hang(pair, cut):
         else:
             with pytest.raises(ChannelError) as info:
                 receive(b)
-            assert f"stream ended after" in str(info.value) or "stream ended before the fds" in str(info.value)
+            assert "stream ended after" in str(info.value) or "stream ended before the fds" in str(info.value)
     finally:
         os.waitpid(pid, 0)
     assert time.monotonic() - start < 2.0

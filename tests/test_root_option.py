@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import UnsupportedFeature
 from pycriu_restore.plan.model import OpenFile
 from pycriu_restore.plan.reroot import reroot, under
-from test_inherit_fd import PID, ROOT, _end, _read_lines, dumped  # noqa: F401 - the fixture
+from test_inherit_fd import PID, _end, _read_lines, _restore, dumped  # noqa: F401 - the fixture
 
 EXIT_UNSUPPORTED, EXIT_ENVIRONMENT = 3, 4
 
@@ -50,11 +48,6 @@ def _copy_named_files(images: Path, new_root: Path) -> None:
         Path(under(str(new_root), t.cwd)).mkdir(parents=True, exist_ok=True)
 
 
-def _restore(images: Path, *extra: str, pass_fds=()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-d", "-D", str(images), *extra],
-                          capture_output=True, text=True, cwd=ROOT, pass_fds=pass_fds, timeout=120)
-
-
 def test_restore_under_another_root(dumped, tmp_path):
     images, old_log, last, ino = dumped
     new_root = tmp_path / "newroot"
@@ -64,7 +57,8 @@ def test_restore_under_another_root(dumped, tmp_path):
     r, w = os.pipe()
     with pid_max_at_least(65536):
         try:
-            res = _restore(images, "--root", str(new_root), f"--inherit-fd=fd[{w}]:pipe:[{ino}]", pass_fds=(w,))
+            res = _restore(images, tmp_path / "pid", "--root", str(new_root), f"--inherit-fd=fd[{w}]:pipe:[{ino}]",
+                           pass_fds=(w,))
             os.close(w)
             assert res.returncode == 0, res.stderr
             assert _read_lines(r, 3)[:3] == [f"tick {n}" for n in range(last + 1, last + 4)]
@@ -88,12 +82,12 @@ def test_root_without_the_files_is_refused(dumped, tmp_path):
     images, *_ = dumped
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = _restore(images, "--root", str(empty))
+    res = _restore(images, tmp_path / "pid", "--root", str(empty))
     assert res.returncode == EXIT_ENVIRONMENT, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and str(empty) in lines[0], lines
     assert not os.path.exists(f"/proc/{PID}")
-    missing = _restore(images, "--root", str(tmp_path / "nowhere"))
+    missing = _restore(images, tmp_path / "pid", "--root", str(tmp_path / "nowhere"))
     assert missing.returncode == EXIT_ENVIRONMENT and "not a directory" in missing.stderr, missing.stderr
 
 

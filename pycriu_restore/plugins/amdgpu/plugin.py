@@ -46,7 +46,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pycriu_restore import faults, files
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
@@ -381,11 +381,7 @@ class AmdgpuPlugin(Plugin):
                                           self._sem_name)
         except BaseException as err:
             os.close(device_fd)
-            if isinstance(err, (AmdgpuError, ChannelError, FillError)):
-                raise
-            if isinstance(err, (PycrestoreError, OSError)):
-                raise AmdgpuError(f"{name}: {err}", pid=task.pid) from err
-            raise
+            _raise_naming(err, name, task.pid)
         finally:
             for bo in bos:  # sent (the orchestrator has its own copies) or filled: ours go
                 os.close(bo.dmabuf_fd)
@@ -432,21 +428,8 @@ class AmdgpuPlugin(Plugin):
             src_fd = os.open(pages.path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 for entry in command.entries:
-                    if entry.gpu_id != record.gpu_id:
-                        continue
-                    bo_fd = command.fds[entry.fd_index]
-                    problem = check_ranges(entry, src_fd, bo_fd)
-                    if problem:
-                        raise FillError(problem, entry.gpu_id, entry.bo_index, image.file_id)
-                    try:
-                        copy_bo(backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle,
-                                on_chunk=self._report_progress)
-                    except (PycrestoreError, OSError) as err:
-                        if isinstance(err, FillError):
-                            raise
-                        raise FillError(str(err), entry.gpu_id, entry.bo_index, image.file_id) from err
-                    finally:
-                        backend.release_bo(bo_fd)
+                    if entry.gpu_id == record.gpu_id:
+                        self._fill_bo(entry, src_fd, command.fds[entry.fd_index], image.file_id, throttle)
             finally:
                 os.close(src_fd)
 
@@ -594,11 +577,7 @@ class AmdgpuPlugin(Plugin):
         except BaseException as err:
             if render_fd >= 0:
                 os.close(render_fd)
-            if isinstance(err, (AmdgpuError, ChannelError, FillError)):
-                raise
-            if isinstance(err, (PycrestoreError, OSError)):
-                raise AmdgpuError(f"{name}: {err}", pid=task.pid) from err
-            raise
+            _raise_naming(err, name, task.pid)
         finally:
             for bo in bos:
                 if bo.dmabuf_fd >= 0:
@@ -614,21 +593,27 @@ class AmdgpuPlugin(Plugin):
         self.backend.prepare_fill(gpu_id, local)
         throttle = Throttle(self._bytes_per_s)
         for entry in command.entries:
-            bo_fd = command.fds[entry.fd_index]
             src_fd = os.open(image.contents[entry.bo_index], os.O_RDONLY | os.O_CLOEXEC)
             try:
-                problem = check_ranges(entry, src_fd, bo_fd)
-                if problem:
-                    raise FillError(problem, gpu_id, entry.bo_index, image.file_id)
-                copy_bo(self.backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle,
-                        on_chunk=self._report_progress)
-            except (PycrestoreError, OSError) as err:
-                if isinstance(err, FillError):
-                    raise
-                raise FillError(str(err), gpu_id, entry.bo_index, image.file_id) from err
+                self._fill_bo(entry, src_fd, command.fds[entry.fd_index], image.file_id, throttle)
             finally:
-                self.backend.release_bo(bo_fd)
                 os.close(src_fd)
+
+    def _fill_bo(self, entry: Entry, src_fd: int, bo_fd: int, file_id: int, throttle: Throttle) -> None:
+        """Serial mode: copy one BO's contents from ``src_fd`` (its pages file) into it, then
+        release it; a failure is a FillError naming the GPU, the BO and the file."""
+        assert self.backend is not None, "_fill_bo: no backend"
+        try:
+            problem = check_ranges(entry, src_fd, bo_fd)
+            if problem:
+                raise FillError(problem, entry.gpu_id, entry.bo_index, file_id)
+            copy_bo(self.backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle, on_chunk=self._report_progress)
+        except (PycrestoreError, OSError) as err:
+            if isinstance(err, FillError):
+                raise
+            raise FillError(str(err), entry.gpu_id, entry.bo_index, file_id) from err
+        finally:
+            self.backend.release_bo(bo_fd)
 
     def _check_render_command(self, command: Command) -> None:
         """A render-node command names that node's BOs with contents, whole, from their files' offset 8."""
@@ -739,6 +724,15 @@ class AmdgpuPlugin(Plugin):
             self.backend.close()
             if failed and self.sim_device is not None:
                 self.sim_device.close()
+
+
+def _raise_naming(err: BaseException, name: str, pid: int) -> NoReturn:
+    """Re-raise ``err``, the failure of restoring the plugin file ``name``: the plugin's own
+    errors as they are, a PycrestoreError or OSError of a layer below as an AmdgpuError that
+    names the file, anything else (an interruption) untouched."""
+    if isinstance(err, (PycrestoreError, OSError)) and not isinstance(err, (AmdgpuError, ChannelError, FillError)):
+        raise AmdgpuError(f"{name}: {err}", pid=pid) from err
+    raise err
 
 
 def _keep(fd: int) -> int:
