@@ -6,7 +6,8 @@
 For each G in --gpu-gib, four restores of checkpoints built from the counter fixture:
   T_host      H GiB of host memory (an anonymous VMA, restore_bench.make_big_images), no GPU
   T_gpu       G GiB of simulated VRAM (2 GPUs, 64 BOs, generator.py) on the tiny counter
-  serial      H host + G GPU, --no-parallel-gpu-restore (the task fills VRAM, then its memory)
+  serial      H host + G GPU, --no-parallel-gpu-restore (the task waits for its VRAM, then
+              restores its memory)
   parallel    H host + G GPU, the fill pool copies while the blob restores host memory
 all in the same run, best of --repeat. Targets (issue 5): parallel <= 1.10 x max(T_host,
 T_gpu); at G ~ H a saving of at least 34.3% against serial. Needs root; kills what it restores.

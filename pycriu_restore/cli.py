@@ -159,7 +159,8 @@ def info(directory: str, section: str) -> None:
 @click.option("--gpu-backend", type=click.Choice(["kfd", "sim"]), default="kfd", show_default=True,
               help="amdgpu plugin: the real /dev/kfd, or the simulated device (simgpu).")
 @click.option("--no-parallel-gpu-restore", is_flag=True,
-              help="amdgpu plugin: fill GPU memory in the task, before its host memory (the serial, pre-gCROP way).")
+              help="amdgpu plugin: each task waits for its GPU memory to be filled before it restores "
+                   "its host memory (the serial, pre-gCROP way).")
 @click.option("--cpu-cap", "cpu_cap", default="fpu", show_default=True, metavar="CAP[,CAP]",
               help="What the CPU check compares, as CRIU's: fpu (refuse XSAVE state this CPU cannot hold), "
                    "ins and cpu (also the dump CPU's capability words, from cpuinfo.img), all, none (no check).")

@@ -75,14 +75,14 @@ def receive(sock, **kw):
 
 def test_wire_layout_is_little_endian_with_64_bit_offsets():
     cmd = Command(kfd_id=0x01020304, gpus=[GpuRecord(0xAABB, 0xCCDD, 130)],
-                  entries=[Entry(0xAABB, 0, 7, 5 << 32, 6 << 32, 0)], fds=[3], already_filled=True, sender_pid=42)
+                  entries=[Entry(0xAABB, 0, 7, 5 << 32, 6 << 32, 0)], fds=[3], reply_fd=4, sender_pid=42)
     data = encode(cmd)
     assert len(data) == HEADER.size + GPU_RECORD.size + ENTRY.size == 32 + 16 + 40
     assert data[0:4] == b"PCGC"
-    assert data[4:6] == b"\x01\x00" and data[6:8] == b"\x01\x00"  # version 1, kind COMMAND
+    assert data[4:6] == b"\x02\x00" and data[6:8] == b"\x01\x00"  # version 2, kind COMMAND
     assert data[8:12] == b"\x04\x03\x02\x01"  # kfd id, little-endian
-    assert struct.unpack_from("<III", data, 12) == (1, 1, 1)  # gpus, entries, fds
-    assert struct.unpack_from("<II", data, 24) == (channel.FLAG_ALREADY_FILLED, 42)
+    assert struct.unpack_from("<III", data, 12) == (1, 1, 2)  # gpus, entries, fds (the BO's and the reply pipe)
+    assert struct.unpack_from("<II", data, 24) == (channel.FLAG_WAIT, 42)
     assert struct.unpack_from("<III", data, 32) == (0xAABB, 0xCCDD, 130)
     assert struct.unpack_from("<IIIIQQQ", data, 48) == (0xAABB, 0, 7, 0, 5 << 32, 6 << 32, 0)
 
@@ -96,7 +96,7 @@ def test_round_trip_with_more_than_one_batch_of_fds(pair):
         got = receive(b)
         try:
             assert got is not None
-            assert (got.kfd_id, got.gpus, got.entries, got.already_filled) == (9, cmd.gpus, cmd.entries, False)
+            assert (got.kfd_id, got.gpus, got.entries, got.reply_fd) == (9, cmd.gpus, cmd.entries, -1)
             assert got.sender_pid == os.getpid()
             assert len(got.fds) == len(fds)
             # The same files, in order: fd_index i names the sender's fd i.
@@ -138,13 +138,17 @@ def test_round_trip_from_a_forked_child(pair):
 
 @pytest.mark.parametrize("header, message", [
     (raw_header(magic=b"XXXX"), "magic is b'XXXX', expected b'PCGC'"),
-    (raw_header(version=2), "version is 2, this end speaks 1"),
+    (raw_header(version=1), "version is 1, this end speaks 2"),
     (raw_header(kind=7), "message kind is 7"),
     (raw_header(n_gpus=65), "65 GPUs, more than the limit of 64"),
     (raw_header(n_entries=channel.MAX_ENTRIES + 1), f"{channel.MAX_ENTRIES + 1} entries, more than the limit"),
     (raw_header(n_fds=channel.MAX_FDS + 1, n_entries=1), f"{channel.MAX_FDS + 1} fds, more than the limit"),
     (raw_header(flags=0x10), "unknown flags 0x10"),
-    (raw_header(n_entries=1, n_fds=0), "1 entries but no fds"),
+    (raw_header(n_entries=1, n_fds=0), "1 entries but no BO fds"),
+    (raw_header(n_entries=1, n_fds=1, flags=channel.FLAG_WAIT), "1 entries but no BO fds"),
+    (raw_header(flags=channel.FLAG_WAIT), "waits for its fill but sends no reply pipe"),
+    (raw_header(n_fds=channel.MAX_FDS + 2, n_entries=1, flags=channel.FLAG_WAIT),
+     f"{channel.MAX_FDS + 2} fds, more than the limit of {channel.MAX_FDS + 1}"),
     (raw_header(kind=channel.KIND_DONE, kfd_id=3), "done message: carries kfd_id 3"),
 ])
 def test_bad_headers_are_refused(pair, header, message):
@@ -314,31 +318,79 @@ def test_make_channel_puts_both_ends_high_and_close_on_exec():
         task.close()
 
 
-def test_progress_messages_restart_the_idle_wait_and_carry_nothing():
-    """A task busy filling sends PROGRESS; the receiver waits on, judged by progress, not a clock."""
+def test_a_waiting_sender_gets_the_orchestrators_answer_on_its_reply_pipe(pair):
+    """Serial mode: the reply pipe travels last, entries never name it, the answer ends the wait."""
+    a, b = pair
+    fds = memfds(2)
+    for failure, expect in [(None, None), ("amdgpu fill: gpu_id 0x10, BO 3: ENOSPC", "the orchestrator's fill failed: "
+                                           "amdgpu fill: gpu_id 0x10, BO 3: ENOSPC")]:
+        read_end, write_end = channel.open_reply_pipe()
+        cmd = sample_command(fds)
+        cmd.reply_fd = write_end
+        send_command(a, cmd)
+        os.close(write_end)  # as the plugin does: the orchestrator's copy is the only one left
+        got = receive(b)
+        try:
+            assert len(got.fds) == 2 and got.reply_fd >= 0 and got.reply_fd not in got.fds
+            assert os.fstat(got.reply_fd).st_ino == os.fstat(read_end).st_ino
+            got.reply(failure)
+            got.reply("a second answer is never written")
+        finally:
+            got.close_fds()
+        if expect is None:
+            channel.wait_reply(read_end, "fill of amdgpu-kfd-9.img")
+        else:
+            with pytest.raises(ChannelError, match=expect):
+                channel.wait_reply(read_end, "fill of amdgpu-kfd-9.img")
+    # the orchestrator closed it unanswered (stopped, or dead): EOF is an error, not a hang
+    read_end, write_end = channel.open_reply_pipe()
+    os.close(write_end)
+    with pytest.raises(ChannelError, match="fill of x: the orchestrator ended the fill without an answer"):
+        channel.wait_reply(read_end, "fill of x")
+    for fd in fds:
+        os.close(fd)
+
+
+def test_a_reply_fd_that_is_not_a_pipe_is_refused_and_nothing_leaks(pair):
+    """Answering into a BO would corrupt it: the last fd of a WAIT command must be a pipe."""
+    a, b = pair
+    fds = memfds(2)
+    cmd = sample_command(fds[:1])
+    cmd.reply_fd = fds[1]
+    before = open_fds()
+    send_command(a, cmd)
+    with pytest.raises(ChannelError, match="the reply pipe, is not a pipe"):
+        receive(b)
+    assert open_fds() == before
+    for fd in fds:
+        os.close(fd)
+
+
+def test_the_idle_wait_counts_from_the_receivers_last_progress():
+    """A serial task sends nothing while the pool fills for it: the pool's own copying keeps
+    the wait alive (idle_since), and silence after the copies end is still an error."""
     import threading
 
     orch, task = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        def busy_task():
-            for _ in range(6):  # 0.6 s in all, each gap well inside the 0.3 s idle wait
-                time.sleep(0.1)
-                channel.send_progress(task)
-            channel.send_done(task)
+    last = [time.monotonic()]
+    stop = threading.Event()
 
-        sender = threading.Thread(target=busy_task)
-        sender.start()
+    def copying():  # the pool: a chunk every 0.1 s for 0.8 s
+        while not stop.wait(0.1) and time.monotonic() - start < 0.8:
+            last[0] = time.monotonic()
+
+    try:
         start = time.monotonic()
-        assert channel.receive_command(orch, idle_timeout_s=0.3, message_timeout_s=1.0) is None  # the DONE
-        assert time.monotonic() - start > 0.5
-        sender.join()
-        # a PROGRESS message with a payload is refused, as a DONE with one is
-        task.sendall(HEADER.pack(MAGIC, VERSION, channel.KIND_PROGRESS, 7, 0, 0, 0, 0, os.getpid()))
-        with pytest.raises(ChannelError, match="progress message: carries kfd_id 7"):
-            channel.receive_command(orch, idle_timeout_s=1.0)
-        # silence is still an error after the idle wait
-        with pytest.raises(ChannelError, match="no message began within 0.2 s"):
-            channel.receive_command(orch, idle_timeout_s=0.2)
+        copier = threading.Thread(target=copying)
+        copier.start()
+        with pytest.raises(ChannelError, match="no message began within 0.3 s"):
+            channel.receive_command(orch, idle_timeout_s=0.3, message_timeout_s=1.0, idle_since=lambda: last[0])
+        waited = time.monotonic() - start
+        assert 0.8 + 0.3 - 0.15 < waited, waited  # not before the copying had stopped for 0.3 s
+        stop.set()
+        copier.join()
+        send_done(task)
+        assert channel.receive_command(orch, idle_timeout_s=0.3, idle_since=lambda: last[0]) is None
     finally:
         orch.close()
         task.close()

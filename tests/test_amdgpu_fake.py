@@ -172,6 +172,7 @@ def test_kfd_restore_fill_and_resume_against_the_fake(machine: FakeAmdgpuMachine
     image = make_checkpoint(machine)
     backend = make_backend(machine, copy_method=copy_method)
     restored, gpus, device_fd = run_restore(machine, backend, image, tmp_path)
+    vma_fds: list[tuple[int, int]] = []
     try:
         # CPU nodes were skipped; the GPUs were remapped to this machine's ids and minors.
         assert gpus == {0xA1: LocalGpu(0xB1, 130), 0xA2: LocalGpu(0xB2, 131)}
@@ -185,11 +186,19 @@ def test_kfd_restore_fill_and_resume_against_the_fake(machine: FakeAmdgpuMachine
             assert machine.can_mmap(backend.render_fd(bo.local_gpu_id), bo.restored_offset)
             # and the device VMA gets that very DRM file (a dup: the same open file), at that offset
             pgoff, vma_fd = backend.vma_target(bo.local_gpu_id, bo.restored_offset)
-            try:
-                assert pgoff == bo.restored_offset and machine.can_mmap(vma_fd, pgoff)
-                assert machine.file_of(vma_fd).fid == machine.file_of(backend.render_fd(bo.local_gpu_id)).fid
-            finally:
-                os.close(vma_fd)
+            vma_fds.append((pgoff, vma_fd))
+            assert pgoff == bo.restored_offset and machine.can_mmap(vma_fd, pgoff)
+            assert machine.file_of(vma_fd).fid == machine.file_of(backend.render_fd(bo.local_gpu_id)).fid
+        # once its device VMAs have their dups, the task closes the DRM files it opened for KFD:
+        # the dups still map the BOs (same open file), and KFD's VM lives on (its own reference)
+        task_files = {machine.file_of(backend.render_fd(g)).fid for g in (0xB1, 0xB2)}
+        task_fds = list(backend._task_render_fds.values())
+        backend.close_task_files()
+        assert backend._task_render_fds == {}
+        for fd in task_fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        assert all(machine.can_mmap(fd, pgoff) for pgoff, fd in vma_fds)
         # doorbell and MMIO VMAs move to /dev/kfd offsets naming the *local* gpu_id
         remaps = {m.addr: m.new_offset for m in backend.vma_remaps}
         db = image.bo_entries[4]
@@ -202,7 +211,6 @@ def test_kfd_restore_fill_and_resume_against_the_fake(machine: FakeAmdgpuMachine
         assert machine.calls[-1][2]["unfilled"] == []
         if copy_method == "sdma":
             # one copier file per GPU, not the task's: its VM never holds the task's BO addresses
-            task_files = {machine.file_of(backend.render_fd(g)).fid for g in (0xB1, 0xB2)}
             cs_files = {d["file"] for _, n, d in machine.calls if n == "CS"}
             assert len(cs_files) == 2 and not cs_files & task_files
             # every submission is waited for before the next one on that file
@@ -222,7 +230,7 @@ def test_kfd_restore_fill_and_resume_against_the_fake(machine: FakeAmdgpuMachine
         for bo in restored:
             os.close(bo.dmabuf_fd)
         os.close(device_fd)
-        for fd in backend._task_render_fds.values():
+        for fd in [*backend._task_render_fds.values(), *(fd for _, fd in vma_fds)]:
             os.close(fd)
     # close() gave back every lane and import: the copiers' files hold no handle any more
     for (_gpu, _mark), file in machine._files.items():

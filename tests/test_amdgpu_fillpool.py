@@ -13,7 +13,16 @@ import zlib
 
 import pytest
 
-from pycriu_restore.plugins.amdgpu.channel import ChannelError, Command, Entry, GpuRecord, send_command, send_done
+from pycriu_restore.plugins.amdgpu.channel import (
+    ChannelError,
+    Command,
+    Entry,
+    GpuRecord,
+    open_reply_pipe,
+    send_command,
+    send_done,
+    wait_reply,
+)
 from pycriu_restore.plugins.amdgpu.fillpool import FillError, FillPool, Throttle
 from pycriu_restore.plugins.amdgpu.sim import SimBackend
 
@@ -214,21 +223,67 @@ def test_stop_wakes_a_waiting_receiver_without_an_error(pair):
     assert not pool._receiver.is_alive()
 
 
-def test_already_filled_commands_are_only_handed_to_on_filled(tmp_path, pair):
+def _send_waiting(task_end, command: Command) -> int:
+    """Send ``command`` as a serial task does (FLAG_WAIT); return the reply pipe's read end."""
+    read_end, command.reply_fd = open_reply_pipe()
+    try:
+        send_command(task_end, command)
+    finally:
+        os.close(command.reply_fd)
+        command.reply_fd = -1
+    return read_end
+
+
+def test_a_waiting_sender_is_answered_once_its_bos_are_filled(tmp_path, pair):
+    """Serial mode: the answer comes after every copy and on_filled, never before."""
     task_end, orch_end = pair
-    gpus = Gpus(tmp_path, {0x1111: [4096, 8192]})
-    gpus.command.already_filled = True
+    mib = 1 << 20
+    gpus = Gpus(tmp_path, {0x1111: [mib, mib], 0x2222: [mib]})
     seen = []
-
-    def on_filled(cmd: Command) -> None:
-        seen.append((cmd.already_filled, [e.bo_index for e in cmd.entries], len(cmd.fds)))
-
-    pool = FillPool(SimBackend(), orch_end, gpus.pages_path, expected_commands=1, on_filled=on_filled)
+    pool = FillPool(SimBackend(), orch_end, gpus.pages_path, expected_commands=1, bytes_per_s_per_gpu=8 * mib,
+                    on_filled=lambda cmd: seen.append(sorted(e.bo_index for e in cmd.entries)))
     pool.start()
-    send_command(task_end, gpus.command)
-    pool.join(timeout_s=5)
-    assert seen == [(True, [0, 1], 2)]
-    assert gpus.contents((0x1111, 0)) == bytes(4096)  # nothing was copied
+    read_end = _send_waiting(task_end, gpus.command)
+    wait_reply(read_end, "fill of test")  # returns only with REPLY_OK
+    assert seen == [[0, 1, 2]]
+    assert all(gpus.contents(key) == blob for key, blob in gpus.blobs.items())
+    stats = pool.join(timeout_s=5)
+    assert stats.bos == 3 and stats.total_bytes == 3 * mib
+    gpus.close()
+
+
+def test_a_waiting_sender_learns_why_its_fill_failed(tmp_path, pair):
+    task_end, orch_end = pair
+    gpus = Gpus(tmp_path, {0x1111: [4096] * 3, 0x2222: [4096] * 2})
+    pool = FillPool(FailingBackend(gpus.bo_fds[(0x2222, 4)]), orch_end, gpus.pages_path, expected_commands=1)
+    pool.start()
+    read_end = _send_waiting(task_end, gpus.command)
+    with pytest.raises(ChannelError, match=r"fill of test: the orchestrator's fill failed: amdgpu fill: "
+                                           r"gpu_id 0x2222, BO 4: Input/output error"):
+        wait_reply(read_end, "fill of test")
+    with pytest.raises(FillError, match="BO 4: Input/output error"):
+        pool.join(timeout_s=10)
+    gpus.close()
+
+
+def test_a_sender_waiting_on_a_long_fill_is_not_idle(tmp_path, pair):
+    """The task sends nothing while it waits: the pool's copying, not the task, keeps the
+    receiver's idle wait (0.3 s) from running out during a ~1 s fill; silence afterwards
+    is idleness again."""
+    task_end, orch_end = pair
+    mib = 1 << 20
+    gpus = Gpus(tmp_path, {0x1111: [mib, mib]})
+    pool = FillPool(SimBackend(), orch_end, gpus.pages_path, expected_commands=2, bytes_per_s_per_gpu=2 * mib,
+                    idle_timeout_s=0.3)
+    pool.start()
+    start = time.monotonic()
+    wait_reply(_send_waiting(task_end, gpus.command), "fill of test")  # raises if the pool gave up meanwhile
+    filled = time.monotonic()
+    assert filled - start > 0.6  # the fill outlasted the idle wait
+    assert all(gpus.contents(key) == blob for key, blob in gpus.blobs.items())
+    with pytest.raises(ChannelError, match="no message began within 0.3 s"):  # the second command never comes
+        pool.join(timeout_s=5)
+    assert time.monotonic() - filled > 0.25
     gpus.close()
 
 

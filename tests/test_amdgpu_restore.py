@@ -3,7 +3,7 @@
 The counter fixture gets 2 GPUs and 64 BOs holding more than 4 GiB in total (generator.py):
 the process restores and passes verify.py, and every BO's content is checked by checksum
 against what the generator wrote. Parallel mode fills the BOs in the orchestrator's pool
-while the blob restores host memory; serial mode fills them in the task first.
+while the blob restores host memory; serial mode makes the task wait for them first.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class RestoreOptions:
     # Plugins (plugins/api.py): None loads every installed one (entry points) if plugins_apply().
     plugins: tuple[Plugin, ...] | None = None
     gpu_backend: str = "kfd"  # amdgpu plugin: "kfd" (real /dev/kfd) or "sim" (simgpu)
-    parallel_gpu: bool = True  # amdgpu plugin: fill VRAM in the orchestrator, beside the blobs
+    parallel_gpu: bool = True  # amdgpu plugin: fill VRAM beside the blobs (False: each task waits for its fill)
     gpu_bytes_per_s: float | None = None  # simgpu: per-GPU copy bandwidth cap (models PCIe/SDMA)
     cpu_cap: CpuCap = DEFAULT_CPU_CAP  # CRIU's --cpu-cap: what the CPU check compares
     tcp_established: bool = False  # CRIU's --tcp-established: rebuild ESTABLISHED TCP connections

@@ -14,14 +14,15 @@ same on a real AMD GPU and on the simulated one; only these operations differ:
       _node                                     CHANGE_HANDLE, GEM_MMAP, GEM_VA   the exporter's for imports
     vma_target     the restored task            a dup of the GPU's DRM file, at   a dup of the BO's memfd,
                                                 the BO's new mmap offset          at 0
-    fill           a fill-pool thread (or the   SDMA copy from a staging buffer   pread/pwrite, GIL released
-                   task itself, serial mode),
+    close_task     the restored task, once its  close the DRM files opened for    close the simulated DRM
+      _files       device VMAs have their fds   KFD (it holds its own reference)  files and BO dups
+    fill           a fill-pool thread in the    SDMA copy from a staging buffer   pread/pwrite, GIL released
+                   orchestrator (both modes),
                    once per chunk of a BO
     release_bo     the same thread, after the   free the imported BO handle       nothing
                    BO's last chunk
     prepare_fill   the GPU's fill thread in     open renderD<minor>, init SDMA    nothing
-                   the orchestrator (or the
-                   task, serial mode), per GPU
+                   the orchestrator, per GPU
     resume         the orchestrator             AMDKFD_IOC_CRIU_OP(RESUME, pid)   record the pid
     close          the orchestrator, cleanup    close render fds, SDMA contexts   nothing
 
@@ -54,7 +55,7 @@ class RestoredBo:
 
     ``index`` is the BO's position in the kfd image's ``bo_entries``; ``gpu_id`` is the
     checkpoint-time gpu_id (the key of the pages file); ``dmabuf_fd`` is owned by the task
-    and closed by the plugin once the fill command is sent (or the serial fill is done).
+    and closed by the plugin once the fill command is sent (the orchestrator has its own).
     ``restored_offset`` is the mmap offset the kernel gave the BO on restore: the VMA that
     mapped it at ``addr`` with the image's ``offset`` must now use this one.
     """
@@ -138,8 +139,10 @@ class GpuBackend(Protocol):
         """
         ...
 
-    def forget_vma_targets(self) -> None:
-        """In the task, once its device VMAs have their fds: drop what vma_target needed."""
+    def close_task_files(self) -> None:
+        """In the task, once its fds are installed and its device VMAs have their fds: close
+        every fd the backend opened in it (its DRM files, what vma_target needed), so that
+        the restored process holds only the fds of its image."""
         ...
 
     def fill(self, bo_fd: int, size: int, src_fd: int, src_offset: int, gpu_id: int,
@@ -147,8 +150,8 @@ class GpuBackend(Protocol):
         """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` into the BO behind ``bo_fd``,
         starting ``bo_offset`` bytes into the BO.
 
-        Called from a fill-pool thread in the orchestrator (parallel) or in the task
-        (serial); must release the GIL while it copies. ``gpu_id`` is the checkpoint id.
+        Called from a fill-pool thread in the orchestrator (both modes); must release the
+        GIL while it copies. ``gpu_id`` is the checkpoint id.
         The caller splits a BO into chunks (fillpool.copy_bo): ``fill`` is called many times
         for one ``bo_fd`` with increasing ``bo_offset``, never twice for the same bytes, and
         never for one ``bo_fd`` from two threads at once; a backend may cache per-BO state
@@ -167,8 +170,7 @@ class GpuBackend(Protocol):
     def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
         """Before the first ``fill`` for ``gpu_id``, in the thread that will fill it.
 
-        Runs in the orchestrator's worker thread for that GPU (or in the task, serial
-        mode). Workers of different GPUs call it at the same time: a backend guards what
+        Runs in the orchestrator's worker thread for that GPU. Workers of different GPUs call it at the same time: a backend guards what
         it shares. ``local`` is what the task's ``map_gpus`` chose, sent over the channel;
         a real backend opens /dev/dri/renderD<minor> here. Called again for every command
         that names the GPU: it must be idempotent.

@@ -2,7 +2,7 @@
 
 The task re-creates its GPU buffer objects (BOs) and exports each as a dma-buf fd; the
 orchestrator's fill pool copies the checkpointed bytes into them while the task goes on to
-restore its host memory. The task tells the pool what to copy, and hands over the fds, on
+restore its host memory (parallel mode) or waits for the copies (serial mode). The task tells the pool what to copy, and hands over the fds, on
 a ``socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`` made in restore_init, before the
 fork, so the task inherits its end. (Upstream connects to an abstract socket by name;
 abstract names are per network namespace, so a task in a new netns cannot reach it:
@@ -14,16 +14,17 @@ A stream is a sequence of messages; all integers little-endian, sizes and offset
     offset  size  field
     ------  ----  ---------------------------------------------------------------------
       0      4    magic        b"PCGC"
-      4      2    version      1 (VERSION); another version is refused
-      6      2    kind         1 COMMAND, 2 DONE (no more commands; all counts 0),
-                               3 PROGRESS (a task is still working: serial fills send
-                               one at least every PROGRESS_INTERVAL_S; all counts 0)
+      4      2    version      2 (VERSION); another version is refused
+      6      2    kind         1 COMMAND, 2 DONE (no more commands; all counts 0)
       8      4    kfd_id       ExtFileEntry id of the /dev/kfd file (amdgpu-kfd-<id>.img)
      12      4    n_gpus       GPU records that follow                  (<= MAX_GPUS)
      16      4    n_entries    entries that follow the GPU records      (<= MAX_ENTRIES)
-     20      4    n_fds        fds that follow the entries              (<= MAX_FDS)
-     24      4    flags        bit 0 ALREADY_FILLED: the task filled the BOs itself (serial
-                               mode); the orchestrator only takes the fds (simgpu keeps them)
+     20      4    n_fds        fds that follow the entries              (<= MAX_FDS + 1)
+     24      4    flags        bit 0 WAIT: the task waits for its fill (serial mode); the
+                               last fd is the write end of a pipe, not a BO: the orchestrator
+                               writes the outcome there once every copy of the command has
+                               ended (REPLY_OK, or REPLY_FAILED and a UTF-8 reason), then
+                               closes it. Entries never name that fd.
                                bit 1 RENDER_NODE: kfd_id is the id of a render-node file
                                (amdgpu-renderD-<id>.img), bo_index a BO of its bo_entries,
                                and each BO's bytes are in its own drm-pages file
@@ -51,9 +52,11 @@ A stream is a sequence of messages; all integers little-endian, sizes and offset
 Reading is exact: every part is read to its full length (a stream socket may deliver any
 split), and a stream that ends or stalls inside a message is an error, not a hang. The
 receiver waits ``idle_timeout_s`` for a message to begin (the task may be busy restoring
-files for a while; a PROGRESS message starts the wait again, so liveness is judged by
-progress, not by how long a fill takes) and then gives the whole message ``message_timeout_s`` to arrive: a
-deadline for the message, not per read, so a sender that trickles cannot stretch it.
+files for a while), counted from the later of its last message and the pool's last copy
+(``idle_since``): a serial task sends nothing while it waits for its fill, so liveness is
+judged by progress, not by how long a fill takes. It then gives the whole message
+``message_timeout_s`` to arrive: a deadline for the message, not per read, so a sender
+that trickles cannot stretch it.
 Every violation is a :class:`ChannelError`; fds received before it are closed.
 
 A stream ends with a DONE message or with EOF (every copy of the task end closed).
@@ -63,23 +66,26 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
 from pycriu_restore.plugins.amdgpu.images import MAX_BOS, MAX_GPUS
 
 MAGIC = b"PCGC"
-VERSION = 1
+VERSION = 2
 KIND_COMMAND = 1
 KIND_DONE = 2
-KIND_PROGRESS = 3
-# A task busy filling (serial mode) reports progress this often, well inside IDLE_TIMEOUT_S.
-PROGRESS_INTERVAL_S = 5.0
-FLAG_ALREADY_FILLED = 1 << 0
+FLAG_WAIT = 1 << 0
 FLAG_RENDER_NODE = 1 << 1
-_KNOWN_FLAGS = FLAG_ALREADY_FILLED | FLAG_RENDER_NODE
+_KNOWN_FLAGS = FLAG_WAIT | FLAG_RENDER_NODE
+# The answer to a WAIT command, on its reply pipe: one byte, then (failed) the reason.
+REPLY_OK = b"K"
+REPLY_FAILED = b"E"
+REPLY_MAX_BYTES = 4096  # a reason is cut to this; one pipe write (<= PIPE_BUF) is atomic
 
 HEADER = struct.Struct("<4sHHIIIIII")
 GPU_RECORD = struct.Struct("<IIII")
@@ -141,23 +147,44 @@ class Entry:
 
 @dataclass
 class Command:
-    """One kfd file's BOs: what to copy, and the dma-buf fds to copy into.
+    """One kfd (or render-node) file's BOs: what to copy, and the dma-buf fds to copy into.
 
     The fds are owned by whoever holds the Command: the sender closes its own after
-    sending; the receiver's copies are closed by :meth:`close_fds`.
+    sending; the receiver's copies are closed by :meth:`close_fds`. ``reply_fd`` is the
+    write end of the sender's reply pipe (FLAG_WAIT), -1 when the sender does not wait.
     """
 
     kfd_id: int
     gpus: list[GpuRecord]
     entries: list[Entry]
     fds: list[int] = field(default_factory=list)
-    already_filled: bool = False
     sender_pid: int = 0
     render_node: bool = False  # kfd_id names a render-node file (FLAG_RENDER_NODE)
+    reply_fd: int = -1
+
+    def reply(self, failure: str | None) -> None:
+        """Receiver: tell a waiting sender how its fill ended (None: every copy done), once.
+
+        Closes the reply pipe; nothing if the sender does not wait. A sender that is gone
+        (EPIPE) is not an error here: its own restore has failed already.
+        """
+        fd, self.reply_fd = self.reply_fd, -1
+        if fd < 0:
+            return
+        message = REPLY_OK if failure is None else (REPLY_FAILED + failure.encode())[:REPLY_MAX_BYTES]
+        try:
+            os.write(fd, message)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def close_fds(self) -> None:
-        """Close every fd of the command (each at most once)."""
+        """Close every fd of the command (each at most once); a waiting sender reads EOF."""
         fds, self.fds = self.fds, []
+        if self.reply_fd >= 0:
+            fds.append(self.reply_fd)
+            self.reply_fd = -1
         for fd in fds:
             try:
                 os.close(fd)
@@ -192,27 +219,34 @@ def _move_high(sock: socket.socket) -> socket.socket:
 
 def encode(command: Command) -> bytes:
     """The header, GPU records and entries of ``command`` (the fds travel separately)."""
-    flags = (FLAG_ALREADY_FILLED if command.already_filled else 0) | (FLAG_RENDER_NODE if command.render_node else 0)
+    flags = (FLAG_WAIT if command.reply_fd >= 0 else 0) | (FLAG_RENDER_NODE if command.render_node else 0)
     parts = [HEADER.pack(MAGIC, VERSION, KIND_COMMAND, command.kfd_id, len(command.gpus),
-                         len(command.entries), len(command.fds), flags, command.sender_pid)]
+                         len(command.entries), len(_fds_sent(command)), flags, command.sender_pid)]
     parts += [GPU_RECORD.pack(g.gpu_id, g.local_gpu_id, g.minor, 0) for g in command.gpus]
     parts += [ENTRY.pack(e.gpu_id, e.fd_index, e.bo_index, 0, e.file_offset, e.size_bytes, e.bo_offset)
               for e in command.entries]
     return b"".join(parts)
 
 
+def _fds_sent(command: Command) -> list[int]:
+    """The fds of a message: the BOs' and, last, the reply pipe's write end (FLAG_WAIT)."""
+    return command.fds + ([command.reply_fd] if command.reply_fd >= 0 else [])
+
+
 def send_command(sock: socket.socket, command: Command, timeout_s: float = MESSAGE_TIMEOUT_S) -> None:
-    """Send one command and its fds. The caller still owns (and closes) ``command.fds``.
+    """Send one command and its fds. The caller still owns (and closes) ``command.fds``
+    and ``command.reply_fd``.
 
     Raises ChannelError if the orchestrator's end is gone or does not read in time.
     """
     _check_outgoing(command)
     where = f"command for kfd file {command.kfd_id}"
+    fds = _fds_sent(command)
     try:
         sock.settimeout(timeout_s)
         sock.sendall(encode(command), socket.MSG_NOSIGNAL)
-        for start in range(0, len(command.fds), FDS_PER_BATCH):
-            batch = command.fds[start:start + FDS_PER_BATCH]
+        for start in range(0, len(fds), FDS_PER_BATCH):
+            batch = fds[start:start + FDS_PER_BATCH]
             sent = socket.send_fds(sock, [FD_BATCH_BYTE], batch, socket.MSG_NOSIGNAL)
             if sent != 1:
                 raise ChannelError(where, f"fd batch at {start}: sent {sent} bytes, expected 1")
@@ -229,13 +263,38 @@ def send_done(sock: socket.socket, timeout_s: float = MESSAGE_TIMEOUT_S) -> None
         raise ChannelError("done message", f"send failed: {err.strerror or err}") from err
 
 
-def send_progress(sock: socket.socket, timeout_s: float = MESSAGE_TIMEOUT_S) -> None:
-    """Tell the orchestrator that this task is alive and working (restarts its idle wait)."""
+def open_reply_pipe() -> tuple[int, int]:
+    """A sender that waits for its fill: (read end, write end), both close-on-exec.
+
+    The write end goes with the command (``Command.reply_fd``) and the sender closes its
+    own copy right after sending, so that the orchestrator's is the only one left: if the
+    orchestrator dies, :func:`wait_reply` reads EOF instead of waiting for ever.
+    """
+    return os.pipe2(os.O_CLOEXEC)
+
+
+def wait_reply(read_fd: int, what: str) -> None:
+    """Sender: block until the orchestrator answers on the reply pipe; raise if the fill failed.
+
+    Closes ``read_fd``. Raises ChannelError naming ``what`` with the orchestrator's reason,
+    or saying that it closed the pipe without an answer (it was stopped, or died).
+    """
     try:
-        sock.settimeout(timeout_s)
-        sock.sendall(HEADER.pack(MAGIC, VERSION, KIND_PROGRESS, 0, 0, 0, 0, 0, os.getpid()), socket.MSG_NOSIGNAL)
+        chunks = []
+        while chunk := os.read(read_fd, REPLY_MAX_BYTES):
+            chunks.append(chunk)
     except OSError as err:
-        raise ChannelError("progress message", f"send failed: {err.strerror or err}") from err
+        raise ChannelError(what, f"reading the fill's reply failed: {err.strerror or err}") from err
+    finally:
+        os.close(read_fd)
+    answer = b"".join(chunks)
+    if answer == REPLY_OK:
+        return
+    if answer.startswith(REPLY_FAILED):
+        raise ChannelError(what, f"the orchestrator's fill failed: {answer[1:].decode(errors='replace')}")
+    if not answer:
+        raise ChannelError(what, "the orchestrator ended the fill without an answer (the restore was stopped)")
+    raise ChannelError(what, f"the fill's reply is {answer[:16]!r}, expected {REPLY_OK!r} or {REPLY_FAILED!r}...")
 
 
 def _check_outgoing(command: Command) -> None:
@@ -243,6 +302,7 @@ def _check_outgoing(command: Command) -> None:
     assert len(command.gpus) <= MAX_GPUS and len(command.entries) <= MAX_ENTRIES, \
         "send_command: command exceeds the channel bounds"
     assert len(command.fds) <= MAX_FDS, "send_command: too many fds"
+    assert command.reply_fd not in command.fds, "send_command: the reply pipe is not a BO"
     gpu_ids = {g.gpu_id for g in command.gpus}
     for e in command.entries:
         assert e.gpu_id in gpu_ids and 0 <= e.fd_index < len(command.fds) and e.size_bytes > 0, \
@@ -253,17 +313,26 @@ def _check_outgoing(command: Command) -> None:
 
 
 class _Reader:
-    """Exact-length reads from a stream socket under a per-message deadline."""
+    """Exact-length reads from a stream socket under a per-message deadline.
 
-    def __init__(self, sock: socket.socket, idle_timeout_s: float, message_timeout_s: float) -> None:
+    Before a message begins, the wait is ``idle_timeout_s`` from the later of the reader's
+    start and ``idle_since()`` (the pool's last copy: a busy pool is not idle).
+    """
+
+    def __init__(self, sock: socket.socket, idle_timeout_s: float, message_timeout_s: float,
+                 idle_since: Callable[[], float] | None = None) -> None:
         self.sock = sock
         self.idle_timeout_s = idle_timeout_s
         self.message_timeout_s = message_timeout_s
+        self.idle_since = idle_since
+        self.started = time.monotonic()
         self.deadline: float | None = None  # set when the first byte of a message arrives
 
     def _timeout(self) -> float:
+        """Seconds the next read may wait; 0 once the idle wait is over (no message began)."""
         if self.deadline is None:
-            return self.idle_timeout_s
+            since = max(self.started, self.idle_since()) if self.idle_since is not None else self.started
+            return max(since + self.idle_timeout_s - time.monotonic(), 0.0)
         return max(self.deadline - time.monotonic(), 0.001)
 
     def read_exact(self, n_bytes: int, what: str) -> bytes | None:
@@ -276,9 +345,14 @@ class _Reader:
         got = 0
         while got < n_bytes:
             try:
-                self.sock.settimeout(self._timeout())
+                timeout = self._timeout()
+                if timeout == 0.0:
+                    raise TimeoutError()
+                self.sock.settimeout(timeout)
                 n = self.sock.recv_into(view[got:], n_bytes - got)
             except TimeoutError as err:
+                if self.deadline is None and self._timeout() > 0.0:
+                    continue  # the pool copied meanwhile: the idle wait starts again
                 state = "no message began" if self.deadline is None else f"stalled after {got} of {n_bytes} bytes"
                 limit = self.idle_timeout_s if self.deadline is None else self.message_timeout_s
                 raise ChannelError(what, f"{state} within {limit:g} s") from err
@@ -324,46 +398,48 @@ def _close_all(fds: list[int]) -> None:
 
 
 def receive_command(sock: socket.socket, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                    message_timeout_s: float = MESSAGE_TIMEOUT_S) -> Command | None:
+                    message_timeout_s: float = MESSAGE_TIMEOUT_S,
+                    idle_since: Callable[[], float] | None = None) -> Command | None:
     """Read the next message: a Command (its fds are now ours), or None for DONE or EOF.
 
-    Raises ChannelError for anything else (see the module docstring); no fd leaks then.
+    ``idle_since()``, if given, is when the receiver's side last made progress (the idle
+    wait counts from then, if that is later than the call). Raises ChannelError for
+    anything else (see the module docstring); no fd leaks then.
     """
-    while True:  # PROGRESS messages only restart the idle wait
-        reader = _Reader(sock, idle_timeout_s, message_timeout_s)
-        raw = reader.read_exact(HEADER.size, "header")
-        if raw is None:
-            return None
-        magic, version, kind, kfd_id, n_gpus, n_entries, n_fds, flags, pid = HEADER.unpack(raw)
-        if magic != MAGIC:
-            raise ChannelError("header", f"magic is {magic!r}, expected {MAGIC!r}", pid=pid or None)
-        if version != VERSION:
-            raise ChannelError("header", f"version is {version}, this end speaks {VERSION}", pid=pid)
-        if kind in (KIND_DONE, KIND_PROGRESS) and (kfd_id, n_gpus, n_entries, n_fds, flags) != (0, 0, 0, 0, 0):
-            name = "done" if kind == KIND_DONE else "progress"
-            raise ChannelError(f"{name} message", f"carries kfd_id {kfd_id}, {n_gpus} GPUs, {n_entries} "
+    reader = _Reader(sock, idle_timeout_s, message_timeout_s, idle_since)
+    raw = reader.read_exact(HEADER.size, "header")
+    if raw is None:
+        return None
+    magic, version, kind, kfd_id, n_gpus, n_entries, n_fds, flags, pid = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ChannelError("header", f"magic is {magic!r}, expected {MAGIC!r}", pid=pid or None)
+    if version != VERSION:
+        raise ChannelError("header", f"version is {version}, this end speaks {VERSION}", pid=pid)
+    if kind == KIND_DONE:
+        if (kfd_id, n_gpus, n_entries, n_fds, flags) != (0, 0, 0, 0, 0):
+            raise ChannelError("done message", f"carries kfd_id {kfd_id}, {n_gpus} GPUs, {n_entries} "
                                f"entries, {n_fds} fds, flags {flags:#x}; expected all 0", pid=pid)
-        if kind == KIND_DONE:
-            return None
-        if kind != KIND_PROGRESS:
-            break
+        return None
     what = f"command for kfd file {kfd_id}"
     if kind != KIND_COMMAND:
-        raise ChannelError("header", f"message kind is {kind}, expected {KIND_COMMAND}, {KIND_DONE} or "
-                           f"{KIND_PROGRESS}", pid=pid)
+        raise ChannelError("header", f"message kind is {kind}, expected {KIND_COMMAND} or {KIND_DONE}", pid=pid)
+    waits = bool(flags & FLAG_WAIT)
     for name, count, limit in (("GPUs", n_gpus, MAX_GPUS), ("entries", n_entries, MAX_ENTRIES),
-                               ("fds", n_fds, MAX_FDS)):
+                               ("fds", n_fds, MAX_FDS + waits)):
         if count > limit:
             raise ChannelError(what, f"{count} {name}, more than the limit of {limit}", kfd_id, pid)
     if flags & ~_KNOWN_FLAGS:
         raise ChannelError(what, f"unknown flags {flags & ~_KNOWN_FLAGS:#x}", kfd_id, pid)
-    if n_entries and not n_fds:
-        raise ChannelError(what, f"{n_entries} entries but no fds", kfd_id, pid)
+    if waits and not n_fds:
+        raise ChannelError(what, "waits for its fill but sends no reply pipe (no fds)", kfd_id, pid)
+    n_bo_fds = n_fds - waits
+    if n_entries and not n_bo_fds:
+        raise ChannelError(what, f"{n_entries} entries but no BO fds", kfd_id, pid)
 
     gpus = _decode_gpus(reader.read_exact(GPU_RECORD.size * n_gpus, f"{what}: GPU records") or b"",
                         n_gpus, what, kfd_id, pid)
     entries = _decode_entries(reader.read_exact(ENTRY.size * n_entries, f"{what}: entries") or b"",
-                              n_entries, n_fds, {g.gpu_id for g in gpus}, what, kfd_id, pid)
+                              n_entries, n_bo_fds, {g.gpu_id for g in gpus}, what, kfd_id, pid)
     fds: list[int] = []
     try:
         while len(fds) < n_fds:
@@ -372,9 +448,12 @@ def receive_command(sock: socket.socket, idle_timeout_s: float = IDLE_TIMEOUT_S,
     except ChannelError as err:
         _close_all(fds)
         raise ChannelError(err.what, err.cause, kfd_id, pid) from err
-    return Command(kfd_id=kfd_id, gpus=gpus, entries=entries, fds=fds,
-                   already_filled=bool(flags & FLAG_ALREADY_FILLED), sender_pid=pid,
-                   render_node=bool(flags & FLAG_RENDER_NODE))
+    reply_fd = fds.pop() if waits else -1
+    if reply_fd >= 0 and not stat.S_ISFIFO(os.fstat(reply_fd).st_mode):  # never write into a BO
+        _close_all([*fds, reply_fd])
+        raise ChannelError(what, "its last fd, the reply pipe, is not a pipe", kfd_id, pid)
+    return Command(kfd_id=kfd_id, gpus=gpus, entries=entries, fds=fds, sender_pid=pid,
+                   render_node=bool(flags & FLAG_RENDER_NODE), reply_fd=reply_fd)
 
 
 def _decode_gpus(raw: bytes, n_gpus: int, what: str, kfd_id: int, pid: int) -> list[GpuRecord]:

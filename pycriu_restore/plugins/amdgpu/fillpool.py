@@ -13,6 +13,11 @@ BOs' dma-buf fds); the pool copies each entry from the GPU's pages file into the
                                         chunk by chunk, backend.fill() with the GIL released
                                      resume_devices_late: join() ─ every copy done or failed
 
+Serial mode uses the same pool: the command carries a reply pipe (FLAG_WAIT) and the task
+blocks on it until the last job of its command ends. So the GPUs of a serial restore are
+filled side by side too, and nothing of the copier (render node, staging buffer, GPU
+context) is ever made in the restored task.
+
 One worker thread per GPU (the copies of one GPU go through one DMA engine in the real
 backend; different GPUs run side by side). ``start()`` is called in POST_FORKING, after the
 last fork of the orchestrator (forking a threaded process is unsafe), and ``join()`` in
@@ -115,9 +120,8 @@ def copy_bo(backend: GpuBackend, bo_fd: int, src_fd: int, entry: Entry, chunk_by
     """Copy one entry (a BO, or a part of one) from ``src_fd`` into ``bo_fd``, chunk by chunk.
 
     The bytes at ``entry.file_offset`` of the pages file go to ``entry.bo_offset`` of the BO.
-    Used by the pool's workers and, in serial mode, by the task itself (``on_chunk`` then
-    reports progress to the orchestrator). Raises whatever backend.fill raises, or
-    Cancelled once ``cancel`` is set.
+    ``on_chunk`` runs after each chunk (the pool notes its progress). Raises whatever
+    backend.fill raises, or Cancelled once ``cancel`` is set.
     """
     step = chunk_bytes if throttle is None else throttle.chunk_bytes(chunk_bytes)
     done = 0
@@ -177,10 +181,11 @@ class FillPool:
 
     ``sock`` is the orchestrator end of the channel; ``pages_path(kfd_id, gpu_id)`` names
     the pages file of a GPU; ``source_path(command, entry)``, when given, names the file
-    of any entry instead (render-node BOs each have their own file); ``expected_commands`` is how many commands the tasks will send
-    (one per restored /dev/kfd file; None: read until DONE or EOF). ``on_filled(command)``
-    is called once every entry of a command is copied (or at once for an ALREADY_FILLED
-    command), before its fds are closed: simgpu's device keeps dups of them there.
+    of any entry instead (render-node BOs each have their own file); ``expected_commands``
+    is how many commands the tasks will send (one per restored /dev/kfd or render-node
+    file; None: read until DONE or EOF). ``on_filled(command)`` is called once every entry
+    of a command is copied, before its fds are closed: simgpu's device keeps dups of them
+    there. A waiting sender (FLAG_WAIT) is answered after that, failure or not.
     ``check_command(command)`` runs on each command before any copy starts and raises
     ChannelError if it does not match the images (the plugin compares it with the kfd image).
     """
@@ -216,6 +221,7 @@ class FillPool:
         self._futures: list[Future[None]] = []
         self._pending: list[_Pending] = []
         self._stats = FillStats()
+        self._last_copy_s = 0.0  # time.monotonic() of the last chunk copied or job ended
 
     # --- the acquire/release pair ------------------------------------------------------
 
@@ -274,7 +280,8 @@ class FillPool:
         received = 0
         try:
             while self.expected_commands is None or received < self.expected_commands:
-                command = receive_command(self._sock, self.idle_timeout_s, self.message_timeout_s)
+                command = receive_command(self._sock, self.idle_timeout_s, self.message_timeout_s,
+                                          idle_since=self._idle_since)
                 if command is None:
                     if self.expected_commands is not None and not self._cancel.is_set():
                         raise ChannelError("stream", f"ended after {received} of {self.expected_commands} "
@@ -287,7 +294,8 @@ class FillPool:
                 if self.check_command is not None:
                     try:
                         self.check_command(command)
-                    except BaseException:
+                    except BaseException as err:
+                        command.reply(str(err))  # a waiting task fails with the reason
                         command.close_fds()
                         raise
                 self._dispatch(command)
@@ -297,12 +305,21 @@ class FillPool:
         except BaseException as err:  # noqa: BLE001 - a receiver bug must reach join(), not vanish
             self._fail(FillError(f"receiver failed: {type(err).__name__}: {err}"))
 
+    def _idle_since(self) -> float:
+        """When the pool last worked (now, while a job is pending): the receiver's idle wait
+        starts from here, so a task that waits for its copies is not judged idle."""
+        with self._lock:
+            return time.monotonic() if self._pending else self._last_copy_s
+
+    def _copied_chunk(self) -> None:
+        with self._lock:
+            self._last_copy_s = time.monotonic()
+
     def _dispatch(self, command: Command) -> None:
         """Queue one job per GPU of ``command`` on that GPU's worker (or finish it at once)."""
         by_gpu: dict[int, list[Entry]] = {}
-        if not command.already_filled:
-            for entry in command.entries:
-                by_gpu.setdefault(entry.gpu_id, []).append(entry)
+        for entry in command.entries:
+            by_gpu.setdefault(entry.gpu_id, []).append(entry)
         locals_by_gpu = {g.gpu_id: LocalGpu(g.local_gpu_id, g.minor) for g in command.gpus}
         with self._lock:
             self._stats.commands += 1
@@ -351,7 +368,8 @@ class FillPool:
                     if problem:
                         raise FillError(f"{problem} ({os.fspath(path)})", gpu_id, bo_index, command.kfd_id)
                     try:
-                        copy_bo(self.backend, bo_fd, src_fd, entry, self.chunk_bytes, throttle, self._cancel)
+                        copy_bo(self.backend, bo_fd, src_fd, entry, self.chunk_bytes, throttle, self._cancel,
+                                on_chunk=self._copied_chunk)
                     finally:
                         if last_use[entry.fd_index] == i:
                             self.backend.release_bo(bo_fd)
@@ -376,7 +394,7 @@ class FillPool:
         finally:
             with self._lock:
                 self._stats.bytes_by_gpu[gpu_id] = self._stats.bytes_by_gpu.get(gpu_id, 0) + copied
-                self._stats.finished_s = max(self._stats.finished_s, time.monotonic())
+                self._stats.finished_s = self._last_copy_s = max(self._stats.finished_s, time.monotonic())
                 pending.jobs_left -= 1
                 last = pending.jobs_left == 0
                 if last:
@@ -385,7 +403,8 @@ class FillPool:
                 self._finish(command)
 
     def _finish(self, command: Command) -> None:
-        """Every copy of ``command`` has ended: hand it to on_filled (if it succeeded), close its fds."""
+        """Every copy of ``command`` has ended: hand it to on_filled (if it succeeded), answer
+        a waiting sender, close its fds."""
         try:
             with self._lock:
                 failed = self._error is not None or self._cancel.is_set()
@@ -396,7 +415,15 @@ class FillPool:
         except BaseException as err:  # noqa: BLE001 - reported through join()
             self._fail(FillError(f"on_filled failed: {type(err).__name__}: {err}", kfd_id=command.kfd_id))
         finally:
+            command.reply(self._failure())
             command.close_fds()
+
+    def _failure(self) -> str | None:
+        """Why the pool's copies did not all succeed (its first error), or None."""
+        with self._lock:
+            if self._error is not None:
+                return str(self._error)
+        return "the fill was stopped" if self._cancel.is_set() else None
 
     # --- shared helpers ----------------------------------------------------------------
 
@@ -417,6 +444,7 @@ class FillPool:
         with self._lock:
             pending, self._pending = self._pending, []
         for p in pending:  # jobs cancelled before they ran never finished their command
+            p.command.reply(self._failure() or "the fill was stopped")
             p.command.close_fds()
 
 

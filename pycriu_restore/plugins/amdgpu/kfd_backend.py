@@ -7,9 +7,13 @@ Which process does what (backend.py has the protocol)::
     map_gpus     image topology -> local GPUs
     open_device  /dev/kfd, version >= 1.8
     restore_bos  open renderD<minor> per GPU
-                 (kept open: KFD uses its VM,
-                 the task mmaps VRAM through it),
+                 (KFD builds the task's VM on
+                 it; VRAM VMAs map through dups),
                  CRIU_OP(RESTORE) -> dma-buf fds
+    restore_render_node  GEM ops in those files
+    vma_target   a dup of one, at a BO's offset
+    close_task_files  close the render fds
+                 (KFD holds its own reference)
                  ── dma-bufs over the channel ──►  prepare_fill  a render node of our own
                                                    fill          SDMA (or CPU) copy, GIL free
                                                    resume        CRIU_OP(RESUME, pid)
@@ -434,8 +438,8 @@ class KfdBackend:
         self.policy = policy if policy is not None else topology.MatchPolicy.from_env()
         self.fd_floor = fd_floor
         self.park_fd = park_fd
-        # restored task only: local gpu_id -> render fd handed to KFD (kept open), and
-        # the VMA offset changes of the last restore_bos.
+        # restored task only: local gpu_id -> render fd handed to KFD (open until
+        # close_task_files), and the VMA offset changes of the last restore_bos.
         self._task_render_fds: dict[int, int] = {}
         self._local_minors: dict[int, int] = {}
         self._drm_done: dict[int, set[int]] = {}  # local gpu_id -> handles restored in its file
@@ -483,8 +487,17 @@ class KfdBackend:
         returns a dup of the same file: DRM refuses mmap of the BO through any other open)."""
         return offset, os.dup(self.render_fd(local_gpu_id))
 
-    def forget_vma_targets(self) -> None:
-        """Nothing: the DRM files stay in the task, as CRIU's do."""
+    def close_task_files(self) -> None:
+        """Close the DRM files opened for KFD in the task, once its device VMAs have their dups.
+
+        KFD keeps its own reference to each (kfd_chardev.c criu_restore_devices: on success
+        "the PDD keeps the drm_file reference"), a render-node fd of the image is a dup, and
+        a mapping holds its file: the restored process is left with only the fds of its
+        image. (CRIU leaves these open in the restored process, above its fds.)
+        """
+        fds, self._task_render_fds = self._task_render_fds, {}
+        self._drm_done.clear()
+        _close_all(fds.values())
 
     def _task_render_node(self, local_gpu_id: int) -> int:
         """Open (once) the task's render node for ``local_gpu_id``, above ``fd_floor``."""
@@ -597,7 +610,7 @@ class KfdBackend:
             _close_all(b.dmabuf_fd for b in bos if b.dmabuf_fd >= 0)
             raise
 
-    # --- in whichever process copies (orchestrator pool, or the task in serial mode) -----
+    # --- in the process that copies (the orchestrator's fill pool) ------------------------
 
     def _copier_state(self) -> tuple[dict[int, RenderNodeCopier], threading.Lock]:
         """This process's copiers and lock; after a fork, fresh ones.

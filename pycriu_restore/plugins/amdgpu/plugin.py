@@ -8,10 +8,10 @@ The hooks, in the order a restore calls them, and the process each runs in::
                                        "sim") and the mode; make the channel (a socketpair)
     post_forking         orchestrator  close our copy of the task end; start the FillPool
     restore_ext_file     task          for a /dev/kfd EXT file: open the device, re-create the
-                                       BOs (dma-buf fds), then
-                                         parallel: send the command + fds, return at once
-                                         serial:   fill the BOs here, then send them flagged
-                                                   ALREADY_FILLED (simgpu's device keeps them)
+                                       BOs (dma-buf fds), send the command + fds, then
+                                         parallel: return at once
+                                         serial:   wait until the pool has filled them
+                                                   (the command carries a reply pipe)
                                        close the dma-bufs (and, after the task's last kfd file,
                                        its channel end); return the device fd to install;
                                        ROCm's /dev/shm/hsakmt_shared_mem recreated.
@@ -29,8 +29,14 @@ The hooks, in the order a restore calls them, and the process each runs in::
 
 Parallel mode is the default (``ctx.options["parallel_gpu"]``). As in CRIU
 (research/criu-restore-internals.md §5.9) a tree of several processes is filled serially,
-each task filling its own BOs before its blob: the tasks of a tree prepare side by side and
-share one channel, and CRIU never ran the parallel path for them.
+each task's BOs filled before its blob: the tasks of a tree prepare side by side and share
+one channel, and CRIU never ran the parallel path for them.
+
+Both modes copy in the orchestrator's fill pool, one worker per GPU, so the GPUs are filled
+side by side either way. CRIU's serial path copies in the restored task with a thread per
+GPU; a task here cannot start a thread while it prepares (it is seized with
+PTRACE_O_TRACECLONE, so a new thread would stop at birth), and the copier's render node,
+staging buffer and GPU context would be left in the restored process.
 
 What the orchestrator's restore must do for this plugin, beyond calling the hooks: keep the
 fds of :meth:`AmdgpuPlugin.inherited_fds` open in the tasks until their files are installed
@@ -44,7 +50,6 @@ import multiprocessing
 import os
 import re
 import socket
-import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,24 +62,16 @@ from pycriu_restore.plugins.amdgpu.backend import GpuBackend, LocalGpu, Restored
 from pycriu_restore.plugins.amdgpu.channel import (
     IDLE_TIMEOUT_S,
     MESSAGE_TIMEOUT_S,
-    PROGRESS_INTERVAL_S,
     ChannelError,
     Command,
     Entry,
     GpuRecord,
     make_channel,
+    open_reply_pipe,
     send_command,
-    send_progress,
+    wait_reply,
 )
-from pycriu_restore.plugins.amdgpu.fillpool import (
-    DEFAULT_CHUNK_BYTES,
-    FillError,
-    FillPool,
-    FillStats,
-    Throttle,
-    check_ranges,
-    copy_bo,
-)
+from pycriu_restore.plugins.amdgpu.fillpool import DEFAULT_CHUNK_BYTES, FillError, FillPool, FillStats
 from pycriu_restore.plugins.amdgpu.images import (
     NO_HANDLE,
     PAGES_HEADER,
@@ -149,7 +146,6 @@ class AmdgpuPlugin(Plugin):
         self._task_sock: socket.socket | None = None
         self._sock_inodes: dict[int, tuple[int, int]] = {}  # fd -> (st_dev, st_ino) at creation
         self._send_lock: Any = None  # serial mode with several tasks: one sender at a time
-        self._last_progress = 0.0  # task: when the serial fill last reported progress
         # orchestrator only, from post_forking:
         self._pool: FillPool | None = None
         self._joined = False
@@ -184,11 +180,11 @@ class AmdgpuPlugin(Plugin):
 
         A task with no kfd file never sent a command; one with kfd files has closed its end
         already. Closes a number only if it still holds our socket (it may be reused). Runs
-        after the task's device VMAs have their fds (restore/task.py): what the backend kept
-        for them goes too.
+        after the task's device VMAs have their fds (restore/task.py): what the backend
+        opened in the task (its DRM files, its BO dups) goes too.
         """
         if self.backend is not None:
-            self.backend.forget_vma_targets()
+            self.backend.close_task_files()
         self._close_if_ours(self._orch_sock)
         self._close_if_ours(self._task_sock)
         self._orch_sock = self._task_sock = None
@@ -372,10 +368,7 @@ class AmdgpuPlugin(Plugin):
             for remap in getattr(backend, "vma_remaps", ()):
                 if not has_contents(remap.alloc_flags):
                     self._vma_moves[(remap.addr, remap.old_offset)] = (remap.new_offset, None)
-            if not self.parallel:
-                self._fill_serially(image, command, gpus)
-                command.already_filled = True
-            self._send(command, task)
+            self._send(command, task, name)
             if self._shm_dir is not None:  # as CRIU, once the BOs are back
                 hsakmt.restore_shared_mem(image.kfd.shared_mem_size, image.kfd.shared_mem_magic, self._shm_dir,
                                           self._sem_name)
@@ -407,53 +400,6 @@ class AmdgpuPlugin(Plugin):
                                  file_offset=content.file_offset, size_bytes=content.size_bytes))
         return Command(kfd_id=image.file_id, gpus=records, entries=entries, fds=[bo.dmabuf_fd for bo in bos],
                        sender_pid=os.getpid())
-
-    def _fill_serially(self, image: KfdImage, command: Command, gpus: dict[int, LocalGpu]) -> None:
-        """Serial mode: copy every BO here, before the blob, one GPU after the other.
-
-        CRIU's serial path fills the GPUs side by side (a pthread each); a task here cannot
-        start a thread: it is seized with PTRACE_O_TRACECLONE (its blob's threads must be
-        traced from their first instruction), so a new thread would stop at its creation
-        until the orchestrator resumed it, which it does not do while the task prepares.
-        The fill reports progress on the channel, so the orchestrator judges the task by
-        its progress, not by how long its fill takes. (Parallel mode fills GPUs side by side.)
-        """
-        assert self.backend is not None, "_fill_serially: no backend"
-        backend = self.backend
-        for record in command.gpus:
-            backend.prepare_fill(record.gpu_id, gpus[record.gpu_id])
-            pages = image.gpus[record.gpu_id]
-            assert pages.path is not None, f"_fill_serially: gpu {record.gpu_id:#x} has BOs but no pages file"
-            throttle = Throttle(self._bytes_per_s)
-            src_fd = os.open(pages.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                for entry in command.entries:
-                    if entry.gpu_id == record.gpu_id:
-                        self._fill_bo(entry, src_fd, command.fds[entry.fd_index], image.file_id, throttle)
-            finally:
-                os.close(src_fd)
-
-    def _report_progress(self) -> None:
-        """Task, serial fill: send PROGRESS at most every PROGRESS_INTERVAL_S.
-
-        Skipped while another task of the tree holds the channel: its message restarts the
-        orchestrator's idle wait just as well.
-        """
-        now = time.monotonic()
-        if now - self._last_progress < PROGRESS_INTERVAL_S:
-            return
-        self._last_progress = now
-        sock = self._task_sock
-        if sock is None or not self._is_ours(sock):
-            return
-        lock = self._send_lock
-        if lock is not None and not lock.acquire(block=False):
-            return
-        try:
-            send_progress(sock)
-        finally:
-            if lock is not None:
-                lock.release()
 
     # --- render nodes and dma-bufs --------------------------------------------------------
 
@@ -570,10 +516,7 @@ class AmdgpuPlugin(Plugin):
                                              file_offset=PAGES_HEADER.size, size_bytes=bo.size)
                                        for i, bo in enumerate(filled)],
                               fds=[bo.dmabuf_fd for bo in filled], sender_pid=os.getpid(), render_node=True)
-            if not self.parallel:
-                self._fill_render_serially(image, command, local)
-                command.already_filled = True
-            self._send(command, task)
+            self._send(command, task, name)
         except BaseException as err:
             if render_fd >= 0:
                 os.close(render_fd)
@@ -583,37 +526,6 @@ class AmdgpuPlugin(Plugin):
                 if bo.dmabuf_fd >= 0:
                     os.close(bo.dmabuf_fd)
         return render_fd
-
-    def _fill_render_serially(self, image: RenderImage, command: Command, local: LocalGpu) -> None:
-        """Serial mode: copy a render node's BOs here, each from its own drm-pages file."""
-        assert self.backend is not None, "_fill_render_serially: no backend"
-        if not command.entries:
-            return
-        gpu_id = command.gpus[0].gpu_id
-        self.backend.prepare_fill(gpu_id, local)
-        throttle = Throttle(self._bytes_per_s)
-        for entry in command.entries:
-            src_fd = os.open(image.contents[entry.bo_index], os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                self._fill_bo(entry, src_fd, command.fds[entry.fd_index], image.file_id, throttle)
-            finally:
-                os.close(src_fd)
-
-    def _fill_bo(self, entry: Entry, src_fd: int, bo_fd: int, file_id: int, throttle: Throttle) -> None:
-        """Serial mode: copy one BO's contents from ``src_fd`` (its pages file) into it, then
-        release it; a failure is a FillError naming the GPU, the BO and the file."""
-        assert self.backend is not None, "_fill_bo: no backend"
-        try:
-            problem = check_ranges(entry, src_fd, bo_fd)
-            if problem:
-                raise FillError(problem, entry.gpu_id, entry.bo_index, file_id)
-            copy_bo(self.backend, bo_fd, src_fd, entry, self._chunk_bytes, throttle, on_chunk=self._report_progress)
-        except (PycrestoreError, OSError) as err:
-            if isinstance(err, FillError):
-                raise
-            raise FillError(str(err), entry.gpu_id, entry.bo_index, file_id) from err
-        finally:
-            self.backend.release_bo(bo_fd)
 
     def _check_render_command(self, command: Command) -> None:
         """A render-node command names that node's BOs with contents, whole, from their files' offset 8."""
@@ -631,21 +543,40 @@ class AmdgpuPlugin(Plugin):
                                    f"{entry.size_bytes} bytes at file offset {entry.file_offset}: not a BO with "
                                    f"contents of {image.path.name}, whole", command.kfd_id, command.sender_pid)
 
-    def _send(self, command: Command, task: Task) -> None:
-        """Send ``command`` on the task end (one sender at a time when the tree has several tasks)."""
+    def _send(self, command: Command, task: Task, name: str) -> None:
+        """Send ``command`` on the task end (one sender at a time when the tree has several
+        tasks); in serial mode, then wait until the pool has filled its BOs.
+
+        The reply pipe's write end travels with the command and our copy is closed at once,
+        so the wait ends with the pool's answer, or with EOF if the orchestrator is gone.
+        """
         sock = self._task_sock
         if sock is None or not self._is_ours(sock):
             raise AmdgpuError("the amdgpu channel's task end is gone before RESTORE_EXT_FILE: the task "
                               "must keep AmdgpuPlugin.inherited_fds() open until its files are installed",
                               pid=task.pid)
-        lock = self._send_lock
-        if lock is not None and not lock.acquire(timeout=MESSAGE_TIMEOUT_S):
-            raise AmdgpuError(f"another task held the amdgpu channel for {MESSAGE_TIMEOUT_S:g} s", pid=task.pid)
+        reply = -1
+        if not self.parallel:
+            reply, command.reply_fd = open_reply_pipe()
         try:
-            send_command(sock, command)
+            lock = self._send_lock
+            if lock is not None and not lock.acquire(timeout=MESSAGE_TIMEOUT_S):
+                raise AmdgpuError(f"another task held the amdgpu channel for {MESSAGE_TIMEOUT_S:g} s", pid=task.pid)
+            try:
+                send_command(sock, command)
+            finally:
+                if lock is not None:
+                    lock.release()
+        except BaseException:
+            if reply >= 0:
+                os.close(reply)
+            raise
         finally:
-            if lock is not None:
-                lock.release()
+            if command.reply_fd >= 0:
+                os.close(command.reply_fd)
+                command.reply_fd = -1
+        if reply >= 0:
+            wait_reply(reply, f"fill of {name}")
 
     def _is_ours(self, sock: socket.socket) -> bool:
         """Whether ``sock``'s fd number still holds the socket restore_init made (not a reused number)."""

@@ -76,7 +76,7 @@ class SimBackend:
         self._drm_done: dict[int, set[int]] = {}
         self._drm_bos_made = 0
         # (local gpu_id, new mmap offset) -> a parked dup of the BO's memfd, for vma_target;
-        # closed by forget_vma_targets, so that no BO stays open in the restored task.
+        # closed by close_task_files, so that no BO stays open in the restored task.
         self._vma_targets: dict[tuple[int, int], int] = {}
 
     def map_gpus(self, kfd: amdgpu_pb2.CriuKfd) -> dict[int, LocalGpu]:
@@ -98,7 +98,7 @@ class SimBackend:
         On failure the memfds made so far are closed and SimGpuError names the BO.
         """
         for local_gpu_id in gpu_map.values():
-            self.render_fd(local_gpu_id)  # KFD gets one DRM file per GPU: the task keeps it
+            self.render_fd(local_gpu_id)  # KFD gets one DRM file per GPU (close_task_files closes it)
         out: list[RestoredBo] = []
         try:
             for index, bo in enumerate(kfd.bo_entries):
@@ -192,10 +192,13 @@ class SimBackend:
                               f"(offsets: {', '.join(f'{o:#x}' for g, o in sorted(self._vma_targets) if g == local_gpu_id) or 'none'})")
         return 0, os.dup(fd)
 
-    def forget_vma_targets(self) -> None:
-        """Close the BO dups kept for vma_target: the restored task holds no BO fd of ours."""
+    def close_task_files(self) -> None:
+        """Close the simulated DRM files and the BO dups kept for vma_target: the restored
+        task holds no fd of ours (its render-node fds are dups of the DRM files)."""
         targets, self._vma_targets = self._vma_targets, {}
-        for fd in targets.values():
+        drm, self._render_fds = self._render_fds, {}
+        self._drm_done.clear()
+        for fd in [*targets.values(), *drm.values()]:
             os.close(fd)
 
     def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
