@@ -11,6 +11,7 @@ restore is refused naming the missing file; kinds that hold a path of their own 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import time
@@ -105,3 +106,20 @@ def test_kinds_with_paths_of_their_own_are_refused_under_root(tmp_path):
         reroot(plan, str(tmp_path))
     assert reroot(plan, "/") is plan
     assert reroot(replace(plan, shared=()), str(tmp_path)).tasks[0].root == str(tmp_path) + "/"
+
+
+def test_a_device_mapping_is_refused_under_root(dumped, tmp_path):
+    """A VMA_EXT_PLUGIN mapping would be opened at its host path (no plugin file can answer
+    for it under --root, those are refused too): refused, naming the task and the VMA."""
+    from dataclasses import replace
+
+    images, *_ = dumped
+    plan = build_plan(ImageSet.open(images))
+    task = plan.tasks[0]
+    i, vma = next((i, v) for i, v in enumerate(task.vmas) if v.file is not None and v.file.memfd_inode is None)
+    device = replace(vma, file=replace(vma.file, path="/dev/kfd", plugin=True))
+    plan = replace(plan, tasks=(replace(task, vmas=task.vmas[:i] + (device,) + task.vmas[i + 1:]),))
+    expected = f"pid {task.pid} device VMA {vma.start:#x}-{vma.end:#x} (/dev/kfd): a plugin's mapping under another root"
+    with pytest.raises(UnsupportedFeature, match=re.escape(expected)):
+        reroot(plan, str(tmp_path))
+    assert reroot(plan, "/") is plan

@@ -15,8 +15,10 @@ Only fds of kinds that hold no path other than an open file's are accepted (``PA
 pipes, eventfd, epoll, signalfd, timerfd, inet sockets, unix sockets not bound to a path,
 inherited fds). The rest (a unix socket bound to a path, inotify watches, terminals, plugin
 files) are refused under ``--root`` (exit 3, naming the task and the fd), never restored at a
-host path. Memfds and shared anonymous memory have no path (their MappedFile.path only names
-them) and are left as they are. ``--root /`` is the plan unchanged.
+host path; so is a device mapping (VMA_EXT_PLUGIN): its plugin answers for it only with the
+files the plugin restored, and without them the device would be opened by its host path.
+Memfds and shared anonymous memory have no path (their MappedFile.path only names them) and
+are left as they are. ``--root /`` is the plan unchanged.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ def reroot(plan: RestorePlan, root: str) -> RestorePlan:
 
 
 def _refusals(task: Task) -> list[str]:
-    return [f"pid {task.pid} fd {spec.fd}: {type(spec).__name__} under another root: not restored"
-            for spec in task.files if not isinstance(spec, (OpenFile, *PATH_FREE))]
+    fds = [f"pid {task.pid} fd {spec.fd}: {type(spec).__name__} under another root: not restored"
+           for spec in task.files if not isinstance(spec, (OpenFile, *PATH_FREE))]
+    return fds + [f"pid {task.pid} device VMA {v.start:#x}-{v.end:#x} ({v.file.path}): a plugin's mapping under "
+                  "another root: not restored" for v in task.vmas if v.file is not None and v.file.plugin]
 
 
 def _socket_refusals(plan: RestorePlan) -> list[str]:
@@ -76,8 +80,6 @@ def _task(task: Task, root: str) -> Task:
 def _mapped(m: MappedFile, root: str) -> MappedFile:
     if m.memfd_inode is not None or m.shmem_id is not None:
         return m  # no path: the object is made, not opened
-    if m.plugin:
-        return m  # the device's name in the image: its plugin matches it (update_vma_map)
     return dataclasses.replace(m, path=under(root, m.path))
 
 
