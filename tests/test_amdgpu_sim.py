@@ -10,7 +10,6 @@ runs restore_ext_file, then resume_devices_late and cleanup.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 import zlib
@@ -271,20 +270,22 @@ def test_an_unknown_backend_is_refused(gpu_images):
         AmdgpuPlugin().restore_init(ctx)
 
 
-def test_a_tree_of_several_processes_is_filled_serially(tmp_path, caplog):
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_tree_of_several_processes_keeps_its_mode_and_shares_the_channel_under_a_lock(tmp_path, parallel):
+    """Unlike CRIU (parallel_disabled when the root has children), a tree fills in parallel
+    too; its tasks send on the one channel, one at a time."""
     src = FIXTURES / "images" / "pipes"
     images = ImageSet.open(src)
     assert len(images.pstree()) > 1, "the pipes fixture is a tree"
     dst = tmp_path / "pipes"
     generate_gpu_state(src, dst, n_gpus=1, n_bos=2, total_bytes=MIB, seed=1)
     images = ImageSet.open(dst)
-    ctx = RestoreContext(images=images, plan=build_plan(images), options={"gpu_backend": "sim"})
+    ctx = RestoreContext(images=images, plan=build_plan(images), options={"gpu_backend": "sim",
+                                                                          "parallel_gpu": parallel})
     plugin = AmdgpuPlugin()
-    with caplog.at_level(logging.INFO, logger="pycriu_restore.plugins.amdgpu.plugin"):
-        plugin.restore_init(ctx)
+    plugin.restore_init(ctx)
     try:
-        assert plugin.parallel is False and plugin._send_lock is not None
-        assert "each task fills its own BOs (serial), as CRIU does" in caplog.text
+        assert plugin.parallel is parallel and plugin._send_lock is not None
     finally:
         plugin.cleanup(ctx, failed=True)
 

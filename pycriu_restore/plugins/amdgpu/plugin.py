@@ -27,10 +27,11 @@ The hooks, in the order a restore calls them, and the process each runs in::
                                        error raised); then resume the GPU of that task
     cleanup              orchestrator  stop the pool if it still runs; close the channel
 
-Parallel mode is the default (``ctx.options["parallel_gpu"]``). As in CRIU
-(research/criu-restore-internals.md §5.9) a tree of several processes is filled serially,
-each task's BOs filled before its blob: the tasks of a tree prepare side by side and share
-one channel, and CRIU never ran the parallel path for them.
+Parallel mode is the default (``ctx.options["parallel_gpu"]``), for one process and for a
+tree: the tasks of a tree prepare side by side and send their commands on the one channel,
+one message at a time. (CRIU turns parallel restore off when the root has children,
+research/criu-restore-internals.md §5.9: its worker lived in the restoring criu process and
+hung under Podman in review; nothing here depends on which task sends.)
 
 Both modes copy in the orchestrator's fill pool, one worker per GPU, so the GPUs are filled
 side by side either way. CRIU's serial path copies in the restored task with a thread per
@@ -233,11 +234,6 @@ class AmdgpuPlugin(Plugin):
         idle = options.get("gpu_idle_timeout_s")
         self._idle_timeout_s = float(idle) if idle else IDLE_TIMEOUT_S
         self.parallel = bool(options.get("parallel_gpu", True))
-        if self.parallel and len(ctx.plan.tasks) > 1:
-            # CRIU's rule (parallel_disabled when the root has children, §5.9).
-            log.info("amdgpu: %d processes in the tree: each task fills its own BOs (serial), as CRIU does",
-                     len(ctx.plan.tasks))
-            self.parallel = False
         if len(ctx.plan.tasks) > 1:
             # Tasks of a tree prepare at the same time: one command on the shared stream at once.
             # A fork-context Lock is a semaphore in shared memory: no fd, inherited by fork.
