@@ -88,6 +88,17 @@ class Plugin:
     def resume_devices_late(self, ctx: RestoreContext, pid: int) -> None:
         """Orchestrator, after the blob is gone and before detach: finish and start devices."""
 
+    def last_progress(self) -> float:
+        """Orchestrator, while the tasks prepare: when this plugin last worked for a task that
+        waits on it (time.monotonic(); the current time while such work runs), or 0.0.
+
+        The orchestrator gives a task a fixed time to prepare after its last sign of life
+        (restore/tree.py PREPARE_TIMEOUT_S); a task that waits on a long plugin job (the
+        amdgpu plugin's serial fill) shows life through this. Called from the main thread
+        while background threads of the plugin run: it must be thread-safe.
+        """
+        return 0.0
+
     def cleanup(self, ctx: RestoreContext, failed: bool) -> None:
         """Orchestrator, at the very end: release what the plugin holds (threads, fds)."""
 

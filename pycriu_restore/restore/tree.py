@@ -22,6 +22,7 @@ import json
 import os
 import select
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,7 +40,8 @@ from pycriu_restore.restore.task import READY, ServiceFds, TaskLink, TreeSetup, 
 from pycriu_restore.restore.zombie import check_zombie
 from pycriu_restore.tracee import DEFAULT_OPTIONS, Tracee
 
-# How long a child may take to prepare itself (open files, enter namespaces).
+# How long a child may go without a sign of life while it prepares itself (open files, enter
+# namespaces): its status pipe, or a plugin working for it (Plugin.last_progress).
 PREPARE_TIMEOUT_S = 30.0
 
 
@@ -155,6 +157,10 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     """
     links: dict[int, TaskLink] = {}
     ours: dict[int, tuple[int, int]] = {}  # pid -> (go write end, status read end)
+
+    def progress() -> float:  # a task waiting on a plugin's work is alive while it goes on
+        return max((plugin.last_progress() for plugin in plugins), default=0.0)
+
     for task in plan.tasks:
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -192,10 +198,10 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
                 rollback.add(outer[task.pid])
             go_w, status_r = ours[task.pid]
             if task.is_zombie:
-                _check_zombie(task, outer[task.pid], status_r)
+                _check_zombie(task, outer[task.pid], status_r, progress)
                 zombies[task.pid] = outer[task.pid]
                 continue
-            spawned.append(_take_over(task, outer[task.pid], go_w, status_r, links[task.pid].service))
+            spawned.append(_take_over(task, outer[task.pid], go_w, status_r, links[task.pid].service, progress))
     finally:
         for go_w, status_r in ours.values():
             os.close(go_w)
@@ -203,12 +209,12 @@ def spawn_tree(plan: RestorePlan, rollback: Rollback, pidns: PidNamespace | None
     return SpawnedTree(tasks=spawned, zombies=zombies)
 
 
-def _check_zombie(task: Task, pid: int, status_r: int) -> None:
+def _check_zombie(task: Task, pid: int, status_r: int, progress: Callable[[], float]) -> None:
     """A zombie's report, then its state: exited, unreaped, with the dumped wait status.
 
     Precondition: its parent has reported ready, which it does only after the zombie exited.
     """
-    report = _read_status(status_r, task.pid)
+    report = _read_status(status_r, task.pid, progress)
     if report != READY:
         _raise_child_failure(task.pid, report)
     problem = check_zombie(pid, task)
@@ -216,7 +222,8 @@ def _check_zombie(task: Task, pid: int, status_r: int) -> None:
         raise RestoreFailed(task.pid, "zombie", problem)
 
 
-def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds) -> SpawnedTask:
+def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceFds,
+               progress: Callable[[], float]) -> SpawnedTask:
     """Seize a task that waits on its go pipe, let it prepare, and wait for its SIGSTOP."""
     # TRACECLONE: the threads the blob creates are traced from their first instruction.
     # SUSPEND_SECCOMP (as CRIU's attach_to_tasks): the blob installs the task's seccomp
@@ -228,7 +235,7 @@ def _take_over(task: Task, pid: int, go_w: int, status_r: int, service: ServiceF
         options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
     tracee = Tracee.seize(pid, options)
     os.write(go_w, b"g")
-    report = _read_status(status_r, task.pid)
+    report = _read_status(status_r, task.pid, progress)
     device_offsets = parse_ready(report)
     if device_offsets is None:
         _raise_child_failure(task.pid, report)
@@ -276,17 +283,26 @@ def _clone_with_pid(pid: int, pidns: PidNamespace | None, flags: int = 0) -> int
     return child
 
 
-def _read_status(fd: int, pid: int) -> bytes:
-    """Everything the child wrote before closing its end (bounded by PREPARE_TIMEOUT_S)."""
+def _read_status(fd: int, pid: int, progress: Callable[[], float]) -> bytes:
+    """Everything the child wrote before closing its end.
+
+    Fails after PREPARE_TIMEOUT_S without a sign of life: a write of the child's, or work a
+    plugin does for it (``progress()``: the time of the plugins' last progress).
+    """
     chunks = []
+    alive = time.monotonic()
     while True:
-        readable, _, _ = select.select([fd], [], [], PREPARE_TIMEOUT_S)
+        left = max(alive, progress()) + PREPARE_TIMEOUT_S - time.monotonic()
+        readable = select.select([fd], [], [], left)[0] if left > 0 else []
         if not readable:
-            raise RestoreFailed(pid, "prepare", f"no answer from the task within {PREPARE_TIMEOUT_S:.0f} s")
+            if max(alive, progress()) + PREPARE_TIMEOUT_S > time.monotonic():
+                continue  # a plugin worked for the task meanwhile
+            raise RestoreFailed(pid, "prepare", f"no answer from the task within {PREPARE_TIMEOUT_S:g} s")
         chunk = os.read(fd, 4096)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        alive = time.monotonic()
 
 
 def _raise_child_failure(pid: int, report: bytes) -> None:

@@ -281,7 +281,7 @@ class FillPool:
         try:
             while self.expected_commands is None or received < self.expected_commands:
                 command = receive_command(self._sock, self.idle_timeout_s, self.message_timeout_s,
-                                          idle_since=self._idle_since)
+                                          idle_since=self.last_progress)
                 if command is None:
                     if self.expected_commands is not None and not self._cancel.is_set():
                         raise ChannelError("stream", f"ended after {received} of {self.expected_commands} "
@@ -305,9 +305,10 @@ class FillPool:
         except BaseException as err:  # noqa: BLE001 - a receiver bug must reach join(), not vanish
             self._fail(FillError(f"receiver failed: {type(err).__name__}: {err}"))
 
-    def _idle_since(self) -> float:
-        """When the pool last worked (now, while a job is pending): the receiver's idle wait
-        starts from here, so a task that waits for its copies is not judged idle."""
+    def last_progress(self) -> float:
+        """When the pool last worked (now, while a job is pending; any thread): the
+        receiver's idle wait, and the orchestrator's wait for a task that waits on its
+        fill (serial mode), start from here, so the task is not judged idle."""
         with self._lock:
             return time.monotonic() if self._pending else self._last_copy_s
 

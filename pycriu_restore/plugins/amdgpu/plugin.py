@@ -619,6 +619,12 @@ class AmdgpuPlugin(Plugin):
             return (new_pgoff, None)
         return self.backend.vma_target(local_gpu, new_pgoff)
 
+    def last_progress(self) -> float:
+        """When the fill pool last copied (now, while it copies): a serial task waiting for its
+        fill is alive as long as its copies go on (orchestrator, any thread)."""
+        pool = self._pool
+        return pool.last_progress() if pool is not None else 0.0
+
     # --- orchestrator: after the blobs --------------------------------------------------
 
     def resume_devices_late(self, ctx: RestoreContext, pid: int) -> None:
