@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from conftest import PACK_CPU_CAP, FIXTURES, needs_fixtures
-from pycriu_restore.images import dump_image, load_image
+from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.images.image import Image
-from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext
+from pycriu_restore.plugins.api import ExtFile, Plugin, RestoreContext, missing_plugins
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 from pycriu_restore.restore.cpucap import parse_cpu_cap
 
@@ -105,3 +105,30 @@ def test_plugins_command_lists_amdgpu():
     out = subprocess.run([sys.executable, "-m", "pycriu_restore", "plugins"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "amdgpu" in out.stdout and "pycriu_restore.plugins.amdgpu.plugin:AmdgpuPlugin" in out.stdout
+
+
+@pytest.mark.parametrize("listed, ok", [(["amdgpu_plugin"], True), (["amdgpu_plugin", "cuda_plugin"], False)],
+                         ids=["amdgpu", "amdgpu-and-cuda"])
+def test_a_plugin_the_dump_used_must_be_there(tmp_path, listed, ok):
+    """inventory.img names the plugins that dumped state (CRIU's names); a restore without one
+    of them is refused before anything is made (exit 3), as CRIU's "Missing required plugin"."""
+    listed_dir = tmp_path / "listed"
+    shutil.copytree(FIXTURES / "images" / "counter", listed_dir)
+    inventory = load_image(listed_dir / "inventory.img")
+    inventory.entries[0].plugins_entry.plugins.extend(listed)
+    (listed_dir / "inventory.img").write_bytes(dump_image(Image(kind=inventory.kind, entries=inventory.entries)))
+    images = ImageSet.open(listed_dir)
+    from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin
+
+    assert missing_plugins(images, (AmdgpuPlugin(),)) == ([] if ok else ["cuda_plugin"])
+    assert missing_plugins(images, ()) == listed
+    if ok:
+        return
+    subprocess.run([str(FIXTURES / "install.sh"), "counter"], check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "pycriu_restore", "restore", "-D", str(listed_dir), "-d",
+                          f"--cpu-cap={PACK_CPU_CAP}"], capture_output=True, text=True)
+    assert res.returncode == 3, res.stderr
+    error = res.stderr.strip().splitlines()[-1]  # after the CPU check's warning, if any
+    assert "Traceback" not in res.stderr and "inventory.img" in error and "cuda_plugin" in error, res.stderr
+    assert "no pycrestore plugin restores (loaded: amdgpu_plugin)" in error, error
+    assert not os.path.exists("/proc/31100")

@@ -219,9 +219,9 @@ INVENTORY = RecordKind("inventory", "inventory.img", inventory_pb2.InventoryEntr
     R("tcp_close", "dumped with --tcp-close (connections without their state, to be restored closed)"),
     A("network_lock_method", "files/inet_lock.py release: the lock a CRIU dump on this host left for the "
       "connections (nftables table or iptables rules) is removed once they are restored"),
-    I("plugins_entry", "the plugins the dump used; a plugin restores its own images, and a "
-      "plugin file no installed plugin claims fails the restore (restore/task.py _restore_ext_file)",
-      subtree=True),
+    A("plugins_entry", "restore/orchestrator.py: every plugin the dump used (CRIU's names) must be loaded, "
+      "or the restore is refused before any fork, as CRIU's 'Missing required plugin' (plugins/api.py "
+      "missing_plugins); a plugin file no loaded plugin claims fails the restore too", subtree=True),
     A("dump_criu_run_id", "files/inet_lock.py release: names the dump's nftables lock table (CRIU-<id>)"),
     R("allow_uprobes", "dumped with --allow-uprobes (uprobes areas are not restored)"),
 ))

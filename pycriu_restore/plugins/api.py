@@ -62,10 +62,16 @@ class ExtFile:
 
 
 class Plugin:
-    """Base class: every hook does nothing, so a plugin overrides only what it needs."""
+    """Base class: every hook does nothing, so a plugin overrides only what it needs.
+
+    ``criu_name`` is the name of the CRIU plugin whose images this one restores, as CRIU's
+    CR_PLUGIN_REGISTER gives it and its dump writes it into inventory.img (e.g.
+    "amdgpu_plugin"); empty for a plugin of pycrestore's own.
+    """
 
     name = "plugin"
     description = ""
+    criu_name = ""
 
     def restore_init(self, ctx: RestoreContext) -> None:
         """Orchestrator, before any fork: read images, set up IPC the tasks will inherit."""
@@ -139,6 +145,23 @@ def plugins_apply(images: ImageSet, plan: RestorePlan) -> bool:
     if any(v.file is not None and v.file.plugin for task in plan.tasks for v in task.vmas):
         return True  # a device mapping (VMA_EXT_PLUGIN): only a plugin can say how to map it
     return any(isinstance(f, ExtFileEnd) for task in plan.tasks for f in task.files)
+
+
+def missing_plugins(images: ImageSet, plugins: tuple[Plugin, ...]) -> list[str]:
+    """The plugins the dump used (inventory.img ``plugins_entry``, CRIU's names) that none of
+    ``plugins`` restores, in the inventory's order.
+
+    A plugin adds its name there when it dumps state only it can restore (CRIU's amdgpu
+    plugin: when it handles a DRM device VMA; its cuda plugin: when it checkpoints a CUDA
+    process). CRIU's restore stops at once if one of them is not loaded ("Missing required
+    plugin", criu/image.c check_inventory_plugins): without it the process would come back
+    with that state silently lost, a CUDA process never resumed.
+    """
+    inventory = images.inventory
+    if not inventory.HasField("plugins_entry"):
+        return []
+    ours = {plugin.criu_name for plugin in plugins if plugin.criu_name}
+    return [name for name in dict.fromkeys(inventory.plugins_entry.plugins) if name not in ours]
 
 
 def installed_plugins() -> list[PluginInfo]:

@@ -45,7 +45,7 @@ from pycriu_restore.plan.model import RestorePlan, Task, TaskState
 from pycriu_restore.plan.reroot import reroot
 from pycriu_restore.files.inet_lock import ConnectionLock
 from pycriu_restore.plan.netns import read_net_namespace
-from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins, plugins_apply
+from pycriu_restore.plugins.api import Plugin, RestoreContext, load_plugins, missing_plugins, plugins_apply
 from pycriu_restore import faults, interruption
 from pycriu_restore.linux.errors import LinuxError
 from pycriu_restore.restore.errors import RestoreFailed
@@ -182,6 +182,11 @@ def restore(images_dir: str, options: RestoreOptions = RestoreOptions()) -> Rest
         plugins = options.plugins
     else:  # the installed ones, looked up only where the images hold something of a plugin's
         plugins = tuple(load_plugins()) if plugins_apply(images, plan) else ()
+    missing = missing_plugins(images, plugins)
+    if missing:  # as CRIU's "Missing required plugin": its state would be lost without a word
+        loaded = ", ".join(p.criu_name or p.name for p in plugins) or "none"
+        raise UnsupportedFeature("inventory.img", f"the dump used CRIU plugin {', '.join(missing)}, which no "
+                                 f"pycrestore plugin restores (loaded: {loaded}): its state would be lost")
     ctx = RestoreContext(images=images, plan=plan,
                          options={"gpu_backend": options.gpu_backend, "parallel_gpu": options.parallel_gpu,
                                   "gpu_bytes_per_s": options.gpu_bytes_per_s})
