@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from restore_bench import FIXTURES, emit_json, make_big_images, warm  # noqa: E402
+from restore_bench import FIXTURES, NO_CPU_CHECK, emit_json, make_big_images, warm  # noqa: E402
 
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state  # noqa: E402
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin  # noqa: E402
@@ -48,7 +48,7 @@ def timed_restore(images: Path, parallel: bool, cap: float | None) -> float:
     plugin = AmdgpuPlugin()
     start = time.perf_counter()
     restored = restore(str(images), RestoreOptions(plugins=(plugin,), gpu_backend="sim", parallel_gpu=parallel,
-                                                   gpu_bytes_per_s=cap))
+                                                   gpu_bytes_per_s=cap, cpu_cap=NO_CPU_CHECK))
     seconds = time.perf_counter() - start
     os.kill(restored.root_pid, signal.SIGKILL)
     os.waitpid(restored.root_pid, 0)
@@ -71,7 +71,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         tmp = Path(tmp)
         host = tmp / "host"
-        make_big_images(host, args.host_gib)
+        make_big_images(host, args.host_gib, FIXTURES / "images" / "counter")
         subprocess.run(["sync"], check=True)
         warm(host / "pages-1.img")
         t_host = min(timed_restore(host, True, cap) for _ in range(args.repeat))

@@ -2,9 +2,10 @@
 
 The task re-creates its GPU buffer objects (BOs) and exports each as a dma-buf fd; the
 orchestrator's fill pool copies the checkpointed bytes into them while the task goes on to
-restore its host memory (parallel mode) or waits for the copies (serial mode). The task tells the pool what to copy, and hands over the fds, on
-a ``socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`` made in restore_init, before the
-fork, so the task inherits its end. (Upstream connects to an abstract socket by name;
+restore its host memory (parallel mode) or waits for the copies (serial mode). The task
+tells the pool what to copy, and hands over the fds, on a ``socketpair(AF_UNIX,
+SOCK_STREAM | SOCK_CLOEXEC)`` made in restore_init, before the fork, so the task inherits
+its end. (Upstream connects to an abstract socket by name;
 abstract names are per network namespace, so a task in a new netns cannot reach it:
 research/criu-restore-internals.md §5.12.3.)
 
