@@ -15,7 +15,11 @@ T_gpu); at G ~ H a saving of at least 34.3% against serial. Needs root; kills wh
 --cap-gbps models the copy engine: on a real GPU, SDMA fills VRAM without the CPU, at PCIe
 speed. Without a cap simgpu copies with the CPU, and on a 2-core machine the two GPU workers
 and the blob compete for the cores, so parallel cannot reach max(T_host, T_gpu) there.
-Results of 2026-11-25 (2 cores): benchmarks/results/gpu-*.json.
+Results (2 cores): benchmarks/results/gpu-*.json. gpu-cap1GBps-2026-11-28.json is after serial
+mode began to wait for the orchestrator's pool, which fills the GPUs side by side (before, the
+task filled them one after the other): serial at G = 2 and 4 GiB fell from 5.43 s and 7.47 s
+(2026-11-25) to 2.57 s and 3.67 s; parallel went from 1.15 s and 2.68 s to 1.45 s and
+2.78 s, within this shared machine's noise (another engineer's tests ran beside it).
 """
 
 from __future__ import annotations

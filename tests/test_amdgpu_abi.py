@@ -54,7 +54,12 @@ NOT_IN_HEADERS = {
     (kfd, "KFD_MIN_CRIU_MINOR_VERSION"),  # CRIU's kernel_supports_criu(): 1.8+
     (kfd, "KFD_INVALID_FD"),              # CRIU's KFD_INVALID_FD; the kernel writes (u32)-1
     (drm, "DRM_IOCTL_GEM_CHANGE_HANDLE"),  # Linux 6.18 drm.h, newer than libdrm 2.4.114:
-}                                          # test_gem_change_handle_matches_linux_6_18
+                                           # test_gem_change_handle_matches_linux_6_18
+    # kfd_priv.h, kernel-internal (no installed header): /dev/kfd mmap offsets, compared with
+    # the fake KFD's own copy in test_amdgpu_fake.py test_kfd_mmap_offsets_agree_with_the_fakes
+    (kfd, "KFD_MMAP_TYPE_SHIFT"), (kfd, "KFD_MMAP_TYPE_DOORBELL"), (kfd, "KFD_MMAP_TYPE_MMIO"),
+    (kfd, "KFD_MMAP_GPU_ID_SHIFT"), (kfd, "KFD_GPU_ID_HASH_WIDTH"),
+}
 
 # Structs newer than the installed headers, each checked by value in its own test.
 STRUCTS_NOT_IN_HEADERS = {drm.DrmGemChangeHandle}  # test_gem_change_handle_matches_linux_6_18

@@ -13,7 +13,8 @@ one DRM file, the dma-buf is the shared BO's buffer), no channel end left in the
 the restored processes alive, holding exactly the fds of their images. The root also has device VMAs (VMA_EXT_PLUGIN, as CRIU dumps
 the CPU mappings of GPU memory): each must be at its checkpointed address in the live task,
 map the BO simgpu keeps (its memfd, at the offset update_vma_map gave) and read as the BO's
-checksum-verified contents through /proc/PID/mem. A plugin that gives no offset for one
+checksum-verified contents through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd maps
+the task's kfd memfd at simgpu's offset for it. A plugin that gives no offset for one
 fails the restore (exit 5) naming the VMA, and leaves nothing behind.
 """
 
@@ -32,7 +33,9 @@ from conftest import ensure_criu, kill_and_wait, kill_session, pid_max_at_least,
 from pycriu_restore.images import ImageSet
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state
+from pycriu_restore.plugins.amdgpu.images import load_kfd_image
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuPlugin
+from pycriu_restore.plugins.amdgpu.sim import sim_kfd_offsets
 from pycriu_restore.restore.errors import RestoreFailed
 from pycriu_restore.restore.orchestrator import RestoreOptions, restore
 
@@ -103,17 +106,28 @@ def _maps(pid: int) -> dict[int, tuple[int, str, int, str]]:
     return out
 
 
-def _check_device_vmas(pid: int, state) -> None:
+def _check_device_vmas(pid: int, state, images: Path) -> None:
     """Each device VMA where CRIU's restore puts it: its address, shared and writable as dumped,
-    through the BO simgpu keeps at the offset update_vma_map gave, showing the BO's bytes."""
+    through the BO simgpu keeps at the offset update_vma_map gave, showing the BO's bytes. A
+    doorbell VMA of /dev/kfd maps the task's own kfd memfd (the fd of its kfd file) at
+    simgpu's offset for that page, not KFD's checkpointed one (3 << 62 | gpu_id << 46)."""
+    kfd = load_kfd_image(ImageSet.open(images), state.kfd_id).kfd
+    kfd_offsets = sim_kfd_offsets(kfd)  # BO index -> simgpu's /dev/kfd offset
     maps = _maps(pid)
-    assert len(state.device_vmas) == 12  # 8 KFD BOs, and per GPU its render-node BO and import
+    assert len(state.device_vmas) == 14  # 8 KFD BOs, 2 doorbells, and per GPU its render-node BO and import
+    doorbells = [dev for dev in state.device_vmas if dev.path == "/dev/kfd"]
+    assert sorted(dev.bo[2] for dev in doorbells) == sorted(kfd_offsets) and len(doorbells) == 2
+    kfd_inode = os.stat(f"/proc/{pid}/fd/{state.fd}").st_ino
     with open(f"/proc/{pid}/mem", "rb") as mem:
         for dev in state.device_vmas:
             assert dev.start in maps, f"no VMA at {dev.start:#x} ({dev.bo})"
             end, perms, offset, path = maps[dev.start]
-            assert (end, perms, offset, path) == (dev.end, "rw-s", 0, f"/memfd:{dev.sim_memfd} (deleted)"), dev
+            new_offset = kfd_offsets[dev.bo[2]] if dev.path == "/dev/kfd" else 0
+            assert (end, perms, offset, path) == (dev.end, "rw-s", new_offset,
+                                                  f"/memfd:{dev.sim_memfd} (deleted)"), dev
             assert dev.pgoff != offset  # moved from the checkpointed offset to the plugin's
+            if dev.path == "/dev/kfd":
+                assert os.stat(f"/proc/{pid}/map_files/{dev.start:x}-{dev.end:x}").st_ino == kfd_inode, dev
             mem.seek(dev.start)
             assert zlib.crc32(mem.read(dev.end - dev.start)) == dev.checksum, f"contents of {dev.bo}"
 
@@ -157,7 +171,7 @@ def test_a_checkpoint_in_upstreams_shape_restores_on_simgpu(checkpoints, name, p
         task = next(t for t in build_plan(ImageSet.open(images)).tasks if t.pid == pid)
         assert sorted(links) == sorted(f.fd for f in task.files), links
         assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] in "SR"
-        _check_device_vmas(pid, state)
+        _check_device_vmas(pid, state, images)
         if name == "tree":
             children = open(f"/proc/{pid}/task/{pid}/children").read().split()
             dumped = [e.pid for e in ImageSet.open(images).pstree() if e.pid != pid]

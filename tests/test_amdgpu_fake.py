@@ -85,6 +85,17 @@ def test_fake_layouts_match_the_headers(tmp_path: Path) -> None:
     assert dict(zip(checks, map(int, out.split()))) == checks
 
 
+def test_kfd_mmap_offsets_agree_with_the_fakes() -> None:
+    """kfd_priv.h's /dev/kfd offsets are kernel-internal (no header to compile against): the
+    package's copy (kfd.py, which the generator writes doorbell offsets with) and the fake's,
+    written separately, must agree, down to the 16-bit gpu_id mask."""
+    assert (kfd.KFD_MMAP_TYPE_DOORBELL, kfd.KFD_MMAP_TYPE_MMIO) == (fk.KFD_MMAP_TYPE_DOORBELL, fk.KFD_MMAP_TYPE_MMIO)
+    assert kfd.KFD_MMAP_GPU_ID_SHIFT == fk.KFD_MMAP_GPU_ID_SHIFT
+    for gpu_id in (0x1, 0xB2, 0xFFFF, 0x1_2345):
+        assert kfd.kfd_mmap_offset(kfd.KFD_MMAP_TYPE_DOORBELL, gpu_id) == \
+            fk.KFD_MMAP_TYPE_DOORBELL | fk.kfd_mmap_gpu_id(gpu_id)
+
+
 # --- a machine, a checkpoint, the backend wired to the fake ----------------------------------------
 
 def _device_entries(image: CriuKfd, machine: FakeAmdgpuMachine) -> None:
@@ -204,6 +215,10 @@ def test_kfd_restore_fill_and_resume_against_the_fake(machine: FakeAmdgpuMachine
         db = image.bo_entries[4]
         assert remaps[db.addr] == fk.KFD_MMAP_TYPE_DOORBELL | (0xB2 << 46)
         assert remaps[image.bo_entries[3].addr] == fk.KFD_MMAP_TYPE_MMIO | (0xB1 << 46)
+        # and such a VMA reopens /dev/kfd by path at that offset (no fd), as CRIU's update_vmamap:
+        # kfd_mmap maps the doorbells of the process that calls it, through any open of /dev/kfd
+        for addr in (db.addr, image.bo_entries[3].addr):
+            assert backend.kfd_vma_target(remaps[addr]) == (remaps[addr], None)
 
         backend.resume(os.getpid())
         names = machine.names()
@@ -387,6 +402,15 @@ def test_a_generated_checkpoint_restores_on_the_fake(machine: FakeAmdgpuMachine,
         kfd_bos = _kfd_bos(machine)
         found = {(bo.gpu_id, bo.index): zlib.crc32(machine.bo_bytes(kfd_bos[bo.index])) for bo in restored}
         assert found == state.checksums
+        # each doorbell's image offset is what KFD's CHECKPOINT writes; its VMA moves to the offset
+        # RESTORE gives (the local gpu_id's) and reopens /dev/kfd there
+        remaps = {m.addr: m.new_offset for m in backend.vma_remaps}
+        doorbells = [b for b in image.kfd.bo_entries if b.alloc_flags & DOORBELL]
+        assert len(doorbells) == 2
+        for bo in doorbells:
+            assert bo.offset == fk.KFD_MMAP_TYPE_DOORBELL | fk.kfd_mmap_gpu_id(bo.gpu_id)
+            new = fk.KFD_MMAP_TYPE_DOORBELL | fk.kfd_mmap_gpu_id(gpus[bo.gpu_id].gpu_id)
+            assert remaps[bo.addr] == new and backend.kfd_vma_target(new) == (new, None)
         backend.resume(os.getpid())
         assert machine.calls[-1][1:] == ("CRIU_RESUME", {"pid": os.getpid(), "unfilled": []})
         assert machine.calls[1][2] == {"devices": 2, "bos": len(image.kfd.bo_entries), "objects": 2}

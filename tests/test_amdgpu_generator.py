@@ -7,6 +7,7 @@ builder, images.load_kfd_image); checksums are recomputed from the written files
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 
 import pytest
@@ -220,3 +221,38 @@ def test_cpu_nodes_in_any_position_are_accepted_and_miscounts_refused(small):
     _rewrite_kfd(dst, state.kfd_id, same_node_twice)
     with pytest.raises(BadRecord, match="device entry 1: node_id .* appears in two device entries"):
         load_kfd_image(ImageSet.open(dst), state.kfd_id)
+
+
+def test_device_vmas_map_each_doorbell_over_dev_kfd_at_kfds_offset(tmp_path):
+    """With device_vmas, each GPU's doorbell BO is a VMA_EXT_PLUGIN mapping of /dev/kfd, as CRIU
+    dumps it (dump_filemap: shmid a regular-file entry of the node, pgoff the offset the
+    process mapped): at the BO's address, pgoff the BO's image offset, which is what KFD's
+    CHECKPOINT writes for a doorbell (KFD_MMAP_TYPE_DOORBELL | gpu_id << 46). The plan takes
+    that 64-bit offset as is (the plugin moves the VMA)."""
+    from pycriu_restore.plan.validate import VMA_EXT_PLUGIN
+    from pycriu_restore.plugins.amdgpu.kfd import KFD_MMAP_TYPE_DOORBELL
+
+    dst = tmp_path / "counter"
+    state = generate_gpu_state(COUNTER, dst, n_gpus=2, n_bos=4, total_bytes=MIB, seed=3, render_nodes=True,
+                               device_vmas=True)
+    kfd = load_kfd_image(ImageSet.open(dst), state.kfd_id).kfd
+    doorbells = sorted(((b.addr, i, b) for i, b in enumerate(kfd.bo_entries)
+                        if b.alloc_flags == KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL), key=lambda d: d[0])
+    assert [b.offset for _, _, b in doorbells] == [KFD_MMAP_TYPE_DOORBELL | b.gpu_id << 46 for _, _, b in doorbells]
+    on_kfd = [v for v in state.device_vmas if v.path == "/dev/kfd"]
+    assert [(v.start, v.end, v.pgoff, v.bo, v.sim_memfd) for v in on_kfd] == [
+        (b.addr, b.addr + b.size, b.offset, ("kfd", b.gpu_id, i), "simgpu-kfd") for _, i, b in doorbells]
+    assert all(v.checksum == zlib.crc32(bytes(v.end - v.start)) for v in on_kfd)  # no contents: zeros
+
+    files = {e.id: e for e in load_image(dst / "files.img").entries}
+    vmas = {v.start: v for v in load_image(dst / f"mm-{kfd.pid}.img").entries[0].vmas}
+    written = [vmas[v.start] for v in on_kfd]
+    assert len({e.shmid for e in written}) == 1  # one regular-file entry for the node
+    reg = files[written[0].shmid].reg
+    assert reg.name == "/dev/kfd" and stat.S_ISCHR(reg.mode) and reg.flags == os.O_RDWR
+    assert all(e.pgoff == v.pgoff and e.status & VMA_EXT_PLUGIN and e.flags == 0x1 and e.prot == 0x3
+               for e, v in zip(written, on_kfd))
+    plan = build_plan(ImageSet.open(dst))
+    planned = {v.start: v for v in plan.root.vmas if v.file is not None and v.file.plugin}
+    assert [(planned[v.start].pgoff, planned[v.start].file.path) for v in on_kfd] == [
+        (v.pgoff, "/dev/kfd") for v in on_kfd]

@@ -213,7 +213,8 @@ def test_device_vmas_become_plugin_mappings_with_a_service_fd_each(tmp_path):
     assert all(v.kind is VmaKind.FILE_SHARED and v.flags == 0x1 and v.prot == 0x3 and not v.page_runs
                and v.file.open_flags == os.O_RDWR for v in devices)
     service = ServiceFds.for_task(plan.root)
-    assert not any(path.startswith("/dev/dri/") for path, _ in service.mapped)  # never opened by path
+    assert {d.path for d in state.device_vmas} == {"/dev/kfd", "/dev/dri/renderD130", "/dev/dri/renderD131"}
+    assert not any(path.startswith(("/dev/dri/", "/dev/kfd")) for path, _ in service.mapped)  # never opened by path
     assert sorted(service.plugin) == [v.start for v in devices]
     assert min(service.plugin.values()) > max(service.mapped.values())
     assert len(set(service.all)) == len(service.all) and service.end == max(service.plugin.values()) + 1

@@ -10,6 +10,7 @@ runs restore_ext_file, then resume_devices_late and cleanup.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import time
 import zlib
@@ -24,7 +25,10 @@ from pycriu_restore.plugins.amdgpu.channel import ChannelError, Command, Entry, 
 from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state
 from pycriu_restore.plugins.amdgpu.images import load_kfd_image
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuError, AmdgpuPlugin
-from pycriu_restore.plugins.amdgpu.sim import SIM_KFD_NAME, SIM_MMAP_OFFSET_BASE, SimBackend, SimDevice
+from pycriu_restore.plugins.amdgpu.backend import GpuBackend
+from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL, KFD_MMAP_TYPE_DOORBELL
+from pycriu_restore.plugins.amdgpu.sim import (SIM_KFD_MMAP_OFFSET_BASE, SIM_KFD_NAME, SIM_MMAP_OFFSET_BASE,
+                                               SimBackend, SimDevice, SimGpuError, sim_kfd_offsets)
 from pycriu_restore.plugins.api import ExtFile, RestoreContext
 
 pytestmark = needs_fixtures
@@ -62,6 +66,122 @@ def test_restore_bos_makes_one_named_memfd_per_vram_gtt_bo(gpu_images):
             assert (bo.addr, bo.old_offset) == (entry.addr, entry.offset)
             assert bo.restored_offset == SIM_MMAP_OFFSET_BASE + bo.index * 4096 != entry.offset
     finally:
+        for bo in bos:
+            os.close(bo.dmabuf_fd)
+        os.close(device)
+
+
+def _fds_of(fd: int) -> list[int]:
+    """This process's fds of the same file as ``fd`` (dups of it, and other opens)."""
+    st = os.fstat(fd)
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            other = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # listdir's own fd, gone
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            out.append(int(name))
+    return sorted(out)
+
+
+def test_doorbells_move_to_simgpus_offsets_of_the_kfd_memfd_and_map_there(gpu_images):
+    """The protocol's vma_remaps and kfd_vma_target on simgpu: each doorbell BO gets a small
+    offset of its own in the kfd memfd (KFD's, 3 << 62 | gpu_id << 46, is beyond any file),
+    the memfd holds it, and a /dev/kfd VMA maps a new dup of that memfd there; the dup kept
+    for this is closed by close_task_files, and an offset no doorbell has is refused."""
+    dst, state = gpu_images
+    kfd = load_kfd_image(ImageSet.open(dst), state.kfd_id).kfd
+    doorbells = {i: b for i, b in enumerate(kfd.bo_entries) if b.alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL}
+    assert len(doorbells) == 3 and all(b.offset >> 62 == KFD_MMAP_TYPE_DOORBELL >> 62 for b in doorbells.values())
+    offsets = sim_kfd_offsets(kfd)
+    assert sorted(offsets) == sorted(doorbells)
+    assert sorted(offsets.values()) == [SIM_KFD_MMAP_OFFSET_BASE + n * 8192 for n in range(3)]  # 2 pages each
+    backend = SimBackend()
+    assert isinstance(backend, GpuBackend)
+    device = backend.open_device()
+    bos = backend.restore_bos(device, kfd, {g: g for g in state.gpu_ids})
+    kfd_path = f"/memfd:{SIM_KFD_NAME} (deleted)"
+    try:
+        moved = {m.addr: m for m in backend.vma_remaps}
+        assert len(backend.vma_remaps) == len(kfd.bo_entries)  # VRAM/GTT and doorbells, as KfdBackend
+        for bo in bos:
+            assert moved[bo.addr].new_offset == bo.restored_offset and moved[bo.addr].old_offset == bo.old_offset
+        assert os.fstat(device).st_size == SIM_KFD_MMAP_OFFSET_BASE + 3 * 8192  # sparse, holds every page
+        for index, db in doorbells.items():
+            remap = moved[db.addr]
+            assert (remap.old_offset, remap.new_offset, remap.alloc_flags) == (db.offset, offsets[index],
+                                                                               db.alloc_flags)
+            pgoff, fd = backend.kfd_vma_target(remap.new_offset)
+            try:
+                assert pgoff == offsets[index] != db.offset and fd_target(fd) == kfd_path
+                assert os.fstat(fd).st_ino == os.fstat(device).st_ino  # the task's own kfd memfd
+                with mmap.mmap(fd, db.size, mmap.MAP_SHARED, offset=pgoff) as page:
+                    assert page[:] == bytes(db.size)  # mappable there, and a hole
+            finally:
+                os.close(fd)
+        with pytest.raises(SimGpuError, match=r"no doorbell or MMIO page at offset 0x5133000001000 of "
+                                              r"simgpu-kfd \(offsets: 0x100000, 0x102000, 0x104000\)"):
+            backend.kfd_vma_target(SIM_MMAP_OFFSET_BASE + 4096)  # a VRAM BO's: not a /dev/kfd page
+        assert len(_fds_of(device)) == 2  # the device and the dup kept for kfd_vma_target
+        backend.close_task_files()
+        assert _fds_of(device) == [device]
+        with pytest.raises(SimGpuError, match=r"\(offsets: none\)"):
+            backend.kfd_vma_target(offsets[min(doorbells)])
+    finally:
+        for bo in bos:
+            os.close(bo.dmabuf_fd)
+        os.close(device)
+
+
+def test_mmio_and_odd_sized_pages_get_whole_pages_of_their_own():
+    """MMIO pages move as doorbells do; each BO rounds up to whole pages; VRAM/GTT BOs move in
+    their DRM file and userptr BOs not at all (KfdBackend's REMAPPED_BO_FLAGS)."""
+    from pycriu_restore.images.schemas import amdgpu_pb2
+    from pycriu_restore.plugins.amdgpu import kfd as k
+
+    flags = [k.KFD_IOC_ALLOC_MEM_FLAGS_VRAM, k.KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL,
+             k.KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP, k.KFD_IOC_ALLOC_MEM_FLAGS_GTT,
+             k.KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL, k.KFD_IOC_ALLOC_MEM_FLAGS_USERPTR]
+    sizes = [8192, 8192, 4096, 4096, 100, 4096]
+    kfd = amdgpu_pb2.CriuKfd(pid=1, num_of_gpus=1, num_of_bos=len(flags))
+    kfd.device_entries.add(node_id=0, gpu_id=0xA1, drm_render_minor=128)
+    for i, (flag, size) in enumerate(zip(flags, sizes)):
+        kfd.bo_entries.add(addr=0x7F00_0000_0000 + i * (2 << 20), size=size, offset=(0xD0 + i) << 20,
+                           alloc_flags=flag, gpu_id=0xA1, handle=i + 1)
+    base = SIM_KFD_MMAP_OFFSET_BASE
+    assert sim_kfd_offsets(kfd) == {1: base, 2: base + 8192, 4: base + 12288}
+    backend = SimBackend()
+    device = backend.open_device()
+    bos = backend.restore_bos(device, kfd, {0xA1: 0xA1})
+    try:
+        assert [(m.addr, m.new_offset) for m in backend.vma_remaps] == [
+            (kfd.bo_entries[0].addr, SIM_MMAP_OFFSET_BASE), (kfd.bo_entries[1].addr, base),
+            (kfd.bo_entries[2].addr, base + 8192), (kfd.bo_entries[3].addr, SIM_MMAP_OFFSET_BASE + 3 * 4096),
+            (kfd.bo_entries[4].addr, base + 12288)]
+        assert os.fstat(device).st_size == base + 16384
+        pgoff, fd = backend.kfd_vma_target(base + 8192)  # the MMIO page
+        os.close(fd)
+        assert pgoff == base + 8192
+    finally:
+        backend.close_task_files()
+        for bo in bos:
+            os.close(bo.dmabuf_fd)
+        os.close(device)
+
+
+def test_without_device_vmas_simgpu_keeps_no_kfd_dup(gpu_images):
+    dst, state = gpu_images
+    kfd = load_kfd_image(ImageSet.open(dst), state.kfd_id).kfd
+    backend = SimBackend(keep_vma_targets=False)
+    device = backend.open_device()
+    bos = backend.restore_bos(device, kfd, {g: g for g in state.gpu_ids})
+    try:
+        assert _fds_of(device) == [device]
+        assert sorted(m.new_offset for m in backend.vma_remaps if m.new_offset < SIM_MMAP_OFFSET_BASE) == \
+            sorted(sim_kfd_offsets(kfd).values())  # still reported
+    finally:
+        backend.close_task_files()
         for bo in bos:
             os.close(bo.dmabuf_fd)
         os.close(device)
@@ -209,20 +329,38 @@ def test_serial_mode_waits_in_the_task_for_its_fill(gpu_images):
     plugin.sim_device.close()
 
 
-def test_update_vma_map_gives_the_new_offset_of_a_device_vma(gpu_images):
+def test_update_vma_map_gives_the_new_offset_and_file_of_a_device_vma(gpu_images):
+    """A doorbell VMA of /dev/kfd: simgpu's offset in the task's kfd memfd (kfd_vma_target);
+    a VRAM BO's VMA of its render node: the BO's memfd at 0 (vma_target). A VRAM BO's VMA
+    claimed by /dev/kfd is refused by simgpu (a real GPU reopens /dev/kfd, as CRIU)."""
     dst, state = gpu_images
     image = load_kfd_image(ImageSet.open(dst), state.kfd_id)
     index = next(i for (_, i) in state.checksums)
     bo = image.kfd.bo_entries[index]
+    minor = next(d.drm_render_minor for d in image.kfd.device_entries if d.gpu_id == bo.gpu_id)
+    db_index, db = next((i, b) for i, b in enumerate(image.kfd.bo_entries)
+                        if b.alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL)
 
     def task_hook(ctx, plan, plugin):
-        return {"kfd": plugin.update_vma_map(ctx, plan.root, "//dev/kfd", bo.addr, bo.offset),
-                "other_offset": plugin.update_vma_map(ctx, plan.root, "/dev/kfd", bo.addr, bo.offset + 4096),
-                "other_file": plugin.update_vma_map(ctx, plan.root, "/dev/zero", bo.addr, bo.offset)}
+        out = {}
+        for name, path, vma in (("doorbell", "//dev/kfd", db), ("bo", f"/dev/dri/renderD{minor}", bo)):
+            pgoff, fd = plugin.update_vma_map(ctx, plan.root, path, vma.addr, vma.offset)
+            out[name] = [pgoff, fd_target(fd)]
+            os.close(fd)
+        try:
+            plugin.update_vma_map(ctx, plan.root, "/dev/kfd", bo.addr, bo.offset)
+        except SimGpuError as err:
+            out["bo_on_kfd"] = str(err)
+        out["other_offset"] = plugin.update_vma_map(ctx, plan.root, "/dev/kfd", db.addr, db.offset + 4096)
+        out["other_file"] = plugin.update_vma_map(ctx, plan.root, "/dev/zero", bo.addr, bo.offset)
+        return out
 
-    plugin, report = run_hooks(dst, state, {"gpu_backend": "sim"}, task_hook=task_hook)
+    # A backend that keeps its targets, as with device VMAs in the images (these have none).
+    plugin, report = run_hooks(dst, state, {}, plugin=AmdgpuPlugin(backend=SimBackend()), task_hook=task_hook)
     assert "error" not in report, report["error"]
-    assert report["kfd"] == [SIM_MMAP_OFFSET_BASE + index * 4096, None]
+    assert report["doorbell"] == [sim_kfd_offsets(image.kfd)[db_index], f"/memfd:{SIM_KFD_NAME} (deleted)"]
+    assert report["bo"] == [0, f"/memfd:simgpu-bo-{bo.gpu_id:04x}-{index} (deleted)"]
+    assert f"no doorbell or MMIO page at offset {SIM_MMAP_OFFSET_BASE + index * 4096:#x}" in report["bo_on_kfd"]
     assert report["other_offset"] is None and report["other_file"] is None
     plugin.sim_device.close()
 

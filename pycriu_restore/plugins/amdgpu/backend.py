@@ -14,8 +14,12 @@ same on a real AMD GPU and on the simulated one; only these operations differ:
       _node                                     CHANGE_HANDLE, GEM_MMAP, GEM_VA   the exporter's for imports
     vma_target     the restored task            a dup of the GPU's DRM file, at   a dup of the BO's memfd,
                                                 the BO's new mmap offset          at 0
+    kfd_vma_target the restored task            None (/dev/kfd reopened by        a dup of the "simgpu-kfd"
+                                                path) at KFD's new offset         memfd, at simgpu's offset
+    vma_remaps     set by restore_bos in the    VRAM/GTT/doorbell/MMIO moves;     the same; doorbell/MMIO at
+                   task, read by the plugin     /dev/kfd's: type | gpu_id<<46     small offsets of the memfd
     close_task     the restored task, once its  close the DRM files opened for    close the simulated DRM
-      _files       device VMAs have their fds   KFD (it holds its own reference)  files and BO dups
+      _files       device VMAs have their fds   KFD (it holds its own reference)  files, BO and kfd memfd dups
     fill           a fill-pool thread in the    SDMA copy from a staging buffer   pread/pwrite, GIL released
                    orchestrator (both modes),
                    once per chunk of a BO
@@ -90,11 +94,32 @@ class RestoredDrmBo:
     new_offset: int | None
 
 
+@dataclass(frozen=True)
+class VmaRemap:
+    """A BO's VMA whose mmap offset changed on restore (UPDATE_VMA_MAP's input).
+
+    The VMA at ``addr`` was mapped at ``old_offset`` of a device file and must now be
+    mapped at ``new_offset``: for VRAM/GTT BOs, of the render node ``render_fd`` (the DRM
+    file KFD created the BO through, the only one the kernel lets map it); for doorbell and
+    MMIO BOs (``alloc_flags``), of /dev/kfd, whose offsets name the page type and the GPU.
+    """
+
+    addr: int
+    old_offset: int
+    new_offset: int
+    alloc_flags: int
+    local_gpu_id: int
+    render_fd: int
+
+
 @runtime_checkable
 class GpuBackend(Protocol):
     """What a GPU backend provides. See the module docstring for which process calls what."""
 
     name: str
+    # In the task, set by each restore_bos: the VMA offset changes of its BOs (VRAM, GTT,
+    # doorbell, MMIO), in image order. The plugin moves the doorbell and MMIO VMAs with it.
+    vma_remaps: list[VmaRemap]
 
     def map_gpus(self, kfd: CriuKfd) -> dict[int, LocalGpu]:
         """In the task: map every checkpoint gpu_id of ``kfd.device_entries`` to a local GPU.
@@ -139,10 +164,21 @@ class GpuBackend(Protocol):
         """
         ...
 
+    def kfd_vma_target(self, offset: int) -> tuple[int, int | None]:
+        """In the task: what a /dev/kfd VMA (a doorbell or MMIO page) whose BO restore_bos
+        moved to ``offset`` (its ``vma_remaps`` entry) maps now: (pgoff, fd or None).
+
+        None makes the caller open the VMA's path, /dev/kfd, as CRIU does: KFD keeps one
+        state per process, so any open of it in the task maps the task's doorbells
+        (kfd_mmap dispatches by the offset's type and gpu_id). A new fd is the caller's to
+        close. A real GPU: (``offset``, None); simgpu: a dup of its "simgpu-kfd" memfd.
+        """
+        ...
+
     def close_task_files(self) -> None:
         """In the task, once its fds are installed and its device VMAs have their fds: close
-        every fd the backend opened in it (its DRM files, what vma_target needed), so that
-        the restored process holds only the fds of its image."""
+        every fd the backend opened in it (its DRM files, what vma_target and
+        kfd_vma_target needed), so that the restored process holds only the fds of its image."""
         ...
 
     def fill(self, bo_fd: int, size: int, src_fd: int, src_offset: int, gpu_id: int,

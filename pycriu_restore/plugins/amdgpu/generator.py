@@ -12,10 +12,12 @@ for a process that held /dev/kfd (images.py draws the files)::
                                     contents), priv_data in the kernel's layout and 2 objects
     amdgpu-pages-K-<gpu>.img        per GPU: u64 size, then its VRAM/GTT BOs' bytes
     (render_nodes)                  render-node and dma-buf files (generate_gpu_state)
-    (device_vmas) files.img         + FileEntry {type REG, name /dev/dri/renderD<minor>}
+    (device_vmas) files.img         + FileEntry {type REG, name /dev/dri/renderD<minor>},
+                                    and one named /dev/kfd
                   mm-<root>.img     + a VMA_EXT_PLUGIN VmaEntry per mapped BO (its shmid that
                                     entry, its pgoff the BO's mmap offset), as dump_filemap
-                                    writes a device mapping
+                                    writes a device mapping; each GPU's doorbell BO is one,
+                                    over /dev/kfd at KFD's offset for it
 
 The restored task then holds a "device" fd at that number, and RESTORE_EXT_FILE fires for it.
 
@@ -57,10 +59,12 @@ from pycriu_restore.plugins.amdgpu.kfd import (
     KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL,
     KFD_IOC_ALLOC_MEM_FLAGS_GTT,
     KFD_IOC_ALLOC_MEM_FLAGS_VRAM,
+    KFD_MMAP_TYPE_DOORBELL,
+    kfd_mmap_offset,
 )
 
-SIM_KFD_FD = 100
-SHARED_MEM_MAGIC = 0x5348_4D4B  # any u32: the thunk's own value is not a uapi fact  # the fd the generated device file is given in the root task (if free)
+SIM_KFD_FD = 100  # the fd the generated device file is given in the root task (if free)
+SHARED_MEM_MAGIC = 0x5348_4D4B  # any u32: the thunk's own value is not a uapi fact
 PAGE_BYTES = 4096
 BLOCK_BYTES = 1 << 20  # the random block, and the chunk each rotation covers
 DOORBELL_BYTES = 2 * PAGE_BYTES
@@ -89,6 +93,7 @@ _VM_PAGE_RW = 0x2 | 0x4
 # VMA_FILE_SHARED | VMA_EXT_PLUGIN, PROT_READ | PROT_WRITE, MAP_SHARED.
 _RENDER_CPU_BASE = 0x5000_0000_0000
 RENDER_NODE_DIR = "/dev/dri/renderD"
+KFD_DEVICE = "/dev/kfd"  # where a doorbell page is mapped from (libhsakmt mmaps the kfd fd)
 _DEVICE_VMA_STATUS = dict(MMAP_STATUS)["VMA_AREA_REGULAR"] | dict(MMAP_STATUS)["VMA_FILE_SHARED"] | VMA_EXT_PLUGIN
 _PROT_RW = dict(MMAP_PROT)["PROT_READ"] | dict(MMAP_PROT)["PROT_WRITE"]
 _MAP_SHARED = dict(MMAP_FLAGS)["MAP_SHARED"]
@@ -115,12 +120,14 @@ class SimulatedGpuState:
 class DeviceVma:
     """A device mapping added to the root's mm-<pid>.img, as CRIU dumps one (VMA_EXT_PLUGIN).
 
-    ``path`` is the render node the process mapped it through (a regular-file entry of
-    files.img, as cr-dump.c dump_filemap writes), ``pgoff`` the BO's checkpointed mmap
-    offset. ``checksum`` is the crc32 of what the restored task must read there: the BO's
-    contents (for an import, its exporter's). ``bo`` names the BO: ("kfd", gpu_id, index)
-    or ("render", render file id, index); ``sim_memfd`` is the memfd simgpu maps it
-    through (the BO's own, or for an import its exporter's).
+    ``path`` is the device the process mapped it through, a render node or /dev/kfd for a
+    doorbell (a regular-file entry of files.img, as cr-dump.c dump_filemap writes),
+    ``pgoff`` the BO's checkpointed mmap offset (a doorbell's is KFD's, type 3 << 62 |
+    gpu_id << 46). ``checksum`` is the crc32 of what the restored task must read there: the
+    BO's contents (for an import, its exporter's); zeros for a doorbell, which has none
+    (simgpu's page is a hole of its kfd memfd). ``bo`` names the BO: ("kfd", gpu_id,
+    index) or ("render", render file id, index); ``sim_memfd`` is the memfd simgpu maps
+    it through (the BO's own, for an import its exporter's, for a doorbell the kfd one).
     """
 
     start: int
@@ -162,9 +169,10 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     ``device_vmas`` (needs ``render_nodes``) adds the root's CPU mappings of the GPU memory,
     as CRIU dumps them (VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_EXT_PLUGIN, MAP_SHARED,
     shmid a regular-file entry /dev/dri/renderD<minor>, pgoff the BO's mmap offset): every
-    KFD BO with contents at its address (libhsakmt maps them where the GPU sees them), and
-    per render node its GTT BO and its import of a KFD BO at CPU addresses of their own.
-    Doorbells are not mapped: simgpu models no /dev/kfd to map them from (docs/plugins.md).
+    KFD BO with contents at its address (libhsakmt maps them where the GPU sees them), each
+    GPU's doorbell BO at its address over /dev/kfd (shmid a regular-file entry /dev/kfd,
+    pgoff KFD's doorbell offset, as the BO's image offset is), and per render node its GTT
+    BO and its import of a KFD BO at CPU addresses of their own.
     """
     if device_vmas and not render_nodes:
         raise ValueError("device_vmas needs render_nodes (the mappings go through render nodes)")
@@ -209,6 +217,10 @@ def _add_device_vmas(dst: Path, pid: int, kfd: amdgpu_pb2.CriuKfd, state: Simula
             out.append(DeviceVma(start=bo.addr, end=bo.addr + bo.size, path=f"{RENDER_NODE_DIR}{minors[bo.gpu_id]}",
                                  pgoff=bo.offset, checksum=state.checksums[(bo.gpu_id, index)],
                                  bo=("kfd", bo.gpu_id, index), sim_memfd=f"simgpu-bo-{bo.gpu_id:04x}-{index}"))
+        elif bo.alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL:
+            out.append(DeviceVma(start=bo.addr, end=bo.addr + bo.size, path=KFD_DEVICE, pgoff=bo.offset,
+                                 checksum=zlib.crc32(bytes(bo.size)), bo=("kfd", bo.gpu_id, index),
+                                 sim_memfd="simgpu-kfd"))
     for n, file_id in enumerate(sorted(state.render_fds)):
         node = load_image(dst / render_image_name(file_id)).entries[0]
         cpu = _RENDER_CPU_BASE + n * (1 << 30)
@@ -346,8 +358,12 @@ def _make_kfd(rng: random.Random, pid: int, n_gpus: int, n_bos: int, total_bytes
 
     def add_bo(gpu_id: int, size: int, flags: int) -> None:
         index = len(kfd.bo_entries)
+        if flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL:  # what KFD's CHECKPOINT writes (criu_checkpoint_bos)
+            offset = kfd_mmap_offset(KFD_MMAP_TYPE_DOORBELL, gpu_id)
+        else:  # a DRM mmap offset, distinct per BO
+            offset = (gpu_ids.index(gpu_id) + 1) << 40 | (va[gpu_id] & ((1 << 40) - 1))
         kfd.bo_entries.append(amdgpu_pb2.KfdBoEntry(
-            addr=va[gpu_id], size=size, offset=(gpu_ids.index(gpu_id) + 1) << 40 | (va[gpu_id] & ((1 << 40) - 1)),
+            addr=va[gpu_id], size=size, offset=offset,
             alloc_flags=flags, gpu_id=gpu_id, handle=index + 1 if has_contents(flags) else NO_HANDLE))
         va[gpu_id] += (size + _VA_ALIGN - 1) // _VA_ALIGN * _VA_ALIGN
 

@@ -66,6 +66,24 @@ KFD_CRIU_OP_RESUME = 4
 # for (KFD_INVALID_FD in CRIU's plugin; the kernel writes (u32)-1).
 KFD_INVALID_FD = 0xFFFFFFFF
 
+# --- drivers/gpu/drm/amd/amdkfd/kfd_priv.h (kernel-internal, not uapi): /dev/kfd offsets ---
+# kfd_mmap() picks what an mmap of /dev/kfd maps from the offset: its top two bits are the
+# type, bits 46..61 the GPU's gpu_id. CHECKPOINT writes a doorbell or MMIO BO's offset this
+# way (criu_checkpoint_bos) and RESTORE its restored_offset (with the new gpu_id). No
+# installed header has them: tests/test_amdgpu_fake.py compares them with the fake KFD's own.
+KFD_MMAP_TYPE_SHIFT = 62
+KFD_MMAP_TYPE_DOORBELL = 0x3 << KFD_MMAP_TYPE_SHIFT
+KFD_MMAP_TYPE_MMIO = 0x0 << KFD_MMAP_TYPE_SHIFT
+KFD_MMAP_GPU_ID_SHIFT = 46
+KFD_GPU_ID_HASH_WIDTH = 16  # gpu_ids are 16-bit hashes of the device's properties
+
+
+def kfd_mmap_offset(mmap_type: int, gpu_id: int) -> int:
+    """The /dev/kfd mmap offset of a GPU's doorbell or MMIO page: ``mmap_type`` (a
+    KFD_MMAP_TYPE_*) | KFD_MMAP_GPU_ID(gpu_id), as kfd_priv.h composes it."""
+    return mmap_type | ((gpu_id << KFD_MMAP_GPU_ID_SHIFT)
+                        & (((1 << KFD_GPU_ID_HASH_WIDTH) - 1) << KFD_MMAP_GPU_ID_SHIFT))
+
 
 # --- <linux/kfd_ioctl.h>: structs --------------------------------------------------------
 

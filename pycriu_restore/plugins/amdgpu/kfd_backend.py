@@ -12,6 +12,8 @@ Which process does what (backend.py has the protocol)::
                  CRIU_OP(RESTORE) -> dma-buf fds
     restore_render_node  GEM ops in those files
     vma_target   a dup of one, at a BO's offset
+    kfd_vma_target  None (doorbell/MMIO VMAs
+                 reopen /dev/kfd by path)
     close_task_files  close the render fds
                  (KFD holds its own reference)
                  ── dma-bufs over the channel ──►  prepare_fill  a render node of our own
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycriu_restore.images.errors import ImageError
 from pycriu_restore.plugins.amdgpu import dmabuf, drm, kfd, renderd, sdma, topology
-from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo
+from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo, VmaRemap
 from pycriu_restore.plugins.amdgpu.images import gpu_entries
 from pycriu_restore.plugins.amdgpu.ioctl import (DeviceUnavailable, GpuDeviceError,
                                                  GpuIoctlError, open_device)
@@ -84,23 +86,6 @@ _SDMA_RING = 0  # CRIU submits to ring 0 of the DMA IP; other rings are a possib
 def round_up(value: int, alignment: int) -> int:
     """``value`` rounded up to a multiple of ``alignment`` (a power of two or not)."""
     return -(-value // alignment) * alignment
-
-
-@dataclass(frozen=True)
-class VmaRemap:
-    """A BO's VMA whose mmap offset changed on restore (UPDATE_VMA_MAP's input).
-
-    The VMA at ``addr`` was mapped at ``old_offset`` of a device file; it must now be
-    mapped at ``new_offset`` of the render node ``render_fd`` (for VRAM/GTT BOs: the
-    DRM file KFD created the BO through, the only one the kernel lets map it).
-    """
-
-    addr: int
-    old_offset: int
-    new_offset: int
-    alloc_flags: int
-    local_gpu_id: int
-    render_fd: int
 
 
 class _Undo:
@@ -486,6 +471,13 @@ class KfdBackend:
         """A device VMA maps the task's DRM file at the BO's new offset (amdgpu_plugin_update_vmamap
         returns a dup of the same file: DRM refuses mmap of the BO through any other open)."""
         return offset, os.dup(self.render_fd(local_gpu_id))
+
+    def kfd_vma_target(self, offset: int) -> tuple[int, int | None]:
+        """A doorbell or MMIO VMA reopens /dev/kfd by path at the offset RESTORE gave
+        (KFD_MMAP_TYPE_* | the local gpu_id << 46), as amdgpu_plugin_update_vmamap answers
+        (updated_fd -1): kfd_mmap maps the pages of the process that calls it, whichever
+        open of /dev/kfd it goes through."""
+        return offset, None
 
     def close_task_files(self) -> None:
         """Close the DRM files opened for KFD in the task, once its device VMAs have their dups.

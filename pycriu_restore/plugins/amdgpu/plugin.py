@@ -21,8 +21,9 @@ The hooks, in the order a restore calls them, and the process each runs in::
                                        its exporter's dma-buf. Files a file needs (kfd before
                                        render nodes, exporters before importers) are made
                                        first and wait for their own hook.
-    update_vma_map       task          a device VMA at (addr, old pgoff): its new pgoff and,
-                                       for a render node, the DRM file to map it through
+    update_vma_map       task          a device VMA at (addr, old pgoff): its new pgoff and
+                                       the file to map it through (a render node: the DRM
+                                       file; /dev/kfd: reopened, or simgpu's kfd memfd)
     resume_devices_late  orchestrator  first call: join the pool (every copy done, or its
                                        error raised); then resume the GPU of that task
     cleanup              orchestrator  stop the pool if it still runs; close the channel
@@ -120,6 +121,7 @@ class AmdgpuPlugin(Plugin):
     """
 
     name = "amdgpu"
+    criu_name = "amdgpu_plugin"  # plugins/amdgpu/amdgpu_plugin.c CR_PLUGIN_REGISTER
     description = "AMD GPU buffer objects (/dev/kfd): re-created in the task, VRAM filled in parallel"
 
     def __init__(self, backend: GpuBackend | None = None) -> None:
@@ -360,8 +362,8 @@ class AmdgpuPlugin(Plugin):
                 handle = image.kfd.bo_entries[bo.index].handle
                 if (bo.gpu_id, handle) in self._needed:  # an import or a dma-buf file will want it
                     self._shared[(bo.gpu_id, handle)] = _keep(bo.dmabuf_fd)
-            # Doorbell and MMIO BOs (real KFD only): their VMAs stay on /dev/kfd, at new offsets.
-            for remap in getattr(backend, "vma_remaps", ()):
+            # Doorbell and MMIO BOs: their VMAs stay on /dev/kfd, at the offsets restore_bos gave.
+            for remap in backend.vma_remaps:
                 if not has_contents(remap.alloc_flags):
                     self._vma_moves[(remap.addr, remap.old_offset)] = (remap.new_offset, None)
             self._send(command, task, name)
@@ -595,8 +597,11 @@ class AmdgpuPlugin(Plugin):
                        pgoff: int) -> tuple[int, int | None] | None:
         """Where a device VMA at ``start`` with the image's ``pgoff`` maps now: (new pgoff, fd).
 
-        As CRIU's amdgpu_plugin_update_vmamap: a /dev/kfd VMA (doorbell, MMIO) is mapped by
-        reopening /dev/kfd (fd None); a render-node VMA must be mapped through the DRM file
+        As CRIU's amdgpu_plugin_update_vmamap: a /dev/kfd VMA (doorbell, MMIO) is answered
+        by the backend's kfd_vma_target: on a GPU fd None, so that the caller reopens
+        /dev/kfd by path (any open maps the task's doorbells: kfd_mmap dispatches by the
+        offset's type and gpu_id); simgpu gives a new dup of the task's kfd memfd, at its own
+        offset for the page. A render-node VMA must be mapped through the DRM file
         that holds the BO (DRM refuses mmap through another open of the node), so the fd is
         a new dup of the task's render fd for that GPU, owned by the caller (the backend's
         vma_target: simgpu answers with the BO's memfd at offset 0). KFD BOs are
@@ -615,8 +620,9 @@ class AmdgpuPlugin(Plugin):
         if found is None:
             return None
         new_pgoff, local_gpu = found
-        if is_kfd or local_gpu is None or self.backend is None:
-            return (new_pgoff, None)
+        assert self.backend is not None, "update_vma_map: a moved VMA without a backend"
+        if is_kfd or local_gpu is None:
+            return self.backend.kfd_vma_target(new_pgoff)
         return self.backend.vma_target(local_gpu, new_pgoff)
 
     def last_progress(self) -> float:

@@ -14,6 +14,10 @@ backend:
     mmap of a BO through the DRM file at its   mmap of the BO's memfd at 0: vma_target
     new offset (a device VMA)                  answers with a dup of it (simgpu has no
                                                mmap offset space; the memfd is the BO)
+    mmap of a doorbell or MMIO page through    mmap of the "simgpu-kfd" memfd at simgpu's
+    /dev/kfd at KFD's new offset (type << 62   own offset for the BO (sim_kfd_offsets),
+    | gpu_id << 46), any open of /dev/kfd      the memfd sized to hold them all (sparse):
+                                               kfd_vma_target answers with a dup of it
     KFD_CRIU_OP_RESUME(pid)                    the pid is recorded in ``resumed``
     VRAM, checked after the restore            :class:`SimDevice`: the orchestrator keeps a
                                                dup of every BO fd the tasks send, in both
@@ -32,9 +36,10 @@ import zlib
 
 from pycriu_restore.errors import EXIT_RESTORE, PycrestoreError
 from pycriu_restore.images.schemas import amdgpu_pb2
-from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo
+from pycriu_restore.plugins.amdgpu.backend import LocalGpu, RestoredBo, RestoredDrmBo, VmaRemap
 from pycriu_restore.plugins.amdgpu.channel import Command
 from pycriu_restore.plugins.amdgpu.images import gpu_entries, has_contents
+from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL, KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP
 
 SIM_KFD_NAME = "simgpu-kfd"
 SIM_BO_NAME = "simgpu-bo-{gpu_id:04x}-{index}"
@@ -45,6 +50,14 @@ SIM_RENDER_OFFSET_BASE = 0x5134 << 36
 # New mmap offsets the simulated kernel hands out (the real one makes fresh ones too):
 # SIM_MMAP_OFFSET_BASE + the BO's index in pages, well apart from any image's offsets.
 SIM_MMAP_OFFSET_BASE = 0x5133 << 36
+# Doorbell and MMIO pages: where they lie in the "simgpu-kfd" memfd (sim_kfd_offsets), one
+# BO after the other from here. KFD's own offsets cannot be used: a doorbell's (3 << 62 |
+# gpu_id << 46) is beyond any file's size (a file offset is below 2**63), so the memfd could
+# never be mapped there. Small, since the memfd is sized to hold them (sparse), and unlike
+# any offset KFD writes (those name the GPU at bit 46): a moved VMA always changes offset.
+SIM_KFD_MMAP_OFFSET_BASE = 0x10_0000
+# BOs that live in /dev/kfd's offset space rather than a DRM file's (no contents to fill).
+KFD_PAGE_FLAGS = KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL | KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP
 _PAGE_BYTES = 4096
 # Size of each thread's copy buffer and of the reads that checksum a BO.
 COPY_BUFFER_BYTES = 4 << 20
@@ -78,6 +91,11 @@ class SimBackend:
         # (local gpu_id, new mmap offset) -> a parked dup of the BO's memfd, for vma_target;
         # closed by close_task_files, so that no BO stays open in the restored task.
         self._vma_targets: dict[tuple[int, int], int] = {}
+        # offset in the kfd memfd -> a parked dup of that memfd, for kfd_vma_target (the dups
+        # are in _kfd_dups, closed by close_task_files); what the last restore_bos moved.
+        self._kfd_targets: dict[int, int] = {}
+        self._kfd_dups: list[int] = []
+        self.vma_remaps: list[VmaRemap] = []
 
     def map_gpus(self, kfd: amdgpu_pb2.CriuKfd) -> dict[int, LocalGpu]:
         """Each checkpointed GPU is restored on itself (same gpu_id and render minor).
@@ -93,15 +111,24 @@ class SimBackend:
         return os.memfd_create(SIM_KFD_NAME, os.MFD_CLOEXEC)
 
     def restore_bos(self, device_fd: int, kfd: amdgpu_pb2.CriuKfd, gpu_map: dict[int, int]) -> list[RestoredBo]:
-        """One zero-filled memfd of the BO's size per VRAM/GTT BO of ``kfd``, in image order.
+        """One zero-filled memfd of the BO's size per VRAM/GTT BO of ``kfd``, in image order;
+        doorbell and MMIO BOs get their pages in ``device_fd`` (the kfd memfd) at simgpu's
+        offsets, which ``vma_remaps`` reports with the VRAM/GTT BOs' new offsets.
 
         On failure the memfds made so far are closed and SimGpuError names the BO.
         """
         for local_gpu_id in gpu_map.values():
             self.render_fd(local_gpu_id)  # KFD gets one DRM file per GPU (close_task_files closes it)
+        kfd_offsets = sim_kfd_offsets(kfd)
+        remaps: list[VmaRemap] = []
         out: list[RestoredBo] = []
         try:
             for index, bo in enumerate(kfd.bo_entries):
+                local_gpu_id = gpu_map.get(bo.gpu_id, 0)
+                if index in kfd_offsets:
+                    remaps.append(VmaRemap(addr=bo.addr, old_offset=bo.offset, new_offset=kfd_offsets[index],
+                                           alloc_flags=bo.alloc_flags, local_gpu_id=local_gpu_id,
+                                           render_fd=self._render_fds.get(local_gpu_id, -1)))
                 if not has_contents(bo.alloc_flags):
                     continue
                 name = SIM_BO_NAME.format(gpu_id=bo.gpu_id, index=index)
@@ -119,11 +146,35 @@ class SimBackend:
                     raise SimGpuError(f"simgpu: BO {index} (gpu_id {bo.gpu_id:#x}): cannot make {bo.size} "
                                       f"bytes: {err.strerror}") from err
                 self._keep_vma_target(out[-1].local_gpu_id, out[-1].restored_offset, fd)
+                remaps.append(VmaRemap(addr=bo.addr, old_offset=bo.offset, new_offset=out[-1].restored_offset,
+                                       alloc_flags=bo.alloc_flags, local_gpu_id=local_gpu_id,
+                                       render_fd=self._render_fds.get(local_gpu_id, -1)))
+            if kfd_offsets:
+                self._map_kfd_pages(device_fd, kfd, kfd_offsets)
         except BaseException:
             for restored in out:
                 os.close(restored.dmabuf_fd)
             raise
+        self.vma_remaps = remaps
         return out
+
+    def _map_kfd_pages(self, device_fd: int, kfd: amdgpu_pb2.CriuKfd, offsets: dict[int, int]) -> None:
+        """Size the kfd memfd to hold every doorbell and MMIO page at ``offsets`` (BO index ->
+        offset; sparse: they read as zeros), and keep a dup of it for kfd_vma_target."""
+        end = max(offset + _whole_pages(kfd.bo_entries[index].size) for index, offset in offsets.items())
+        try:
+            if os.fstat(device_fd).st_size < end:
+                os.ftruncate(device_fd, end)
+        except OSError as err:
+            raise SimGpuError(f"simgpu: {SIM_KFD_NAME}: cannot hold the doorbell and MMIO pages of BOs "
+                              f"{sorted(offsets)} ({end} bytes): {err.strerror}") from err
+        if not self.keep_vma_targets:
+            return
+        dup = os.dup(device_fd)
+        dup = self.park_fd(dup) if self.park_fd is not None else dup
+        self._kfd_dups.append(dup)
+        for offset in offsets.values():
+            self._kfd_targets[offset] = dup
 
     def render_fd(self, local_gpu_id: int) -> int:
         """The task's simulated DRM file of a GPU: a memfd named "simgpu-renderD<minor>",
@@ -192,13 +243,26 @@ class SimBackend:
                               f"(offsets: {', '.join(f'{o:#x}' for g, o in sorted(self._vma_targets) if g == local_gpu_id) or 'none'})")
         return 0, os.dup(fd)
 
+    def kfd_vma_target(self, offset: int) -> tuple[int, int | None]:
+        """A doorbell or MMIO VMA that restore_bos moved to ``offset``: (``offset``, a new dup
+        of the kfd memfd). A real one reopens /dev/kfd by path (any open maps the task's
+        doorbells); a new memfd would be another "device", so simgpu maps the task's own."""
+        fd = self._kfd_targets.get(offset)
+        if fd is None:
+            raise SimGpuError(f"simgpu: no doorbell or MMIO page at offset {offset:#x} of {SIM_KFD_NAME} "
+                              f"(offsets: {', '.join(f'{o:#x}' for o in sorted(self._kfd_targets)) or 'none'})")
+        return offset, os.dup(fd)
+
     def close_task_files(self) -> None:
-        """Close the simulated DRM files and the BO dups kept for vma_target: the restored
-        task holds no fd of ours (its render-node fds are dups of the DRM files)."""
+        """Close the simulated DRM files and the BO and kfd memfd dups kept for vma_target and
+        kfd_vma_target: the restored task holds no fd of ours (its render-node fds are dups
+        of the DRM files, its kfd fd is the memfd open_device made)."""
         targets, self._vma_targets = self._vma_targets, {}
         drm, self._render_fds = self._render_fds, {}
+        kfd_dups, self._kfd_dups = self._kfd_dups, []
+        self._kfd_targets = {}
         self._drm_done.clear()
-        for fd in [*targets.values(), *drm.values()]:
+        for fd in [*targets.values(), *drm.values(), *kfd_dups]:
             os.close(fd)
 
     def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
@@ -241,6 +305,26 @@ class SimBackend:
 
     def close(self) -> None:
         """Nothing to release: the device's BOs outlive the restore (see SimDevice.close)."""
+
+
+def sim_kfd_offsets(kfd: amdgpu_pb2.CriuKfd) -> dict[int, int]:
+    """simgpu's new /dev/kfd offset of each doorbell and MMIO BO of ``kfd``, by BO index.
+
+    The pages follow one another from SIM_KFD_MMAP_OFFSET_BASE in image order, each BO
+    rounded up to whole pages (at least one), so no two VMAs share a page.
+    """
+    out: dict[int, int] = {}
+    offset = SIM_KFD_MMAP_OFFSET_BASE
+    for index, bo in enumerate(kfd.bo_entries):
+        if bo.alloc_flags & KFD_PAGE_FLAGS and not has_contents(bo.alloc_flags):
+            out[index] = offset
+            offset += _whole_pages(bo.size)
+    return out
+
+
+def _whole_pages(size_bytes: int) -> int:
+    """``size_bytes`` rounded up to whole pages (bytes), at least one page."""
+    return max(1, -(-size_bytes // _PAGE_BYTES)) * _PAGE_BYTES
 
 
 def _next_data(fd: int, offset: int) -> int | None:
