@@ -1,21 +1,24 @@
 """A whole restore with GPU state in upstream's full shape, on simgpu: one process and a tree.
 
 Checkpoints of our own (the amdgpu pid range, 50000-50999), dumped by CRIU 4.2: ``sleep``
-at pid 50100, and ``sh -c 'sleep & wait'`` at 50200 (a tree of two). generator.py adds,
-to the root task: a /dev/kfd file (two GPUs after two CPU nodes, VRAM/GTT/doorbell BOs,
-priv_data in the kernel's layout), a render-node file per GPU (a created GTT BO with
-contents, an unmapped BO, an import of a KFD BO) and a dma-buf file of the shared BO.
+at pid 50100, and ``sh -c 'sleep & wait'`` at 50200 (a tree of two). generator.py adds, to
+the root task (and, in a third checkpoint, to both tasks of the tree, on GPUs of their own,
+with the same handle numbers): a /dev/kfd file (two GPUs after two CPU nodes,
+VRAM/GTT/doorbell BOs, priv_data in the kernel's layout), a render-node file per GPU (a
+created GTT BO with contents, an unmapped BO, an import of a KFD BO) and a dma-buf file of
+the shared BO.
 
 Each restore runs the orchestrator with the amdgpu plugin on simgpu and checks: every BO's
-contents by checksum (KFD and render-node BOs), the GPU resumed for the root, the kfd,
+contents by checksum (KFD and render-node BOs), the GPU resumed for each task, the kfd,
 render-node and dma-buf fds at their checkpointed numbers (the render fds are the GPU's
 one DRM file, the dma-buf is the shared BO's buffer), no channel end left in the task, and
-the restored processes alive, holding exactly the fds of their images. The root also has device VMAs (VMA_EXT_PLUGIN, as CRIU dumps
-the CPU mappings of GPU memory): each must be at its checkpointed address in the live task,
-map the BO simgpu keeps (its memfd, at the offset update_vma_map gave) and read as the BO's
-checksum-verified contents through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd maps
-the task's kfd memfd at simgpu's offset for it. A plugin that gives no offset for one
-fails the restore (exit 5) naming the VMA, and leaves nothing behind.
+the restored processes alive, holding exactly the fds of their images. A task with GPU
+state also has device VMAs (VMA_EXT_PLUGIN, as CRIU dumps the CPU mappings of GPU memory):
+each must be at its checkpointed address in the live task, map the BO simgpu keeps (its
+memfd, at the offset update_vma_map gave) and read as the BO's checksum-verified contents
+through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd maps the task's kfd memfd at
+simgpu's offset for it. A plugin that gives no offset for one fails the restore (exit 5)
+naming the VMA, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -88,11 +91,20 @@ def checkpoints(tmp_path_factory):
     sleep = shutil.which("sleep")
     single = _dump(tmp, SINGLE_PID, [sleep, "1000"], 1)
     tree = _dump(tmp, TREE_PID, ["/bin/sh", "-c", f"{sleep} 1000 & wait"], 2)
-    out = {}
-    for name, images in (("single", single), ("tree", tree)):
+    out = {}  # name -> (images, {pid: the GPU state that task holds})
+    for name, images, pid in (("single", single, SINGLE_PID), ("tree", tree, TREE_PID)):
         dst = tmp / f"{name}-gpu"
-        out[name] = (dst, generate_gpu_state(images, dst, n_gpus=2, n_bos=8, total_bytes=16 * MIB, seed=14,
-                                             render_nodes=True, device_vmas=True))
+        out[name] = (dst, {pid: generate_gpu_state(images, dst, n_gpus=2, n_bos=8, total_bytes=16 * MIB, seed=14,
+                                                   render_nodes=True, device_vmas=True)})
+    # Both tasks of the tree hold GPUs (other ones: another seed draws other gpu_ids), as
+    # the processes of a multi-process ROCm job do: two senders on the one channel.
+    child = next(e.pid for e in ImageSet.open(tree).pstree() if e.pid != TREE_PID)
+    both = tmp / "gpu-tree"
+    child_state = generate_gpu_state(out["tree"][0], both, n_gpus=2, n_bos=6, total_bytes=12 * MIB, seed=15,
+                                      render_nodes=True, device_vmas=True, pid=child)
+    root_state = out["tree"][1][TREE_PID]
+    assert not set(root_state.gpu_ids) & set(child_state.gpu_ids)
+    out["gpu-tree"] = (both, {TREE_PID: root_state, child: child_state})
     return out
 
 
@@ -114,7 +126,8 @@ def _check_device_vmas(pid: int, state, images: Path) -> None:
     kfd = load_kfd_image(ImageSet.open(images), state.kfd_id).kfd
     kfd_offsets = sim_kfd_offsets(kfd)  # BO index -> simgpu's /dev/kfd offset
     maps = _maps(pid)
-    assert len(state.device_vmas) == 14  # 8 KFD BOs, 2 doorbells, and per GPU its render-node BO and import
+    # every KFD BO with contents, a doorbell per GPU, and per render node its GTT BO and import
+    assert len(state.device_vmas) == len(state.checksums) + len(state.gpu_ids) + 2 * len(state.render_fds)
     doorbells = [dev for dev in state.device_vmas if dev.path == "/dev/kfd"]
     assert sorted(dev.bo[2] for dev in doorbells) == sorted(kfd_offsets) and len(doorbells) == 2
     kfd_inode = os.stat(f"/proc/{pid}/fd/{state.fd}").st_ino
@@ -142,10 +155,11 @@ def _links(pid: int) -> dict[int, str]:
     return out
 
 
-@pytest.mark.parametrize("name, parallel", [("single", True), ("single", False), ("tree", True), ("tree", False)],
-                         ids=["one-process-parallel", "one-process-serial", "tree-parallel", "tree-serial"])
+@pytest.mark.parametrize("name, parallel", [(n, p) for n in ("single", "tree", "gpu-tree") for p in (True, False)],
+                         ids=[f"{n}-{m}" for n in ("one-process", "tree", "tree-both-with-gpus")
+                              for m in ("parallel", "serial")])
 def test_a_checkpoint_in_upstreams_shape_restores_on_simgpu(checkpoints, name, parallel):
-    images, state = checkpoints[name]
+    images, states = checkpoints[name]
     root_pid = SINGLE_PID if name == "single" else TREE_PID
     plugin = AmdgpuPlugin()
     with pid_max_at_least(65536):
@@ -155,24 +169,26 @@ def test_a_checkpoint_in_upstreams_shape_restores_on_simgpu(checkpoints, name, p
         assert pid == root_pid
         assert plugin.parallel is parallel  # a tree too (CRIU fills a tree serially)
         device = plugin.sim_device
-        assert device.checksums() == state.checksums
-        assert device.render_checksums() == state.render_checksums
-        assert plugin.backend.resumed == [pid]
-        links = _links(pid)
-        assert links[state.fd] == "/memfd:simgpu-kfd (deleted)"
-        assert sorted(links[fd] for fd in state.render_fds.values()) == [
-            "/memfd:simgpu-renderD130 (deleted)", "/memfd:simgpu-renderD131 (deleted)"]
-        gpu, index = state.shared_bo
-        (dmabuf_fd,) = state.dmabuf_fds.values()
-        assert links[dmabuf_fd] == f"/memfd:simgpu-bo-{gpu:04x}-{index} (deleted)"
-        assert not any(link.startswith("socket:") for link in links.values()), links
-        # exactly the image's fds: nothing of the plugin (its DRM files, BO dups, copier) is left,
-        # unlike CRIU, which leaves the DRM files it opened for KFD in the restored process
-        task = next(t for t in build_plan(ImageSet.open(images)).tasks if t.pid == pid)
-        assert sorted(links) == sorted(f.fd for f in task.files), links
-        assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] in "SR"
-        _check_device_vmas(pid, state, images)
-        if name == "tree":
+        assert device.checksums() == {k: v for s in states.values() for k, v in s.checksums.items()}
+        assert device.render_checksums() == {k: v for s in states.values() for k, v in s.render_checksums.items()}
+        assert sorted(plugin.backend.resumed) == sorted(states)
+        plan = build_plan(ImageSet.open(images))
+        for task_pid, state in states.items():
+            links = _links(task_pid)
+            assert links[state.fd] == "/memfd:simgpu-kfd (deleted)"
+            assert sorted(links[fd] for fd in state.render_fds.values()) == [
+                "/memfd:simgpu-renderD130 (deleted)", "/memfd:simgpu-renderD131 (deleted)"]
+            gpu, index = state.shared_bo
+            (dmabuf_fd,) = state.dmabuf_fds.values()
+            assert links[dmabuf_fd] == f"/memfd:simgpu-bo-{gpu:04x}-{index} (deleted)"
+            assert not any(link.startswith("socket:") for link in links.values()), links
+            # exactly the image's fds: nothing of the plugin (its DRM files, BO dups, copier) is
+            # left, unlike CRIU, which leaves the DRM files it opened for KFD in the process
+            task = next(t for t in plan.tasks if t.pid == task_pid)
+            assert sorted(links) == sorted(f.fd for f in task.files), links
+            assert open(f"/proc/{task_pid}/stat").read().split()[2] in "SR"
+            _check_device_vmas(task_pid, state, images)
+        if name != "single":
             children = open(f"/proc/{pid}/task/{pid}/children").read().split()
             dumped = [e.pid for e in ImageSet.open(images).pstree() if e.pid != pid]
             assert [int(c) for c in children] == dumped and len(dumped) == 1
@@ -194,7 +210,8 @@ class _NoOffset(AmdgpuPlugin):
 
 
 def test_a_device_vma_no_plugin_maps_fails_the_restore_naming_it(checkpoints):
-    images, state = checkpoints["single"]
+    images, states = checkpoints["single"]
+    state = states[SINGLE_PID]
     plugin = _NoOffset()
     with pid_max_at_least(65536), pytest.raises(RestoreFailed) as err:
         restore(str(images), RestoreOptions(plugins=(plugin,), gpu_backend="sim", parallel_gpu=True))

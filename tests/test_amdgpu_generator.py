@@ -256,3 +256,23 @@ def test_device_vmas_map_each_doorbell_over_dev_kfd_at_kfds_offset(tmp_path):
     planned = {v.start: v for v in plan.root.vmas if v.file is not None and v.file.plugin}
     assert [(planned[v.start].pgoff, planned[v.start].file.path) for v in on_kfd] == [
         (v.pgoff, "/dev/kfd") for v in on_kfd]
+    # CRIU's plugin names itself in the inventory when it dumps a render-node mapping
+    assert list(load_image(dst / "inventory.img").entries[0].plugins_entry.plugins) == ["amdgpu_plugin"]
+
+
+def test_the_state_goes_to_the_task_asked_for(tmp_path):
+    """``pid`` puts the files in that task's fd table and mappings; a pid of no task is refused."""
+    pipes = FIXTURES / "images" / "pipes"
+    tasks = [e.pid for e in ImageSet.open(pipes).pstree()]
+    child = tasks[1]
+    dst = tmp_path / "pipes"
+    state = generate_gpu_state(pipes, dst, n_gpus=1, n_bos=2, total_bytes=MIB, seed=3, render_nodes=True,
+                               device_vmas=True, pid=child)
+    plan = build_plan(ImageSet.open(dst))
+    holders = {t.pid for t in plan.tasks for f in t.files if isinstance(f, ExtFileEnd) and f.file_id == state.kfd_id}
+    assert holders == {child}
+    assert load_kfd_image(ImageSet.open(dst), state.kfd_id).kfd.pid == child
+    mapped = {t.pid for t in plan.tasks for v in t.vmas if v.file is not None and v.file.plugin}
+    assert mapped == {child}
+    with pytest.raises(ValueError, match="pid 1 is not a task of"):
+        generate_gpu_state(pipes, tmp_path / "nobody", n_gpus=1, n_bos=2, total_bytes=MIB, seed=3, pid=1)

@@ -5,7 +5,8 @@ CRIU 4.2 checkpoint of a CPU workload and add what CRIU's amdgpu plugin would ha
 for a process that held /dev/kfd (images.py draws the files)::
 
     files.img                       + FileEntry {type EXT, id K, ext {id K}}
-    fdinfo-<root files_id>.img      + FdinfoEntry {id K, type EXT, fd 100 (or the next free)}
+    fdinfo-<files_id>.img           + FdinfoEntry {id K, type EXT, fd 100 (or the next free)}
+                                    of the task that holds the GPU (the root, or ``pid``)
     amdgpu-kfd-K.img                CriuKfd in CRIU's shape: one device entry per topology
                                     node (1 or 2 CPU nodes, gpu_id 0, then n GPUs), their BOs
                                     (VRAM, GTT, and one doorbell BO per GPU, which has no
@@ -14,10 +15,12 @@ for a process that held /dev/kfd (images.py draws the files)::
     (render_nodes)                  render-node and dma-buf files (generate_gpu_state)
     (device_vmas) files.img         + FileEntry {type REG, name /dev/dri/renderD<minor>},
                                     and one named /dev/kfd
-                  mm-<root>.img     + a VMA_EXT_PLUGIN VmaEntry per mapped BO (its shmid that
+                  mm-<pid>.img      + a VMA_EXT_PLUGIN VmaEntry per mapped BO (its shmid that
                                     entry, its pgoff the BO's mmap offset), as dump_filemap
                                     writes a device mapping; each GPU's doorbell BO is one,
                                     over /dev/kfd at KFD's offset for it
+                  inventory.img     "amdgpu_plugin" in plugins_entry, as CRIU's plugin adds
+                                    itself when it dumps a render-node mapping
 
 The restored task then holds a "device" fd at that number, and RESTORE_EXT_FILE fires for it.
 
@@ -45,6 +48,7 @@ from pycriu_restore.images.image import Image
 from pycriu_restore.images.kinds import kind_by_name
 from pycriu_restore.images.schemas import amdgpu_pb2, fdinfo_pb2, vma_pb2
 from pycriu_restore.plugins.amdgpu.images import (
+    CRIU_PLUGIN_NAME,
     NO_HANDLE,
     PAGES_HEADER,
     dmabuf_image_name,
@@ -63,7 +67,7 @@ from pycriu_restore.plugins.amdgpu.kfd import (
     kfd_mmap_offset,
 )
 
-SIM_KFD_FD = 100  # the fd the generated device file is given in the root task (if free)
+SIM_KFD_FD = 100  # the fd the generated device file is given in its task (if free)
 SHARED_MEM_MAGIC = 0x5348_4D4B  # any u32: the thunk's own value is not a uapi fact
 PAGE_BYTES = 4096
 BLOCK_BYTES = 1 << 20  # the random block, and the chunk each rotation covers
@@ -118,7 +122,7 @@ class SimulatedGpuState:
 
 @dataclass(frozen=True)
 class DeviceVma:
-    """A device mapping added to the root's mm-<pid>.img, as CRIU dumps one (VMA_EXT_PLUGIN).
+    """A device mapping added to the task's mm-<pid>.img, as CRIU dumps one (VMA_EXT_PLUGIN).
 
     ``path`` is the device the process mapped it through, a render node or /dev/kfd for a
     doorbell (a regular-file entry of files.img, as cr-dump.c dump_filemap writes),
@@ -153,8 +157,10 @@ def add_simulated_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str
 def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
                        n_gpus: int, n_bos: int, total_bytes: int, seed: int,
                        render_nodes: bool = False, shared_mem_size: int = 0,
-                       device_vmas: bool = False) -> SimulatedGpuState:
-    """Copy ``src_images_dir`` to ``dst_dir`` (which must not exist) and add a /dev/kfd file.
+                       device_vmas: bool = False, pid: int | None = None) -> SimulatedGpuState:
+    """Copy ``src_images_dir`` to ``dst_dir`` (which must not exist) and add a /dev/kfd file
+    to the task ``pid`` (default: the root). Called again on its own output for another
+    task (another ``seed``: other GPU ids), it makes a tree whose tasks each hold GPUs.
 
     ``n_bos`` VRAM/GTT BOs share ``total_bytes`` (a multiple of 4096, at least a page each)
     and are spread over ``n_gpus`` GPUs; each GPU also gets one doorbell BO.
@@ -166,7 +172,7 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     GPU's shared BO, so that one buffer is reached as a KFD BO, a render-node BO and a
     dma-buf fd. Drawn after the kfd contents: the kfd checksums do not change.
     ``shared_mem_size`` > 0 records ROCm's /dev/shm/hsakmt_shared_mem (magic SHARED_MEM_MAGIC).
-    ``device_vmas`` (needs ``render_nodes``) adds the root's CPU mappings of the GPU memory,
+    ``device_vmas`` (needs ``render_nodes``) adds the task's CPU mappings of the GPU memory,
     as CRIU dumps them (VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_EXT_PLUGIN, MAP_SHARED,
     shmid a regular-file entry /dev/dri/renderD<minor>, pgoff the BO's mmap offset): every
     KFD BO with contents at its address (libhsakmt maps them where the GPU sees them), each
@@ -186,13 +192,17 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     dst = Path(dst_dir)
     shutil.copytree(src_images_dir, dst)
     images = ImageSet.open(dst)
-    root = images.pstree()[0]
-    files_id = images.ids(root.pid).files_id
+    pids = [e.pid for e in images.pstree()]
+    if pid is None:
+        pid = pids[0]
+    elif pid not in pids:
+        raise ValueError(f"pid {pid} is not a task of {src_images_dir} (tasks: {pids})")
+    files_id = images.ids(pid).files_id
     rng = random.Random(seed)
 
     kfd_id = _add_ext_file(dst)
     fd = _add_fd(dst, files_id, kfd_id)
-    kfd = _make_kfd(rng, root.pid, n_gpus, n_bos, total_bytes)
+    kfd = _make_kfd(rng, pid, n_gpus, n_bos, total_bytes)
     kfd.shared_mem_size = shared_mem_size
     kfd.shared_mem_magic = SHARED_MEM_MAGIC if shared_mem_size else 0
     kfd_kind = kind_by_name("AMDGPU_KFD")
@@ -204,12 +214,22 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     if render_nodes:
         state = _add_render_nodes(rng, dst, files_id, kfd, state)
     if device_vmas:
-        state = replace(state, device_vmas=_add_device_vmas(dst, root.pid, kfd, state))
+        state = replace(state, device_vmas=_add_device_vmas(dst, pid, kfd, state))
+        _list_in_inventory(dst, CRIU_PLUGIN_NAME)
     return state
 
 
+def _list_in_inventory(dst: Path, plugin: str) -> None:
+    """Name ``plugin`` in inventory.img's plugins_entry (once), as CRIU's add_inventory_plugin."""
+    inventory = load_image(dst / "inventory.img")
+    entry = inventory.entries[0]
+    if plugin not in entry.plugins_entry.plugins:
+        entry.plugins_entry.plugins.append(plugin)
+        (dst / "inventory.img").write_bytes(dump_image(Image(kind=inventory.kind, entries=[entry])))
+
+
 def _add_device_vmas(dst: Path, pid: int, kfd: amdgpu_pb2.CriuKfd, state: SimulatedGpuState) -> tuple[DeviceVma, ...]:
-    """Map the GPU memory in the root task (see generate_gpu_state); return the mappings."""
+    """Map the GPU memory in task ``pid`` (see generate_gpu_state); return the mappings."""
     minors = {d.gpu_id: d.drm_render_minor for d in kfd.device_entries if d.gpu_id}
     out: list[DeviceVma] = []
     for index, bo in enumerate(kfd.bo_entries):
@@ -326,7 +346,8 @@ def _add_ext_file(dst: Path) -> int:
 
 
 def _add_fd(dst: Path, files_id: int, kfd_id: int) -> int:
-    """Give the root task the EXT file at SIM_KFD_FD (or the next free number); return the fd."""
+    """Give the task's fd table ``files_id`` the file at SIM_KFD_FD (or the next free number);
+    return the fd."""
     path = dst / f"fdinfo-{files_id}.img"
     fdinfo = load_image(path)
     used = {e.fd for e in fdinfo.entries}

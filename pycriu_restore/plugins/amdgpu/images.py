@@ -38,6 +38,10 @@ from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_GTT, KFD_I
 
 CriuKfd = amdgpu_pb2.CriuKfd
 
+# The name CRIU's amdgpu plugin registers (plugins/amdgpu/amdgpu_plugin.c CR_PLUGIN_REGISTER)
+# and writes into inventory.img's plugins_entry when it dumps a render-node mapping.
+CRIU_PLUGIN_NAME = "amdgpu_plugin"
+
 # The u64 at the start of a pages file: the number of content bytes that follow.
 PAGES_HEADER = struct.Struct("<Q")
 

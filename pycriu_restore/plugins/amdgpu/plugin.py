@@ -75,6 +75,7 @@ from pycriu_restore.plugins.amdgpu.channel import (
 )
 from pycriu_restore.plugins.amdgpu.fillpool import DEFAULT_CHUNK_BYTES, FillError, FillPool, FillStats
 from pycriu_restore.plugins.amdgpu.images import (
+    CRIU_PLUGIN_NAME,
     NO_HANDLE,
     PAGES_HEADER,
     KfdImage,
@@ -95,6 +96,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("kfd", "sim")
 # A file of ours: ("kfd" | "render" | "dmabuf", its ExtFileEntry id).
 FileKey = tuple[str, int]
+# A BO others share (imports, dma-buf files): (the checkpointed pid of the task whose files
+# hold it, or None if none does; checkpoint gpu_id; GEM handle). Handles are numbers of one
+# DRM file, so two GPUs, or two processes on one GPU, reuse them.
+ExporterKey = tuple[int | None, int, int]
 # Device files whose VMAs the plugin moves (CRIU's amdgpu_plugin_update_vmamap).
 KFD_DEVICE_PATH = "/dev/kfd"
 RENDER_NODE_PREFIX = "/dev/dri/renderD"
@@ -121,7 +126,7 @@ class AmdgpuPlugin(Plugin):
     """
 
     name = "amdgpu"
-    criu_name = "amdgpu_plugin"  # plugins/amdgpu/amdgpu_plugin.c CR_PLUGIN_REGISTER
+    criu_name = CRIU_PLUGIN_NAME
     description = "AMD GPU buffer objects (/dev/kfd): re-created in the task, VRAM filled in parallel"
 
     def __init__(self, backend: GpuBackend | None = None) -> None:
@@ -134,9 +139,10 @@ class AmdgpuPlugin(Plugin):
         self.parallel = False
         self._kfd: dict[int, KfdImage] = {}  # ExtFileEntry id -> its checked image
         self._render: dict[int, RenderImage] = {}  # ExtFileEntry id -> render-node image
-        self._dmabuf: dict[int, tuple[int, int]] = {}  # ExtFileEntry id -> exporter (gpu_id, handle)
-        self._exporters: dict[tuple[int, int], tuple[str, int, int]] = {}  # (gpu_id, handle) -> (kind, id, BO)
-        self._needed: set[tuple[int, int]] = set()  # exporters an import or a dma-buf file uses
+        self._dmabuf: dict[int, ExporterKey] = {}  # ExtFileEntry id -> the BO it is a dma-buf of
+        self._exporters: dict[ExporterKey, tuple[str, int, int]] = {}  # -> (kind, file id, BO index)
+        self._needed: set[ExporterKey] = set()  # exporters an import or a dma-buf file uses
+        self._owner: dict[int, int] = {}  # ExtFileEntry id -> checkpointed pid of the first task holding it
         self._files_of: dict[int, set[int]] = {}  # checkpointed pid -> kfd file ids it holds
         self._plugin_files_of: dict[int, list[FileKey]] = {}  # pid -> every file of ours, fd order
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
@@ -157,7 +163,7 @@ class AmdgpuPlugin(Plugin):
         self._installed: dict[FileKey, int] = {}  # file -> the fd it was installed at
         self._made: dict[FileKey, int] = {}  # files restored ahead of their hook -> their fd
         self._gpus: dict[int, LocalGpu] = {}  # checkpoint gpu_id -> where its kfd file put it
-        self._shared: dict[tuple[int, int], int] = {}  # needed exporter -> a dup of its dma-buf
+        self._shared: dict[ExporterKey, int] = {}  # needed exporter -> a dup of its dma-buf
         # (addr, old pgoff) -> (new pgoff, local gpu_id whose render fd maps it, or None: /dev/kfd)
         self._vma_moves: dict[tuple[int, int], tuple[int, int | None]] = {}
         self._render_moves: dict[tuple[int, int], tuple[int, int]] = {}  # (minor, old) -> (new, gpu)
@@ -205,6 +211,10 @@ class AmdgpuPlugin(Plugin):
         if not ids:
             return
         self._kfd = {file_id: load_kfd_image(ctx.images, file_id) for file_id in ids}
+        for task in ctx.plan.tasks:  # a file's BOs belong to the (first) task that holds it
+            for f in task.files:
+                if isinstance(f, ExtFileEnd):
+                    self._owner.setdefault(f.file_id, task.pid)
         self._load_shared_images(ctx)
         for task in ctx.plan.tasks:
             held = {f.file_id for f in task.files if isinstance(f, ExtFileEnd) and f.file_id in self._kfd}
@@ -360,8 +370,9 @@ class AmdgpuPlugin(Plugin):
             for bo in bos:
                 self._vma_moves[(bo.addr, bo.old_offset)] = (bo.restored_offset, bo.local_gpu_id)
                 handle = image.kfd.bo_entries[bo.index].handle
-                if (bo.gpu_id, handle) in self._needed:  # an import or a dma-buf file will want it
-                    self._shared[(bo.gpu_id, handle)] = _keep(bo.dmabuf_fd)
+                key = (self._owner.get(image.file_id), bo.gpu_id, handle)
+                if key in self._needed:  # an import or a dma-buf file will want it
+                    self._shared[key] = _keep(bo.dmabuf_fd)
             # Doorbell and MMIO BOs: their VMAs stay on /dev/kfd, at the offsets restore_bos gave.
             for remap in backend.vma_remaps:
                 if not has_contents(remap.alloc_flags):
@@ -404,43 +415,46 @@ class AmdgpuPlugin(Plugin):
     def _load_shared_images(self, ctx: RestoreContext) -> None:
         """Orchestrator, restore_init: read every render-node and dma-buf image, check the handles.
 
-        Exporters are the KFD VRAM/GTT BOs and the created render-node BOs, keyed (checkpoint
-        gpu_id, handle): handles are numbers of one DRM file, so two GPUs may reuse one (a
-        single handle-keyed table, as upstream keeps, would confuse them). Every import must
-        find an exporter on its own GPU; every dma-buf file exactly one exporter.
+        Exporters are the KFD VRAM/GTT BOs and the created render-node BOs, keyed by the task
+        that holds them, the checkpoint gpu_id and the handle (ExporterKey): handles are numbers
+        of one DRM file, so two GPUs, or two processes, reuse them (a single handle-keyed table,
+        as upstream keeps per process, would confuse a process's two GPUs). Every import must
+        find an exporter of its own task on its own GPU; every dma-buf file exactly one
+        exporter of its own task.
         """
         gpu_ids = {gpu for image in self._kfd.values() for gpu in image.gpus}
         for image in self._kfd.values():
             for index, bo in enumerate(image.kfd.bo_entries):
                 if has_contents(bo.alloc_flags) and bo.handle != NO_HANDLE:
-                    self._add_exporter(image.path.name, (bo.gpu_id, bo.handle), ("kfd", image.file_id, index))
+                    self._add_exporter(image.path.name, (self._owner.get(image.file_id), bo.gpu_id, bo.handle),
+                                       ("kfd", image.file_id, index))
         self._render = {i: load_render_image(ctx.images, i, gpu_ids) for i in render_file_ids(ctx.images)}
         for render in self._render.values():
             for index, bo in enumerate(render.node.bo_entries):
                 if not bo.is_import:
-                    self._add_exporter(render.path.name, (render.node.gpu_id, bo.handle),
-                                       ("render", render.file_id, index))
+                    self._add_exporter(render.path.name, (self._owner.get(render.file_id), render.node.gpu_id,
+                                                          bo.handle), ("render", render.file_id, index))
         for render in self._render.values():
             for index, bo in enumerate(render.node.bo_entries):
-                key = (render.node.gpu_id, bo.handle)
+                key = (self._owner.get(render.file_id), render.node.gpu_id, bo.handle)
                 if bo.is_import:
                     if key not in self._exporters:
                         raise BadRecord(str(render.path), f"BO {index} imports handle {bo.handle} of gpu_id "
-                                        f"{key[0]:#x}, which no KFD or render-node BO of the checkpoint exports")
+                                        f"{key[1]:#x}, which no KFD or render-node BO of its task exports")
                     self._needed.add(key)
         for file_id in dmabuf_file_ids(ctx.images):
-            handle = load_dmabuf_handle(ctx.images, file_id)
-            found = [key for key in self._exporters if key[1] == handle]
+            handle, pid = load_dmabuf_handle(ctx.images, file_id), self._owner.get(file_id)
+            found = [key for key in self._exporters if key[0] == pid and key[2] == handle]
             if len(found) != 1:
                 raise BadRecord(str(ctx.images.path(f"amdgpu-dmabuf_{file_id}.img")),
-                                f"gem_handle {handle} names {len(found)} exported BOs (GPUs "
-                                f"{', '.join(f'{g:#x}' for g, _ in found) or 'none'}), expected exactly one")
+                                f"gem_handle {handle} names {len(found)} exported BOs of its task (GPUs "
+                                f"{', '.join(f'{g:#x}' for _, g, _ in found) or 'none'}), expected exactly one")
             self._dmabuf[file_id] = found[0]
             self._needed.add(found[0])
 
-    def _add_exporter(self, where: str, key: tuple[int, int], value: tuple[str, int, int]) -> None:
+    def _add_exporter(self, where: str, key: ExporterKey, value: tuple[str, int, int]) -> None:
         if key in self._exporters:
-            raise BadRecord(where, f"handle {key[1]} of gpu_id {key[0]:#x} is exported twice "
+            raise BadRecord(where, f"handle {key[2]} of gpu_id {key[1]:#x} is exported twice in the task "
                             f"({self._exporters[key][0]} file {self._exporters[key][1]} and this one)")
         self._exporters[key] = value
 
@@ -470,30 +484,33 @@ class AmdgpuPlugin(Plugin):
                 self._made[other] = files.park(self._make(task, other))
         if kind == "render":
             return self._restore_render(task, self._render[file_id])
-        gpu_handle = self._dmabuf[file_id]
-        if gpu_handle not in self._shared:
-            raise AmdgpuError(f"amdgpu-dmabuf_{file_id}.img: the BO with handle {gpu_handle[1]} of gpu_id "
-                              f"{gpu_handle[0]:#x} is not restored in this task", pid=task.pid)
-        return os.dup(self._shared[gpu_handle])
+        exporter = self._dmabuf[file_id]
+        if exporter not in self._shared:
+            raise AmdgpuError(f"amdgpu-dmabuf_{file_id}.img: the BO with handle {exporter[2]} of gpu_id "
+                              f"{exporter[1]:#x} is not restored in this task", pid=task.pid)
+        return os.dup(self._shared[exporter])
 
     def _exports_to(self, exporter_id: int, importer_id: int) -> bool:
         """Whether render node ``exporter_id`` holds a BO that render node ``importer_id`` imports."""
         importer = self._render[importer_id].node
-        return any(self._exporters.get((importer.gpu_id, bo.handle), ("", 0, 0))[:2] == ("render", exporter_id)
+        pid = self._owner.get(importer_id)
+        return any(self._exporters.get((pid, importer.gpu_id, bo.handle), ("", 0, 0))[:2] == ("render", exporter_id)
                    for bo in importer.bo_entries if bo.is_import)
 
     def _restore_render(self, task: Task, image: RenderImage) -> int:
-        """A render-node file: its BOs in the GPU's DRM file, contents sent or filled. Its fd."""
+        """A render-node file: its BOs in the GPU's DRM file, contents sent (and, serial, waited
+        for). Its fd."""
         backend = self.backend
         assert backend is not None, "_restore_render: no backend"
         node, name = image.node, image.path.name
+        owner = self._owner.get(image.file_id)
         local = self._gpus.get(node.gpu_id)
         if local is None:
             raise AmdgpuError(f"{name}: render node of gpu_id {node.gpu_id:#x} in a task with no /dev/kfd file "
                               "mapping that GPU (CRIU maps render nodes with the kfd image's topology)", pid=task.pid)
 
         def import_fd(handle: int) -> int:
-            fd = self._shared.get((node.gpu_id, handle))
+            fd = self._shared.get((owner, node.gpu_id, handle))
             if fd is None:
                 raise AmdgpuError(f"{name}: imports handle {handle}, whose exporter is not restored in this task",
                                   pid=task.pid)
@@ -506,8 +523,8 @@ class AmdgpuPlugin(Plugin):
             for bo in bos:
                 if bo.new_offset is not None:
                     self._render_moves[(node.drm_render_minor, bo.old_offset)] = (bo.new_offset, local.gpu_id)
-                if bo.dmabuf_fd >= 0 and (node.gpu_id, bo.handle) in self._needed:
-                    self._shared[(node.gpu_id, bo.handle)] = _keep(bo.dmabuf_fd)
+                if bo.dmabuf_fd >= 0 and (owner, node.gpu_id, bo.handle) in self._needed:
+                    self._shared[(owner, node.gpu_id, bo.handle)] = _keep(bo.dmabuf_fd)
             filled = [bo for bo in bos if bo.index in image.contents]
             command = Command(kfd_id=image.file_id, gpus=[GpuRecord(node.gpu_id, local.gpu_id, local.minor)],
                               entries=[Entry(gpu_id=node.gpu_id, fd_index=i, bo_index=bo.index,
