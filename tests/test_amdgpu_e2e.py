@@ -17,7 +17,7 @@ state also has device VMAs (VMA_EXT_PLUGIN, as CRIU dumps the CPU mappings of GP
 each must be at its checkpointed address in the live task, map the BO simgpu keeps (its
 memfd, at the offset update_vma_map gave) and read as the BO's checksum-verified contents
 through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd maps the task's kfd memfd at
-simgpu's offset for it. A plugin that gives no offset for one fails the restore (exit 5)
+simgpu's offset for it, and so does the MMIO page's. A plugin that gives no offset for one fails the restore (exit 5)
 naming the VMA, and leaves nothing behind.
 """
 
@@ -126,10 +126,11 @@ def _check_device_vmas(pid: int, state, images: Path) -> None:
     kfd = load_kfd_image(ImageSet.open(images), state.kfd_id).kfd
     kfd_offsets = sim_kfd_offsets(kfd)  # BO index -> simgpu's /dev/kfd offset
     maps = _maps(pid)
-    # every KFD BO with contents, a doorbell per GPU, and per render node its GTT BO and import
-    assert len(state.device_vmas) == len(state.checksums) + len(state.gpu_ids) + 2 * len(state.render_fds)
-    doorbells = [dev for dev in state.device_vmas if dev.path == "/dev/kfd"]
-    assert sorted(dev.bo[2] for dev in doorbells) == sorted(kfd_offsets) and len(doorbells) == 2
+    # every KFD BO with contents, a doorbell per GPU, one MMIO page, and per render node its
+    # GTT BO and import
+    assert len(state.device_vmas) == len(state.checksums) + len(state.gpu_ids) + 1 + 2 * len(state.render_fds)
+    on_kfd = [dev for dev in state.device_vmas if dev.path == "/dev/kfd"]
+    assert sorted(dev.bo[2] for dev in on_kfd) == sorted(kfd_offsets) and len(on_kfd) == 3
     kfd_inode = os.stat(f"/proc/{pid}/fd/{state.fd}").st_ino
     with open(f"/proc/{pid}/mem", "rb") as mem:
         for dev in state.device_vmas:

@@ -25,7 +25,11 @@ from pycriu_restore.plugins.amdgpu.images import (
     load_kfd_image,
     pages_image_name,
 )
-from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL
+from pycriu_restore.plugins.amdgpu.kfd import (
+    KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL,
+    KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP,
+    KFD_MMAP_TYPE_MMIO,
+)
 
 pytestmark = needs_fixtures
 
@@ -68,7 +72,7 @@ def test_kfd_image_describes_the_gpus_and_bos(generated):
     dst, state = generated
     image = load_kfd_image(ImageSet.open(dst), state.kfd_id)
     kfd = image.kfd
-    assert kfd.pid == 31100 and kfd.num_of_gpus == 3 and kfd.num_of_bos == len(kfd.bo_entries) == 24 + 3
+    assert kfd.pid == 31100 and kfd.num_of_gpus == 3 and kfd.num_of_bos == len(kfd.bo_entries) == 24 + 3 + 1
     # CRIU's shape: every topology node, the CPU nodes (gpu_id 0) first, in node order
     assert [(d.node_id, d.gpu_id) for d in kfd.device_entries] == [(0, 0), (1, 0)] + [
         (2 + i, g) for i, g in enumerate(state.gpu_ids)]
@@ -76,10 +80,13 @@ def test_kfd_image_describes_the_gpus_and_bos(generated):
     assert all(d.iolinks[0].node_to_id == 0 for d in kfd.device_entries if d.gpu_id)
     # priv_data as KFD's RESTORE parses it: process (8) + devices (8 each) + BOs (272 each) + objects
     assert kfd.num_of_objects == 2
-    assert len(kfd.priv_data) == 8 + 3 * 8 + 27 * 272 + 2 * 8
+    assert len(kfd.priv_data) == 8 + 3 * 8 + 28 * 272 + 2 * 8
     assert int.from_bytes(kfd.priv_data[:4], "little") == 1  # KFD_CRIU_PRIV_VERSION
     doorbells = [b for b in kfd.bo_entries if b.alloc_flags == KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL]
     assert sorted(b.gpu_id for b in doorbells) == sorted(state.gpu_ids)  # one per GPU, without contents
+    mmio = kfd.bo_entries[-1]  # the first GPU's MMIO remap page, last, at KFD's offset for it
+    assert (mmio.alloc_flags, mmio.gpu_id, mmio.size, mmio.offset) == (
+        KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP, state.gpu_ids[0], 4096, KFD_MMAP_TYPE_MMIO | state.gpu_ids[0] << 46)
     content = [b for b in kfd.bo_entries if has_contents(b.alloc_flags)]
     assert sum(b.size for b in content) == 40 * MIB and all(b.size % 4096 == 0 for b in content)
     assert len({b.addr for b in kfd.bo_entries}) == len(kfd.bo_entries)  # distinct VAs
@@ -180,7 +187,7 @@ def test_inconsistent_kfd_images_are_refused(small):
         kfd.num_of_bos = 99
 
     _rewrite_kfd(dst, state.kfd_id, miscount)
-    with pytest.raises(BadRecord, match="num_of_bos is 99 but 6 BO entries follow"):
+    with pytest.raises(BadRecord, match="num_of_bos is 99 but 7 BO entries follow"):
         load_kfd_image(ImageSet.open(dst), state.kfd_id)
 
 
@@ -239,9 +246,12 @@ def test_device_vmas_map_each_doorbell_over_dev_kfd_at_kfds_offset(tmp_path):
     doorbells = sorted(((b.addr, i, b) for i, b in enumerate(kfd.bo_entries)
                         if b.alloc_flags == KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL), key=lambda d: d[0])
     assert [b.offset for _, _, b in doorbells] == [KFD_MMAP_TYPE_DOORBELL | b.gpu_id << 46 for _, _, b in doorbells]
-    on_kfd = [v for v in state.device_vmas if v.path == "/dev/kfd"]
+    on_kfd = [v for v in state.device_vmas if v.path == "/dev/kfd" and v.bo[2] in {i for _, i, _ in doorbells}]
     assert [(v.start, v.end, v.pgoff, v.bo, v.sim_memfd) for v in on_kfd] == [
         (b.addr, b.addr + b.size, b.offset, ("kfd", b.gpu_id, i), "simgpu-kfd") for _, i, b in doorbells]
+    mmio = len(kfd.bo_entries) - 1  # and the MMIO page, the same way
+    assert [(v.pgoff, v.sim_memfd) for v in state.device_vmas if v.bo == ("kfd", kfd.bo_entries[mmio].gpu_id, mmio)] \
+        == [(kfd.bo_entries[mmio].offset, "simgpu-kfd")]
     assert all(v.checksum == zlib.crc32(bytes(v.end - v.start)) for v in on_kfd)  # no contents: zeros
 
     files = {e.id: e for e in load_image(dst / "files.img").entries}

@@ -26,7 +26,11 @@ from pycriu_restore.plugins.amdgpu.generator import generate_gpu_state
 from pycriu_restore.plugins.amdgpu.images import load_kfd_image
 from pycriu_restore.plugins.amdgpu.plugin import AmdgpuError, AmdgpuPlugin
 from pycriu_restore.plugins.amdgpu.backend import GpuBackend
-from pycriu_restore.plugins.amdgpu.kfd import KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL, KFD_MMAP_TYPE_DOORBELL
+from pycriu_restore.plugins.amdgpu.kfd import (
+    KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL,
+    KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP,
+    KFD_MMAP_TYPE_DOORBELL,
+)
 from pycriu_restore.plugins.amdgpu.sim import (SIM_KFD_MMAP_OFFSET_BASE, SIM_KFD_NAME, SIM_MMAP_OFFSET_BASE,
                                                SimBackend, SimDevice, SimGpuError, sim_kfd_offsets)
 from pycriu_restore.plugins.api import ExtFile, RestoreContext
@@ -94,9 +98,12 @@ def test_doorbells_move_to_simgpus_offsets_of_the_kfd_memfd_and_map_there(gpu_im
     kfd = load_kfd_image(ImageSet.open(dst), state.kfd_id).kfd
     doorbells = {i: b for i, b in enumerate(kfd.bo_entries) if b.alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL}
     assert len(doorbells) == 3 and all(b.offset >> 62 == KFD_MMAP_TYPE_DOORBELL >> 62 for b in doorbells.values())
+    mmio = len(kfd.bo_entries) - 1  # the generator's MMIO page, the last BO
+    assert kfd.bo_entries[mmio].alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP
     offsets = sim_kfd_offsets(kfd)
-    assert sorted(offsets) == sorted(doorbells)
-    assert sorted(offsets.values()) == [SIM_KFD_MMAP_OFFSET_BASE + n * 8192 for n in range(3)]  # 2 pages each
+    assert sorted(offsets) == sorted([*doorbells, mmio])
+    # 2 pages per doorbell, then the MMIO page
+    assert sorted(offsets.values()) == [SIM_KFD_MMAP_OFFSET_BASE + n * 8192 for n in range(4)]
     backend = SimBackend()
     assert isinstance(backend, GpuBackend)
     device = backend.open_device()
@@ -104,10 +111,10 @@ def test_doorbells_move_to_simgpus_offsets_of_the_kfd_memfd_and_map_there(gpu_im
     kfd_path = f"/memfd:{SIM_KFD_NAME} (deleted)"
     try:
         moved = {m.addr: m for m in backend.vma_remaps}
-        assert len(backend.vma_remaps) == len(kfd.bo_entries)  # VRAM/GTT and doorbells, as KfdBackend
+        assert len(backend.vma_remaps) == len(kfd.bo_entries)  # VRAM/GTT, doorbells, MMIO, as KfdBackend
         for bo in bos:
             assert moved[bo.addr].new_offset == bo.restored_offset and moved[bo.addr].old_offset == bo.old_offset
-        assert os.fstat(device).st_size == SIM_KFD_MMAP_OFFSET_BASE + 3 * 8192  # sparse, holds every page
+        assert os.fstat(device).st_size == SIM_KFD_MMAP_OFFSET_BASE + 3 * 8192 + 4096  # sparse, holds every page
         for index, db in doorbells.items():
             remap = moved[db.addr]
             assert (remap.old_offset, remap.new_offset, remap.alloc_flags) == (db.offset, offsets[index],
@@ -121,7 +128,7 @@ def test_doorbells_move_to_simgpus_offsets_of_the_kfd_memfd_and_map_there(gpu_im
             finally:
                 os.close(fd)
         with pytest.raises(SimGpuError, match=r"no doorbell or MMIO page at offset 0x5133000001000 of "
-                                              r"simgpu-kfd \(offsets: 0x100000, 0x102000, 0x104000\)"):
+                                              r"simgpu-kfd \(offsets: 0x100000, 0x102000, 0x104000, 0x106000\)"):
             backend.kfd_vma_target(SIM_MMAP_OFFSET_BASE + 4096)  # a VRAM BO's: not a /dev/kfd page
         assert len(_fds_of(device)) == 2  # the device and the dup kept for kfd_vma_target
         backend.close_task_files()

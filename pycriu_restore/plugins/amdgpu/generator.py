@@ -9,16 +9,17 @@ for a process that held /dev/kfd (images.py draws the files)::
                                     of the task that holds the GPU (the root, or ``pid``)
     amdgpu-kfd-K.img                CriuKfd in CRIU's shape: one device entry per topology
                                     node (1 or 2 CPU nodes, gpu_id 0, then n GPUs), their BOs
-                                    (VRAM, GTT, and one doorbell BO per GPU, which has no
-                                    contents), priv_data in the kernel's layout and 2 objects
+                                    (VRAM, GTT, one doorbell BO per GPU and the first GPU's
+                                    MMIO remap page, which have no contents), priv_data in
+                                    the kernel's layout and 2 objects
     amdgpu-pages-K-<gpu>.img        per GPU: u64 size, then its VRAM/GTT BOs' bytes
     (render_nodes)                  render-node and dma-buf files (generate_gpu_state)
     (device_vmas) files.img         + FileEntry {type REG, name /dev/dri/renderD<minor>},
                                     and one named /dev/kfd
                   mm-<pid>.img      + a VMA_EXT_PLUGIN VmaEntry per mapped BO (its shmid that
                                     entry, its pgoff the BO's mmap offset), as dump_filemap
-                                    writes a device mapping; each GPU's doorbell BO is one,
-                                    over /dev/kfd at KFD's offset for it
+                                    writes a device mapping; each doorbell and MMIO BO is
+                                    one, over /dev/kfd at KFD's offset for it
                   inventory.img     "amdgpu_plugin" in plugins_entry, as CRIU's plugin adds
                                     itself when it dumps a render-node mapping
 
@@ -62,8 +63,10 @@ from pycriu_restore.plan.validate import VMA_EXT_PLUGIN
 from pycriu_restore.plugins.amdgpu.kfd import (
     KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL,
     KFD_IOC_ALLOC_MEM_FLAGS_GTT,
+    KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP,
     KFD_IOC_ALLOC_MEM_FLAGS_VRAM,
     KFD_MMAP_TYPE_DOORBELL,
+    KFD_MMAP_TYPE_MMIO,
     kfd_mmap_offset,
 )
 
@@ -163,7 +166,8 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     task (another ``seed``: other GPU ids), it makes a tree whose tasks each hold GPUs.
 
     ``n_bos`` VRAM/GTT BOs share ``total_bytes`` (a multiple of 4096, at least a page each)
-    and are spread over ``n_gpus`` GPUs; each GPU also gets one doorbell BO.
+    and are spread over ``n_gpus`` GPUs; each GPU also gets one doorbell BO, and the first
+    one an MMIO remap page (the last BO).
 
     ``render_nodes`` adds what every ROCm process also has: per GPU a render-node file
     (amdgpu-renderD-<id>.img) holding a created GTT BO mapped in the GPU VM (with its
@@ -176,9 +180,9 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     as CRIU dumps them (VMA_AREA_REGULAR | VMA_FILE_SHARED | VMA_EXT_PLUGIN, MAP_SHARED,
     shmid a regular-file entry /dev/dri/renderD<minor>, pgoff the BO's mmap offset): every
     KFD BO with contents at its address (libhsakmt maps them where the GPU sees them), each
-    GPU's doorbell BO at its address over /dev/kfd (shmid a regular-file entry /dev/kfd,
-    pgoff KFD's doorbell offset, as the BO's image offset is), and per render node its GTT
-    BO and its import of a KFD BO at CPU addresses of their own.
+    doorbell and MMIO BO at its address over /dev/kfd (shmid a regular-file entry /dev/kfd,
+    pgoff KFD's offset for it, as the BO's image offset is), and per render node its GTT BO
+    and its import of a KFD BO at CPU addresses of their own.
     """
     if device_vmas and not render_nodes:
         raise ValueError("device_vmas needs render_nodes (the mappings go through render nodes)")
@@ -237,7 +241,7 @@ def _add_device_vmas(dst: Path, pid: int, kfd: amdgpu_pb2.CriuKfd, state: Simula
             out.append(DeviceVma(start=bo.addr, end=bo.addr + bo.size, path=f"{RENDER_NODE_DIR}{minors[bo.gpu_id]}",
                                  pgoff=bo.offset, checksum=state.checksums[(bo.gpu_id, index)],
                                  bo=("kfd", bo.gpu_id, index), sim_memfd=f"simgpu-bo-{bo.gpu_id:04x}-{index}"))
-        elif bo.alloc_flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL:
+        elif bo.alloc_flags & (KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL | KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP):
             out.append(DeviceVma(start=bo.addr, end=bo.addr + bo.size, path=KFD_DEVICE, pgoff=bo.offset,
                                  checksum=zlib.crc32(bytes(bo.size)), bo=("kfd", bo.gpu_id, index),
                                  sim_memfd="simgpu-kfd"))
@@ -381,6 +385,8 @@ def _make_kfd(rng: random.Random, pid: int, n_gpus: int, n_bos: int, total_bytes
         index = len(kfd.bo_entries)
         if flags & KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL:  # what KFD's CHECKPOINT writes (criu_checkpoint_bos)
             offset = kfd_mmap_offset(KFD_MMAP_TYPE_DOORBELL, gpu_id)
+        elif flags & KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP:
+            offset = kfd_mmap_offset(KFD_MMAP_TYPE_MMIO, gpu_id)
         else:  # a DRM mmap offset, distinct per BO
             offset = (gpu_ids.index(gpu_id) + 1) << 40 | (va[gpu_id] & ((1 << 40) - 1))
         kfd.bo_entries.append(amdgpu_pb2.KfdBoEntry(
@@ -393,6 +399,9 @@ def _make_kfd(rng: random.Random, pid: int, n_gpus: int, n_bos: int, total_bytes
         if i < n_gpus:  # each GPU's doorbell page first, as a process maps it early
             add_bo(gpu_id, DOORBELL_BYTES, KFD_IOC_ALLOC_MEM_FLAGS_DOORBELL)
         add_bo(gpu_id, size, KFD_IOC_ALLOC_MEM_FLAGS_GTT if i % 3 == 2 else KFD_IOC_ALLOC_MEM_FLAGS_VRAM)
+    # The first GPU's MMIO remap page (the HDP flush page libhsakmt maps), last: the other
+    # BOs keep their indices and handles whatever the GPUs have.
+    add_bo(gpu_ids[0], PAGE_BYTES, KFD_IOC_ALLOC_MEM_FLAGS_MMIO_REMAP)
     kfd.num_of_bos = len(kfd.bo_entries)
     kfd.priv_data = _priv_data(kfd)
     return kfd
