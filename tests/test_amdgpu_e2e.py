@@ -16,9 +16,9 @@ the restored processes alive, holding exactly the fds of their images. A task wi
 state also has device VMAs (VMA_EXT_PLUGIN, as CRIU dumps the CPU mappings of GPU memory):
 each must be at its checkpointed address in the live task, map the BO simgpu keeps (its
 memfd, at the offset update_vma_map gave) and read as the BO's checksum-verified contents
-through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd maps the task's kfd memfd at
-simgpu's offset for it, and so does the MMIO page's. A plugin that gives no offset for one fails the restore (exit 5)
-naming the VMA, and leaves nothing behind.
+through /proc/PID/mem; each GPU's doorbell VMA of /dev/kfd, and the MMIO page's, maps the
+task's kfd memfd at simgpu's offset for it. A plugin that gives no offset for one fails
+the restore (exit 5) naming the VMA, and leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -206,10 +206,11 @@ class GpuBackend(Protocol):
     def prepare_fill(self, gpu_id: int, local: LocalGpu) -> None:
         """Before the first ``fill`` for ``gpu_id``, in the thread that will fill it.
 
-        Runs in the orchestrator's worker thread for that GPU. Workers of different GPUs call it at the same time: a backend guards what
-        it shares. ``local`` is what the task's ``map_gpus`` chose, sent over the channel;
-        a real backend opens /dev/dri/renderD<minor> here. Called again for every command
-        that names the GPU: it must be idempotent.
+        Runs in the orchestrator's worker thread for that GPU. Workers of different GPUs
+        call it at the same time: a backend guards what it shares. ``local`` is what the
+        task's ``map_gpus`` chose, sent over the channel; a real backend opens
+        /dev/dri/renderD<minor> here. Called again for every command that names the GPU:
+        it must be idempotent.
         """
         ...
 
