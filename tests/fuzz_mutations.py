@@ -171,6 +171,13 @@ def apply(d: Path, ops: list[Op], structural_only: bool = False) -> list[str]:
                         known = {e.id for e in load_image(d / "files.img").entries} if (d / "files.img").exists() else set()
                         choices = [v for v in (0, max(known, default=0) + 1, (1 << 32) - 1) if v not in known]
                     new = choices[op.value % len(choices)]
+                elif structural_only and path.name.startswith("mm-") and name.endswith("prot"):
+                    # A VMA's prot changed to other r/w/x bits is another valid checkpoint
+                    # (the program then faults on, or may write, that memory): found by the
+                    # fuzz run as a restore that "succeeded" into a process that stalled.
+                    # For real restores prot takes only bits no dump writes.
+                    old = getattr(msg, fd.name)
+                    new = [old | 0x8, old | 0x80, 1 << 31, (1 << 32) - 1][op.value % 4]
                 elif structural_only and path.name.startswith("pagemap-") and name == "vaddr":
                     # A page run moved by whole pages into a hole of its VMA is, again,
                     # another valid checkpoint (other bytes at those addresses, as if a

@@ -73,6 +73,8 @@ VMA_AREA_UPROBES = _STATUS["VMA_AREA_UPROBES"]
 MAP_ANONYMOUS = dict(MMAP_FLAGS)["MAP_ANON"]
 MAP_SHARED = dict(MMAP_FLAGS)["MAP_SHARED"]
 PROT_WRITE = dict(MMAP_PROT)["PROT_WRITE"]
+# What a dump writes as a VMA's prot: the r, w and x of /proc/PID/maps, nothing else.
+PROT_DUMPED = PROT_WRITE | dict(MMAP_PROT)["PROT_READ"] | dict(MMAP_PROT)["PROT_EXEC"]
 PE_PARENT = dict(PMAP_FLAGS)["PE_PARENT"]
 PE_PRESENT = dict(PMAP_FLAGS)["PE_PRESENT"]
 PAGE_SIZE = 4096  # x86_64
@@ -623,6 +625,9 @@ def _build_vmas(images: ImageSet, pid: int, mm, files: dict, memfds: dict) -> tu
             raise InconsistentImages(name, f"VMA {index}: {vma.start:#x}-{vma.end:#x} ends above TASK_SIZE {TASK_SIZE:#x}")
         if vma.start < prev_end:
             raise InconsistentImages(name, f"VMA {index} at {vma.start:#x} overlaps the previous one (ends {prev_end:#x})")
+        if vma.prot & ~PROT_DUMPED:
+            raise InconsistentImages(name, f"VMA {index} at {vma.start:#x}: prot {vma.prot:#x} has bits other than "
+                                     f"PROT_READ, PROT_WRITE and PROT_EXEC ({PROT_DUMPED:#x}), all a dump writes")
         prev_end = vma.end
         raw.append((vma, kind))
 
