@@ -8,7 +8,6 @@ re-encodes byte for byte.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -4,7 +4,6 @@ escapes."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 from pathlib import Path

@@ -14,7 +14,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 
 from pycriu_restore.linux import (anonfds, clone3, libc, memory, mount, namespaces, ptrace, regs, selfctl,
                                   syscalls, taskinfo, tty, waitstatus, xstate)

@@ -11,7 +11,7 @@ from conftest import FIXTURES, needs_fixtures
 from pycriu_restore.images import ImageSet, dump_image, load_image
 from pycriu_restore.plan.build import build_plan
 from pycriu_restore.plan.errors import InconsistentImages, UnsupportedFeature
-from pycriu_restore.plan.model import OpenFile, PipeEnd, VmaKind
+from pycriu_restore.plan.model import PipeEnd, VmaKind
 from pycriu_restore.restore.errors import FileMismatch
 from pycriu_restore.restore.preflight import check_mapped_file, elf_build_id
 
