@@ -100,7 +100,7 @@ _VM_PAGE_RW = 0x2 | 0x4
 # VMA_FILE_SHARED | VMA_EXT_PLUGIN, PROT_READ | PROT_WRITE, MAP_SHARED.
 _RENDER_CPU_BASE = 0x5000_0000_0000
 RENDER_NODE_DIR = "/dev/dri/renderD"
-KFD_DEVICE = "/dev/kfd"  # where a doorbell page is mapped from (libhsakmt mmaps the kfd fd)
+KFD_DEVICE = "/dev/kfd"  # where doorbell and MMIO pages are mapped from (libhsakmt mmaps the kfd fd)
 _DEVICE_VMA_STATUS = dict(MMAP_STATUS)["VMA_AREA_REGULAR"] | dict(MMAP_STATUS)["VMA_FILE_SHARED"] | VMA_EXT_PLUGIN
 _PROT_RW = dict(MMAP_PROT)["PROT_READ"] | dict(MMAP_PROT)["PROT_WRITE"]
 _MAP_SHARED = dict(MMAP_FLAGS)["MAP_SHARED"]
@@ -128,13 +128,14 @@ class DeviceVma:
     """A device mapping added to the task's mm-<pid>.img, as CRIU dumps one (VMA_EXT_PLUGIN).
 
     ``path`` is the device the process mapped it through, a render node or /dev/kfd for a
-    doorbell (a regular-file entry of files.img, as cr-dump.c dump_filemap writes),
-    ``pgoff`` the BO's checkpointed mmap offset (a doorbell's is KFD's, type 3 << 62 |
+    doorbell or MMIO page (a regular-file entry of files.img, as cr-dump.c dump_filemap
+    writes), ``pgoff`` the BO's checkpointed mmap offset (for those pages KFD's: type << 62 |
     gpu_id << 46). ``checksum`` is the crc32 of what the restored task must read there: the
-    BO's contents (for an import, its exporter's); zeros for a doorbell, which has none
-    (simgpu's page is a hole of its kfd memfd). ``bo`` names the BO: ("kfd", gpu_id,
-    index) or ("render", render file id, index); ``sim_memfd`` is the memfd simgpu maps
-    it through (the BO's own, for an import its exporter's, for a doorbell the kfd one).
+    BO's contents (for an import, its exporter's); zeros for a doorbell or MMIO page, which
+    has none (simgpu's page is a hole of its kfd memfd). ``bo`` names the BO: ("kfd",
+    gpu_id, index) or ("render", render file id, index); ``sim_memfd`` is the memfd simgpu
+    maps it through (the BO's own, for an import its exporter's, for /dev/kfd pages the kfd
+    one).
     """
 
     start: int
@@ -193,14 +194,14 @@ def generate_gpu_state(src_images_dir: str | os.PathLike[str], dst_dir: str | os
     if total_bytes % PAGE_BYTES or total_bytes < n_bos * PAGE_BYTES:
         raise ValueError(f"total_bytes is {total_bytes}, expected a multiple of {PAGE_BYTES} "
                          f"of at least {n_bos * PAGE_BYTES} (a page per BO)")
-    dst = Path(dst_dir)
-    shutil.copytree(src_images_dir, dst)
-    images = ImageSet.open(dst)
-    pids = [e.pid for e in images.pstree()]
+    pids = [e.pid for e in ImageSet.open(src_images_dir).pstree()]
     if pid is None:
         pid = pids[0]
     elif pid not in pids:
         raise ValueError(f"pid {pid} is not a task of {src_images_dir} (tasks: {pids})")
+    dst = Path(dst_dir)
+    shutil.copytree(src_images_dir, dst)
+    images = ImageSet.open(dst)
     files_id = images.ids(pid).files_id
     rng = random.Random(seed)
 
